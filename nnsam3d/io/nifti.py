@@ -1,0 +1,223 @@
+"""NIfTI reading and writing with exact geometry round trips.
+
+Inside nnsam3d every volume is held in *canonical order*: the file's voxel array is reoriented
+to the nearest RAS axes (flips and axis permutations only, so no interpolation) and then
+transposed to ``(z, y, x)`` = (inferior→superior, posterior→anterior, left→right). The first
+axis is therefore the through-plane axis of an axial acquisition, which is where the coarse
+spacing of most CT and MRI lies and where the 3D patch embedding inflates SAM's 2D kernel.
+
+:class:`ImageGeometry` records what is needed to undo this exactly: the file's shape, affine
+and qform/sform codes. ``from_canonical(to_canonical(a, g), g) == a`` for any affine,
+oblique ones included, because only flips and transpositions are applied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+from nnsam3d.io.atomic import atomic_path
+
+_RAS = orientations.axcodes2ornt(("R", "A", "S"))
+# canonical (z, y, x) = RAS axes (2, 1, 0)
+_RAS_TO_ZYX = (2, 1, 0)
+
+
+class ImageReadError(OSError):
+    """A file that cannot be read as a NIfTI image; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where a voxel array sits in the world, as stored in the file.
+
+    shape: voxel array shape in file order (i, j, k).
+    affine: 4x4 voxel→world matrix (mm, RAS+) of the file.
+    qform_code, sform_code: NIfTI codes, kept so that exported files say what the input said.
+    """
+
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+    qform_code: int = 1
+    sform_code: int = 1
+
+    @property
+    def affine_array(self) -> np.ndarray:
+        return np.asarray(self.affine, dtype=np.float64)
+
+    @property
+    def file_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the file's axes (i, j, k)."""
+        return tuple(float(v) for v in np.sqrt((self.affine_array[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the canonical axes (z, y, x)."""
+        return canonical_spacing(self.affine_array)
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        ornt = orientations.io_orientation(self.affine_array)
+        shape_ras = [0, 0, 0]
+        for file_axis, (ras_axis, _flip) in enumerate(ornt):
+            shape_ras[int(ras_axis)] = self.shape[file_axis]
+        return tuple(shape_ras[a] for a in _RAS_TO_ZYX)
+
+    @property
+    def axis_codes(self) -> str:
+        """Orientation of the file's axes, e.g. ``'LPS'`` or ``'RAS'``."""
+        return "".join(orientations.aff2axcodes(self.affine_array))
+
+    def to_json(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "affine": [list(row) for row in self.affine],
+            "qform_code": self.qform_code,
+            "sform_code": self.sform_code,
+            "axis_codes": self.axis_codes,
+            "spacing_zyx": list(self.spacing),
+        }
+
+    @classmethod
+    def from_json(cls, content: dict) -> "ImageGeometry":
+        return cls(
+            shape=tuple(int(v) for v in content["shape"]),
+            affine=tuple(tuple(float(v) for v in row) for row in content["affine"]),
+            qform_code=int(content.get("qform_code", 1)),
+            sform_code=int(content.get("sform_code", 1)),
+        )
+
+    @classmethod
+    def from_image(cls, image: nib.spatialimages.SpatialImage) -> "ImageGeometry":
+        header = image.header
+        qform_code = int(header["qform_code"]) if "qform_code" in header else 1
+        sform_code = int(header["sform_code"]) if "sform_code" in header else 1
+        return cls(
+            shape=tuple(int(v) for v in image.shape[:3]),
+            affine=tuple(tuple(float(v) for v in row) for row in image.affine),
+            qform_code=qform_code,
+            sform_code=sform_code,
+        )
+
+
+def _to_ras_transform(affine: np.ndarray) -> np.ndarray:
+    return orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
+
+
+def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along canonical (z, y, x) for a file with this affine."""
+    affine = np.asarray(affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    ornt = orientations.io_orientation(affine)
+    spacing_ras = [0.0, 0.0, 0.0]
+    for file_axis, (ras_axis, _flip) in enumerate(ornt):
+        spacing_ras[int(ras_axis)] = float(zooms[file_axis])
+    return tuple(spacing_ras[a] for a in _RAS_TO_ZYX)
+
+
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """File-order array (i, j, k[, ...]) → canonical (z, y, x[, ...]). Flips and transposes only."""
+    ras = orientations.apply_orientation(data, _to_ras_transform(np.asarray(affine)))
+    axes = list(_RAS_TO_ZYX) + list(range(3, ras.ndim))
+    return np.ascontiguousarray(ras.transpose(axes))
+
+
+def from_canonical(data: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """Canonical (z, y, x[, ...]) → the file's voxel order; exact inverse of :func:`to_canonical`."""
+    axes = list(_RAS_TO_ZYX) + list(range(3, data.ndim))
+    ras = data.transpose(axes)
+    affine = geometry.affine_array
+    back = orientations.ornt_transform(_RAS, orientations.io_orientation(affine))
+    result = np.ascontiguousarray(orientations.apply_orientation(ras, back))
+    if result.shape[:3] != tuple(geometry.shape):
+        raise ValueError(
+            f"array of canonical shape {data.shape[:3]} does not fit the file grid {geometry.shape}"
+        )
+    return result
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Open a NIfTI file and read its voxels; unreadable or truncated files raise ImageReadError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found.")
+    try:
+        image = nib.load(str(path))
+        # Force the read now: a truncated .nii.gz only fails when the voxels are decompressed.
+        image.get_fdata(dtype=np.float32, caching="fill")
+    except Exception as error:  # nibabel raises many kinds for broken files
+        raise ImageReadError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error}).") from error
+    if len(image.shape) < 3 or any(size > 1 for size in image.shape[3:]):
+        raise ImageReadError(
+            f"{path}: expected a 3D volume (one file per channel), found shape {image.shape}."
+        )
+    return image
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
+    """One NIfTI file → (canonical float32 array (z, y, x), geometry of the file)."""
+    image = load_nifti(path)
+    data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"))
+    data = data.reshape(image.shape[:3])
+    geometry = ImageGeometry.from_image(image)
+    return to_canonical(data, geometry.affine_array), geometry
+
+
+def read_channels(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, ImageGeometry]:
+    """One file per channel → (canonical float32 array (C, z, y, x), geometry of the first file).
+
+    Channels whose grid differs from the first raise ImageReadError naming the file.
+    """
+    arrays = []
+    reference: ImageGeometry | None = None
+    for path in paths:
+        data, geometry = read_volume(path)
+        if reference is None:
+            reference = geometry
+        elif geometry.shape != reference.shape:
+            raise ImageReadError(
+                f"{path}: shape {geometry.shape} differs from the first channel {paths[0]} "
+                f"({reference.shape})."
+            )
+        arrays.append(data)
+    if reference is None:
+        raise ValueError("read_channels needs at least one file")
+    return np.stack(arrays), reference
+
+
+def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
+    """A label map → (canonical int16 array (z, y, x), geometry)."""
+    data, geometry = read_volume(path)
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise ImageReadError(f"{path}: label map holds non-integer values.")
+    return rounded.astype(np.int16), geometry
+
+
+def write_volume(
+    canonical: np.ndarray,
+    geometry: ImageGeometry,
+    path: str | os.PathLike,
+    dtype: np.dtype | type | None = None,
+) -> None:
+    """Write a canonical (z, y, x) array onto the file grid described by ``geometry``, atomically."""
+    data = from_canonical(canonical, geometry)
+    if dtype is not None:
+        data = data.astype(dtype)
+    image = nib.Nifti1Image(data, geometry.affine_array)
+    image.set_qform(geometry.affine_array, code=int(geometry.qform_code) or 1)
+    image.set_sform(geometry.affine_array, code=int(geometry.sform_code) or 1)
+    with atomic_path(path) as temporary:
+        nib.save(image, str(temporary))
+
+
+def write_segmentation(canonical: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
+    """Write a label map (uint8 when it fits, else int16) in the file's original geometry."""
+    dtype = np.uint8 if canonical.size == 0 or (canonical.min() >= 0 and canonical.max() < 256) else np.int16
+    write_volume(canonical, geometry, path, dtype=dtype)

@@ -1,0 +1,186 @@
+"""The raw dataset in nnU-Net v2 format: ``dataset.json`` and the case files.
+
+::
+
+    DatasetXXX_Name/
+        dataset.json          channel_names, labels, numTraining, file_ending
+        imagesTr/CASE_0000.nii.gz  (one file per channel, _XXXX = channel index)
+        labelsTr/CASE.nii.gz
+        imagesTs/             optional, same naming as imagesTr
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnsam3d.io.atomic import read_json
+
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+class DatasetFormatError(ValueError):
+    """dataset.json or the folder layout does not follow the nnU-Net v2 format."""
+
+
+@dataclass
+class DatasetDescription:
+    """The content of ``dataset.json``.
+
+    channel_names: channel index (as string, "0", "1", ...) → modality name ("CT", "T2", ...).
+    labels: label name → integer value; must contain "background": 0.
+    num_training: number of training cases (``numTraining``).
+    file_ending: e.g. ".nii.gz".
+    extra: every other key, kept verbatim so that writing back loses nothing.
+    """
+
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    num_training: int
+    file_ending: str
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes including background (labels must be 0..N-1)."""
+        return max(self.labels.values()) + 1
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(v for v in self.labels.values() if v != 0)
+
+    def label_name(self, value: int) -> str:
+        for name, label in self.labels.items():
+            if label == value:
+                return name
+        return str(value)
+
+    def modality(self, channel: int) -> str:
+        return self.channel_names[str(channel)]
+
+    def to_json(self) -> dict:
+        content = dict(self.extra)
+        if self.name:
+            content["name"] = self.name
+        content.update(
+            {
+                "channel_names": dict(self.channel_names),
+                "labels": dict(self.labels),
+                "numTraining": self.num_training,
+                "file_ending": self.file_ending,
+            }
+        )
+        return content
+
+    @classmethod
+    def from_json(cls, content: dict, source: str = "dataset.json") -> "DatasetDescription":
+        missing = [key for key in REQUIRED_KEYS if key not in content]
+        if missing:
+            raise DatasetFormatError(f"{source}: missing required key(s) {', '.join(missing)}.")
+        channel_names = {str(k): str(v) for k, v in content["channel_names"].items()}
+        expected_channels = [str(i) for i in range(len(channel_names))]
+        if sorted(channel_names, key=int) != expected_channels:
+            raise DatasetFormatError(
+                f"{source}: channel_names keys must be 0..{len(channel_names) - 1}, "
+                f"found {list(channel_names)}."
+            )
+        labels = {}
+        for name, value in content["labels"].items():
+            if isinstance(value, (list, tuple)):
+                raise DatasetFormatError(
+                    f"{source}: label '{name}' is a region {value}; region-based training is not "
+                    f"supported by nnsam3d. Give every label a single integer value."
+                )
+            labels[str(name)] = int(value)
+        if labels.get("background") != 0:
+            raise DatasetFormatError(f"{source}: labels must contain \"background\": 0.")
+        values = sorted(labels.values())
+        if values != list(range(len(values))):
+            raise DatasetFormatError(
+                f"{source}: label values must be consecutive integers 0..{len(values) - 1}, found {values}."
+            )
+        extra = {k: v for k, v in content.items() if k not in REQUIRED_KEYS and k != "name"}
+        return cls(
+            channel_names=channel_names,
+            labels=labels,
+            num_training=int(content["numTraining"]),
+            file_ending=str(content["file_ending"]),
+            name=str(content.get("name", "")),
+            extra=extra,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "DatasetDescription":
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: dataset.json not found.")
+        return cls.from_json(read_json(path), source=str(path))
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """One case: its identifier, one image file per channel, and the label file if any."""
+
+    case_id: str
+    image_files: tuple[Path, ...]
+    label_file: Path | None = None
+
+
+def _channel_pattern(file_ending: str) -> re.Pattern:
+    return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + r"$")
+
+
+def find_cases_in_folder(
+    folder: str | os.PathLike, file_ending: str, num_channels: int
+) -> tuple[list[RawCase], dict[str, str]]:
+    """Group ``CASE_XXXX<ending>`` files in a folder into cases.
+
+    Returns the complete cases (sorted by identifier) and, for incomplete ones, a message per
+    case identifier naming the missing channel files.
+    """
+    folder = Path(folder)
+    pattern = _channel_pattern(file_ending)
+    channels_by_case: dict[str, dict[int, Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        match = pattern.match(entry.name)
+        if match and entry.is_file():
+            channels_by_case.setdefault(match.group("case"), {})[int(match.group("channel"))] = entry
+    complete, problems = [], {}
+    for case_id, channels in sorted(channels_by_case.items()):
+        missing = [i for i in range(num_channels) if i not in channels]
+        unexpected = sorted(set(channels) - set(range(num_channels)))
+        if missing:
+            names = ", ".join(f"{case_id}_{i:04d}{file_ending}" for i in missing)
+            problems[case_id] = f"{folder / case_id}: missing channel file(s) {names}."
+        elif unexpected:
+            names = ", ".join(channels[i].name for i in unexpected)
+            problems[case_id] = (
+                f"{folder / case_id}: {len(channels)} channel files but channel_names declares "
+                f"{num_channels} ({names} unexpected)."
+            )
+        else:
+            complete.append(RawCase(case_id, tuple(channels[i] for i in range(num_channels))))
+    return complete, problems
+
+
+def training_cases(dataset_dir: str | os.PathLike, description: DatasetDescription) -> list[RawCase]:
+    """Every case found in ``imagesTr`` with its label from ``labelsTr`` (label_file None if absent).
+
+    Incomplete cases are skipped here; the integrity check reports them.
+    """
+    dataset_dir = Path(dataset_dir)
+    cases, _problems = find_cases_in_folder(
+        dataset_dir / "imagesTr", description.file_ending, description.num_channels
+    )
+    result = []
+    for case in cases:
+        label = dataset_dir / "labelsTr" / f"{case.case_id}{description.file_ending}"
+        result.append(RawCase(case.case_id, case.image_files, label if label.is_file() else None))
+    return result

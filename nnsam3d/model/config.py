@@ -1,0 +1,119 @@
+"""The configuration of one 3DMedSAM network, as the planner writes it into the plans.
+
+All sizes are per canonical axis ``(z, y, x)``: z is the through-plane axis along which SAM's
+2D patch embedding is inflated, (y, x) the in-plane axes SAM's 2D kernels were trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from nnsam3d.model.backbones import get_backbone
+
+NETWORK_CONFIG_SCHEMA_VERSION = 1
+
+TRAINABLE_MODES = ("adapters", "full", "frozen_encoder")
+"""What trains in the encoder:
+
+* ``adapters``: SAM's encoder weights frozen; the 3D patch embedding, the depth position
+  embedding and depth relative-position tables, the adapters (and norms if ``train_norms``)
+  train. The default when SAM weights are loaded.
+* ``full``: everything trains (fine-tuning, and training from scratch).
+* ``frozen_encoder``: like ``adapters`` but the network is built without adapters (ablation).
+The decoder always trains.
+"""
+
+
+def _tuple3(value) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in value)
+    if len(values) != 3:
+        raise ValueError(f"expected three values (z, y, x), got {value}")
+    return values
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything needed to build a 3DMedSAM network (weights aside).
+
+    backbone: name in ``nnsam3d.model.backbones.BACKBONES``.
+    in_channels: input channels (modalities) of the volume.
+    num_classes: output classes including background.
+    patch_size: training/inference window in voxels (z, y, x); a multiple of ``token_size``.
+    token_size: voxels per token (z, y, x). In-plane 16 reuses SAM's kernel as is; 8 is finer.
+    window_size: tokens per attention window (z, y, x) in SAM's window blocks; global blocks
+        attend over all tokens.
+    adapter_blocks: zero-based encoder blocks that carry a 3D adapter.
+    adapter_dim: bottleneck width of the adapters.
+    activation_checkpointing: recompute encoder blocks in backward instead of storing them.
+    decoder_channels: channels of the decoder stages at full, 1/2, 1/4 and 1/8 resolution...,
+        the last entry is the width of the necks applied to the encoder features.
+    trainable: one of ``TRAINABLE_MODES``.
+    train_norms: with ``adapters``, also train the encoder's LayerNorms.
+    deep_supervision: also output logits at 1/2 and 1/4 resolution.
+    """
+
+    backbone: str = "vit_b"
+    in_channels: int = 1
+    num_classes: int = 2
+    patch_size: tuple[int, int, int] = (32, 128, 128)
+    token_size: tuple[int, int, int] = (4, 16, 16)
+    window_size: tuple[int, int, int] = (2, 14, 14)
+    adapter_blocks: tuple[int, ...] = ()
+    adapter_dim: int = 64
+    activation_checkpointing: bool = False
+    decoder_channels: tuple[int, ...] = (16, 32, 64, 128)
+    trainable: str = "adapters"
+    train_norms: bool = False
+    deep_supervision: bool = True
+    schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", _tuple3(self.patch_size))
+        object.__setattr__(self, "token_size", _tuple3(self.token_size))
+        object.__setattr__(self, "window_size", _tuple3(self.window_size))
+        object.__setattr__(self, "adapter_blocks", tuple(sorted(int(b) for b in self.adapter_blocks)))
+        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        spec = get_backbone(self.backbone)
+        for axis, (patch, token) in enumerate(zip(self.patch_size, self.token_size)):
+            if patch % token:
+                raise ValueError(
+                    f"patch_size {self.patch_size} is not a multiple of token_size {self.token_size} "
+                    f"along axis {axis}"
+                )
+        bad = [b for b in self.adapter_blocks if not 0 <= b < spec.depth]
+        if bad:
+            raise ValueError(f"adapter_blocks {bad} outside 0..{spec.depth - 1} for {self.backbone}")
+        if self.trainable not in TRAINABLE_MODES:
+            raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """Tokens per axis (z, y, x) for one patch."""
+        return tuple(p // t for p, t in zip(self.patch_size, self.token_size))
+
+    @property
+    def num_tokens(self) -> int:
+        z, y, x = self.token_grid
+        return z * y * x
+
+    def replace(self, **changes) -> "NetworkConfig":
+        content = asdict(self)
+        content.update(changes)
+        return NetworkConfig(**content)
+
+    def to_json(self) -> dict:
+        content = asdict(self)
+        for key in ("patch_size", "token_size", "window_size", "adapter_blocks", "decoder_channels"):
+            content[key] = list(content[key])
+        return content
+
+    @classmethod
+    def from_json(cls, content: dict) -> "NetworkConfig":
+        version = int(content.get("schema_version", NETWORK_CONFIG_SCHEMA_VERSION))
+        if version > NETWORK_CONFIG_SCHEMA_VERSION:
+            raise ValueError(
+                f"network configuration has schema version {version}; this nnsam3d reads up to "
+                f"{NETWORK_CONFIG_SCHEMA_VERSION}. Update nnsam3d."
+            )
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in content.items() if k in known})

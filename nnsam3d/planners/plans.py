@@ -1,0 +1,173 @@
+"""The plans: what the planner decided, as typed data serialised to readable JSON.
+
+``nnsam3d_plans.json`` is the hand-over from planning to preprocessing, training and
+inference. Every stage after the planner reads it through :class:`Plans`, never a raw dict.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nnsam3d.io.atomic import read_json, write_json_atomic
+from nnsam3d.model.config import NetworkConfig
+
+PLANS_SCHEMA_VERSION = 1
+DEFAULT_PLANS_NAME = "nnsam3d_plans"
+
+NORMALIZATION_SCHEMES = (
+    "CTNormalization",
+    "ZScoreNormalization",
+    "NoNormalization",
+    "RescaleTo01Normalization",
+)
+
+
+@dataclass
+class ChannelNormalization:
+    """How one input channel is normalised.
+
+    CTNormalization: clip to [lower_bound, upper_bound] (foreground 0.5/99.5 percentiles),
+        then (x - mean) / std with the dataset's foreground statistics.
+    ZScoreNormalization: per-image (x - mean) / std, inside the non-zero mask when
+        ``use_nonzero_mask`` (cropping to non-zero removed much of the image).
+    NoNormalization: unchanged.  RescaleTo01Normalization: per-image min/max to [0, 1].
+    """
+
+    channel: int
+    modality: str
+    scheme: str
+    use_nonzero_mask: bool = False
+    mean: float | None = None
+    std: float | None = None
+    lower_bound: float | None = None
+    upper_bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in NORMALIZATION_SCHEMES:
+            raise ValueError(f"normalisation scheme must be one of {NORMALIZATION_SCHEMES}, got '{self.scheme}'")
+
+
+@dataclass
+class MemoryBudget:
+    """The GPU memory the plan was made for and the network memory model's estimate for it.
+
+    target_bytes: the budget. source: where it came from ("--gpu-memory-gb", "visible GPU ...",
+    "default"). estimate_bytes: estimated peak training memory of the chosen configuration.
+    breakdown: the estimate's parts in bytes (parameters, gradients, optimizer, activations, ...).
+    precision: "bf16", "fp16" or "fp32", the training precision the estimate assumes.
+    """
+
+    target_bytes: int
+    estimate_bytes: int
+    precision: str
+    source: str = "default"
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Plans:
+    """Everything later stages need to preprocess, train and predict like the planner intended.
+
+    target_spacing: voxel size (mm) along canonical (z, y, x) after resampling.
+    anisotropic_axis: axis whose spacing is more than 3x the others; it is resampled separately
+        (nearest neighbour for images, as nnU-Net does) to avoid interpolation across slices.
+    normalization: one entry per input channel.
+    median_shape: median case shape (voxels, z, y, x) after cropping and resampling.
+    network: the 3DMedSAM configuration (patch size, backbone, token size, window, adapters...).
+    batch_size: patches per training step (at least 2).
+    foreground_oversampling: share of each batch centred on foreground.
+    memory: the budget and the estimate behind the choice.
+    explanation: the paragraph the planner printed.
+    """
+
+    dataset_name: str
+    target_spacing: tuple[float, float, float]
+    normalization: list[ChannelNormalization]
+    median_shape: tuple[int, int, int]
+    network: NetworkConfig
+    batch_size: int
+    memory: MemoryBudget
+    plans_name: str = DEFAULT_PLANS_NAME
+    anisotropic_axis: int | None = None
+    image_resampling_order: int = 3
+    foreground_oversampling: float = 0.33
+    explanation: str = ""
+    schema_version: int = PLANS_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.target_spacing = tuple(float(v) for v in self.target_spacing)
+        self.median_shape = tuple(int(v) for v in self.median_shape)
+
+    @property
+    def data_identifier(self) -> str:
+        """Name of the preprocessed data folder for these plans."""
+        return f"{self.plans_name}_3d"
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.network.patch_size
+
+    @property
+    def backbone(self) -> str:
+        return self.network.backbone
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "dataset_name": self.dataset_name,
+            "plans_name": self.plans_name,
+            "data_identifier": self.data_identifier,
+            "target_spacing": list(self.target_spacing),
+            "anisotropic_axis": self.anisotropic_axis,
+            "image_resampling_order": self.image_resampling_order,
+            "median_shape": list(self.median_shape),
+            "normalization": [asdict(n) for n in self.normalization],
+            "patch_size": list(self.network.patch_size),
+            "batch_size": self.batch_size,
+            "backbone": self.network.backbone,
+            "foreground_oversampling": self.foreground_oversampling,
+            "network": self.network.to_json(),
+            "memory": asdict(self.memory),
+            "explanation": self.explanation,
+        }
+
+    @classmethod
+    def from_json(cls, content: dict, source: str = "plans") -> "Plans":
+        version = int(content.get("schema_version", -1))
+        if version != PLANS_SCHEMA_VERSION:
+            raise ValueError(
+                f"{source}: plans schema version {version}, this nnsam3d reads version "
+                f"{PLANS_SCHEMA_VERSION}. Rerun nnsam3d_plan_and_preprocess."
+            )
+        try:
+            return cls(
+                dataset_name=content["dataset_name"],
+                plans_name=content.get("plans_name", DEFAULT_PLANS_NAME),
+                target_spacing=tuple(content["target_spacing"]),
+                anisotropic_axis=content.get("anisotropic_axis"),
+                image_resampling_order=int(content.get("image_resampling_order", 3)),
+                median_shape=tuple(content["median_shape"]),
+                normalization=[ChannelNormalization(**n) for n in content["normalization"]],
+                network=NetworkConfig.from_json(content["network"]),
+                batch_size=int(content["batch_size"]),
+                foreground_oversampling=float(content.get("foreground_oversampling", 0.33)),
+                memory=MemoryBudget(**content["memory"]),
+                explanation=content.get("explanation", ""),
+                schema_version=version,
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{source}: malformed plans ({type(error).__name__}: {error}).") from error
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plans":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: plans not found. Run nnsam3d_plan_and_preprocess for this dataset first."
+            )
+        return cls.from_json(read_json(path), source=str(path))
