@@ -1,0 +1,49 @@
+"""Walk preprocessing backwards: from the network's grid to the canonical full image.
+
+The network sees a case cropped to its non-zero box and resampled to the target spacing.
+These functions undo both steps with the case's :class:`CaseProperties`; the last step,
+canonical → file order, is ``nnsam3d.io.nifti.from_canonical`` (done when writing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnsam3d.preprocessing.case_properties import CaseProperties
+from nnsam3d.preprocessing.cropping import paste_into_box
+from nnsam3d.preprocessing.resampling import (
+    resample_label_map,
+    resample_scores,
+    resample_scores_to_label_map,
+    separate_axis_for,
+)
+
+
+def _separate_axis(properties: CaseProperties) -> int | None:
+    return separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
+
+
+def restore_label_map(segmentation: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """Label map (z, y, x) on the network grid → canonical label map of the full image (int16)."""
+    cropped = resample_label_map(segmentation, properties.shape_after_cropping, _separate_axis(properties))
+    return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
+
+
+def restore_scores_to_label_map(scores: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """Class scores (K, z, y, x) on the network grid → canonical label map of the full image.
+
+    Resampling happens on the scores (then argmax), not on a label map, which keeps
+    boundaries smooth when the target spacing is coarser than the original.
+    """
+    cropped = resample_scores_to_label_map(scores, properties.shape_after_cropping, _separate_axis(properties))
+    return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
+
+
+def restore_probabilities(probabilities: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """Class probabilities (K, z, y, x) → (K, Z, Y, X) of the full image; outside the box is background."""
+    cropped = resample_scores(probabilities, properties.shape_after_cropping, _separate_axis(properties))
+    full = paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0.0)
+    outside = np.ones(properties.shape_before_cropping, dtype=bool)
+    outside[tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)] = False
+    full[0][outside] = 1.0
+    return full

@@ -1,0 +1,132 @@
+"""Resampling images, label maps and class scores between voxel grids.
+
+Images are resampled with cubic B-splines (order 3). For strongly anisotropic data (one
+axis's spacing more than 3x the others, nnU-Net's rule) the coarse axis is handled
+separately: cubic in-plane, nearest neighbour across slices, because interpolating across
+thick slices invents structures.
+
+Label maps and class scores are never interpolated as numbers. Each class is resampled as
+its own soft mask (linear; nearest across a coarse axis) and every voxel takes the class with
+the highest value, so classes never mix and thin structures survive better than with plain
+nearest-neighbour resampling. Classes are streamed one at a time so that memory stays at two
+volumes whatever the number of classes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+ANISOTROPY_THRESHOLD = 3.0
+
+
+def compute_new_shape(
+    shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]
+) -> tuple[int, ...]:
+    """Voxel shape covering the same extent at ``target_spacing`` (at least 1 voxel per axis)."""
+    return tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing)
+    )
+
+
+def anisotropic_axis(spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
+    """The axis whose spacing exceeds ``threshold`` times the finest spacing, if exactly one does."""
+    spacing = np.asarray(spacing, dtype=float)
+    if spacing.max() / spacing.min() <= threshold:
+        return None
+    coarse = np.flatnonzero(spacing / spacing.min() > threshold)
+    return int(coarse[0]) if len(coarse) == 1 else None
+
+
+def separate_axis_for(spacing_from: Sequence[float], spacing_to: Sequence[float]) -> int | None:
+    """Axis to resample separately when going from one spacing to another (either may be anisotropic)."""
+    axis = anisotropic_axis(spacing_from)
+    return axis if axis is not None else anisotropic_axis(spacing_to)
+
+
+def _zoom_volume(volume: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None) -> np.ndarray:
+    """Resample one 3D volume to ``new_shape``; ``separate_axis`` is resampled with order 0."""
+    old_shape = volume.shape
+    if tuple(old_shape) == tuple(new_shape):
+        return volume
+    factors = [n / o for n, o in zip(new_shape, old_shape)]
+    if separate_axis is None or order == 0:
+        return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    in_plane = list(factors)
+    in_plane[separate_axis] = 1.0
+    if any(f != 1.0 for f in in_plane):
+        volume = ndimage.zoom(volume, in_plane, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    across = [1.0, 1.0, 1.0]
+    across[separate_axis] = factors[separate_axis]
+    if across[separate_axis] != 1.0:
+        volume = ndimage.zoom(volume, across, order=0, mode="nearest", grid_mode=True)
+    return volume
+
+
+def resample_image(
+    data: np.ndarray,
+    new_shape: Sequence[int],
+    separate_axis: int | None = None,
+    order: int = 3,
+) -> np.ndarray:
+    """Resample a (C, z, y, x) image to spatial ``new_shape``; float32 out."""
+    if tuple(data.shape[1:]) == tuple(new_shape):
+        return data.astype(np.float32, copy=False)
+    return np.stack(
+        [_zoom_volume(channel.astype(np.float32, copy=False), new_shape, order, separate_axis) for channel in data]
+    ).astype(np.float32, copy=False)
+
+
+def _argmax_over_streamed_classes(
+    class_scores: Callable[[int], np.ndarray], num_classes: int, new_shape: Sequence[int], separate_axis: int | None
+) -> np.ndarray:
+    best_score = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
+    labels = np.zeros(tuple(new_shape), dtype=np.int16)
+    for k in range(num_classes):
+        resampled = _zoom_volume(class_scores(k).astype(np.float32, copy=False), new_shape, 1, separate_axis)
+        better = resampled > best_score
+        best_score[better] = resampled[better]
+        labels[better] = k
+    return labels
+
+
+def resample_label_map(
+    segmentation: np.ndarray,
+    new_shape: Sequence[int],
+    separate_axis: int | None = None,
+    labels: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Resample an integer label map (z, y, x) to ``new_shape`` without mixing classes; int16 out.
+
+    ``labels`` lists the values to consider (default: those present).
+    """
+    if tuple(segmentation.shape) == tuple(new_shape):
+        return segmentation.astype(np.int16, copy=False)
+    values = list(labels) if labels is not None else [int(v) for v in np.unique(segmentation)]
+    if not values:
+        return np.zeros(tuple(new_shape), dtype=np.int16)
+    winners = _argmax_over_streamed_classes(
+        lambda k: (segmentation == values[k]).astype(np.float32), len(values), new_shape, separate_axis
+    )
+    return np.asarray(values, dtype=np.int16)[winners]
+
+
+def resample_scores_to_label_map(
+    scores: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+) -> np.ndarray:
+    """Class scores (K, z, y, x), probabilities or logits → label map at ``new_shape`` (int16).
+
+    Equivalent to resampling every class channel and taking the argmax, but one class at a time.
+    """
+    if tuple(scores.shape[1:]) == tuple(new_shape):
+        return np.argmax(scores, axis=0).astype(np.int16)
+    return _argmax_over_streamed_classes(lambda k: scores[k], scores.shape[0], new_shape, separate_axis)
+
+
+def resample_scores(scores: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None) -> np.ndarray:
+    """Class scores (K, z, y, x) → (K, *new_shape) float32 (linear; nearest across a coarse axis)."""
+    if tuple(scores.shape[1:]) == tuple(new_shape):
+        return scores.astype(np.float32, copy=False)
+    return np.stack([_zoom_volume(s.astype(np.float32, copy=False), new_shape, 1, separate_axis) for s in scores])
