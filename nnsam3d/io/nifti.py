@@ -70,6 +70,17 @@ class ImageGeometry:
         return tuple(shape_ras[a] for a in _RAS_TO_ZYX)
 
     @property
+    def canonical_affine(self) -> np.ndarray:
+        """4x4 map from canonical voxel indices (z, y, x) to world (mm, RAS+).
+
+        Two files whose canonical grids have equal shapes and equal canonical affines put every
+        canonical voxel at the same place in the world, whatever their file orientations.
+        """
+        affine = self.affine_array
+        ras_affine = affine @ orientations.inv_ornt_aff(_to_ras_transform(affine), self.shape)
+        return ras_affine[:, [*_RAS_TO_ZYX, 3]]
+
+    @property
     def axis_codes(self) -> str:
         """Orientation of the file's axes, e.g. ``'LPS'`` or ``'RAS'``."""
         return "".join(orientations.aff2axcodes(self.affine_array))
@@ -172,7 +183,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
 def read_channels(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, ImageGeometry]:
     """One file per channel → (canonical float32 array (C, z, y, x), geometry of the first file).
 
-    Channels whose grid differs from the first raise ImageReadError naming the file.
+    Channels whose canonical shape differs from the first's raise ImageReadError naming the file.
     """
     arrays = []
     reference: ImageGeometry | None = None
@@ -180,10 +191,13 @@ def read_channels(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Image
         data, geometry = read_volume(path)
         if reference is None:
             reference = geometry
-        elif geometry.shape != reference.shape:
+        elif geometry.canonical_shape != reference.canonical_shape:
+            # Canonical shapes, not file shapes: a channel stored in another orientation is
+            # fine as long as it covers the same grid, and equal file shapes in different
+            # orientations would not stack.
             raise ImageReadError(
-                f"{path}: shape {geometry.shape} differs from the first channel {paths[0]} "
-                f"({reference.shape})."
+                f"{path}: shape {geometry.shape} ({geometry.axis_codes}) differs from the first channel "
+                f"{paths[0]} ({reference.shape}, {reference.axis_codes})."
             )
         arrays.append(data)
     if reference is None:

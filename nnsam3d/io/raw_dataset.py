@@ -184,3 +184,38 @@ def training_cases(dataset_dir: str | os.PathLike, description: DatasetDescripti
         label = dataset_dir / "labelsTr" / f"{case.case_id}{description.file_ending}"
         result.append(RawCase(case.case_id, case.image_files, label if label.is_file() else None))
     return result
+
+
+def labelled_training_cases(dataset_dir: str | os.PathLike, description: DatasetDescription) -> list[RawCase]:
+    """Every training case with all its channels and its label; anything less raises.
+
+    Fingerprinting and preprocessing start here, so that a case with a missing channel or label
+    stops the run before anything is written instead of silently leaving the case out.
+    ``--verify_dataset_integrity`` reports these problems and many more at once.
+    """
+    dataset_dir = Path(dataset_dir)
+    images_dir = dataset_dir / "imagesTr"
+    if not images_dir.is_dir():
+        raise DatasetFormatError(
+            f"{images_dir}: folder not found; training images go there (CASE_0000{description.file_ending})."
+        )
+    cases, problems = find_cases_in_folder(images_dir, description.file_ending, description.num_channels)
+    messages = list(problems.values())
+    result = []
+    for case in cases:
+        label = dataset_dir / "labelsTr" / f"{case.case_id}{description.file_ending}"
+        if label.is_file():
+            result.append(RawCase(case.case_id, case.image_files, label))
+        else:
+            messages.append(f"{label}: label file missing for training case '{case.case_id}'.")
+    if not result and not messages:
+        messages.append(
+            f"{images_dir}: no training images named CASE_XXXX{description.file_ending} "
+            f"(file_ending from dataset.json)."
+        )
+    if messages:
+        raise DatasetFormatError(
+            "The raw dataset is incomplete:\n  " + "\n  ".join(messages)
+            + "\nFix these files, or run with --verify_dataset_integrity for a full check."
+        )
+    return result

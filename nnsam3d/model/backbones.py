@@ -21,7 +21,9 @@ class BackboneSpec:
     feature_blocks: zero-based blocks whose outputs feed the multi-scale decoder (shallow→deep).
     sam_image_size, sam_patch_size, sam_window_size: the 2D geometry SAM was trained with; the
         pretrained position tables are sized for it and resized to the 3D token grid.
-    checkpoint_filename, checkpoint_sha256: the official SAM file, None for vit_tiny.
+    checkpoint_filename, checkpoint_sha256: the official SAM file, None for vit_tiny. The
+        SHA-256s are those the segment-anything files are verified against by other projects
+        (e.g. micro-sam's ``micro_sam/util.py`` ``_CHECKSUMS``, and many download scripts agree).
     """
 
     name: str
@@ -70,6 +72,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         global_attn_indexes=(2, 5, 8, 11),
         feature_blocks=(2, 5, 8, 11),
         checkpoint_filename="sam_vit_b_01ec64.pth",
+        checkpoint_sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
     ),
     "vit_l": BackboneSpec(
         name="vit_l",
@@ -79,6 +82,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         global_attn_indexes=(5, 11, 17, 23),
         feature_blocks=(5, 11, 17, 23),
         checkpoint_filename="sam_vit_l_0b3195.pth",
+        checkpoint_sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
     ),
     "vit_h": BackboneSpec(
         name="vit_h",
@@ -88,6 +92,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         global_attn_indexes=(7, 15, 23, 31),
         feature_blocks=(7, 15, 23, 31),
         checkpoint_filename="sam_vit_h_4b8939.pth",
+        checkpoint_sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
     ),
 }
 

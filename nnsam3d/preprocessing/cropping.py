@@ -8,22 +8,38 @@ from scipy import ndimage
 BoundingBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
-def nonzero_bounding_box(data: np.ndarray) -> BoundingBox:
-    """Half-open box ((z0, z1), (y0, y1), (x0, x1)) around voxels non-zero in any channel.
+def nonzero_mask(data: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: voxels non-zero in any channel of ``data`` (C, z, y, x), holes filled.
 
-    ``data`` is (C, z, y, x). Holes in the mask are filled (as nnU-Net does) so that dark
-    structures inside the body do not change the box. An all-zero image keeps its full extent.
+    Holes are filled (as nnU-Net does) so that dark structures inside the body, which are
+    zero in masked or skull-stripped images, still count as inside for z-scoring.
     """
-    mask = np.any(data != 0, axis=0)
+    return ndimage.binary_fill_holes(np.any(data != 0, axis=0))
+
+
+def bounding_box_of_mask(mask: np.ndarray) -> BoundingBox:
+    """Half-open box ((z0, z1), (y0, y1), (x0, x1)) around the true voxels of a (z, y, x) mask.
+
+    An empty mask gives the full extent.
+    """
     if not mask.any():
-        return tuple((0, int(n)) for n in data.shape[1:])
-    mask = ndimage.binary_fill_holes(mask)
+        return tuple((0, int(n)) for n in mask.shape)
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
         box.append((int(present[0]), int(present[-1]) + 1))
     return tuple(box)
+
+
+def nonzero_bounding_box(data: np.ndarray) -> BoundingBox:
+    """Half-open box ((z0, z1), (y0, y1), (x0, x1)) around voxels non-zero in any channel.
+
+    ``data`` is (C, z, y, x). An all-zero image keeps its full extent. The box is that of the
+    hole-filled :func:`nonzero_mask` too: a hole is enclosed by non-zero voxels, so filling it
+    cannot grow the box, and the (slow) filling is skipped here.
+    """
+    return bounding_box_of_mask(np.any(data != 0, axis=0))
 
 
 def crop_to_box(array: np.ndarray, box: BoundingBox) -> np.ndarray:

@@ -54,10 +54,18 @@ def _zoom_volume(volume: np.ndarray, new_shape: Sequence[int], order: int, separ
     factors = [n / o for n, o in zip(new_shape, old_shape)]
     if separate_axis is None or order == 0:
         return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
-    in_plane = list(factors)
-    in_plane[separate_axis] = 1.0
+    in_plane = [f for axis, f in enumerate(factors) if axis != separate_axis]
     if any(f != 1.0 for f in in_plane):
-        volume = ndimage.zoom(volume, in_plane, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+        # Slice by slice in 2D: the same values as a 3D zoom with factor 1 across slices (which
+        # lands on the spline's knots there), at a quarter of the cost (16 taps instead of 64).
+        slices = np.moveaxis(volume, separate_axis, 0)
+        zoomed = np.stack(
+            [
+                ndimage.zoom(s, in_plane, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+                for s in slices
+            ]
+        )
+        volume = np.moveaxis(zoomed, 0, separate_axis)
     across = [1.0, 1.0, 1.0]
     across[separate_axis] = factors[separate_axis]
     if across[separate_axis] != 1.0:

@@ -1,0 +1,236 @@
+"""Training speed: the CPU demo configuration, and vit_b at a 24 GB plan on a GPU.
+
+CPU (always): the demo dataset (``nnsam3d.demo.synthetic_dataset`` defaults) is generated,
+planned for vit_tiny and preprocessed in a temporary folder; then, with that plan,
+
+* ``model``: training iterations per second of the network alone (the trainer's loss and
+  optimiser step on one fixed batch: forward, Dice + CE over the deep-supervision outputs,
+  backward, clipping, AdamW);
+* ``data_loader``: batches per second of the patch loader alone, and with the training
+  augmentation, in this process (0 workers, what the CPU demo uses);
+* ``training``: iterations per second of the two together, as the trainer runs them, with the
+  augmentation in this process and in one background worker.
+
+Results go to ``benchmarks/results/train_speed_cpu.json``.
+
+CUDA (when a GPU is visible): vit_b with the configuration the planner chooses for a typical
+abdominal CT dataset (512 x 512 slices at 0.78 mm, 2.5 mm apart, 14 classes) and a 24 GiB
+budget; iterations per second with bf16 autocast and the peak of ``torch.cuda.max_memory_allocated``
+against the plan's estimate. Weights are random (speed and memory do not depend on them),
+with SAM's encoder frozen and adapters trainable as in the default trainer. Results go to
+``benchmarks/results/train_speed_cuda.json``.
+
+    python benchmarks/train_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.network import build_network, count_parameters
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.trainers.augmentation import read_size_for, settings_for, training_transforms
+from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
+from nnsam3d.trainers.data_loading import (
+    PatchDataLoader,
+    foreground_samples_per_batch,
+    start_batch_stream,
+    stop_batch_stream,
+)
+from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
+from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
+
+RESULTS = Path(__file__).with_name("results")
+WARMUP_STEPS = 3
+
+
+def _rate(function, seconds: float, minimum: int = 5) -> dict:
+    """Calls per second of ``function`` over at least ``seconds`` and ``minimum`` calls."""
+    count, started = 0, time.perf_counter()
+    while count < minimum or time.perf_counter() - started < seconds:
+        function()
+        count += 1
+    elapsed = time.perf_counter() - started
+    return {"per_second": count / elapsed, "calls": count, "seconds": elapsed}
+
+
+def model_step(config: NetworkConfig, batch_size: int, device: torch.device):
+    """A closure doing one training iteration of ``config`` on a fixed random batch, as the trainer does."""
+    network = build_network(config).to(device).train()
+    optimizer = build_optimizer(network, 1e-4, 1e-2)
+    optimization = Optimization(network, optimizer, WarmupDecaySchedule(optimizer, 1e-4, 10**6, 0.0),
+                                precision_for(device))
+    loss_function = DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
+    data = torch.randn(batch_size, config.in_channels, *config.patch_size, device=device)
+    target = torch.randint(0, config.num_classes, (batch_size, 1, *config.patch_size), device=device, dtype=torch.int16)
+
+    def step() -> None:
+        with optimization.precision.autocast():
+            loss = loss_function(network(data), target)
+        optimization.step(loss)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step, network, optimization, loss_function
+
+
+def demo_plan(root: Path):
+    """Generate, plan (vit_tiny) and preprocess the demo dataset under ``root``; (plans, data folder)."""
+    from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+    from nnsam3d.preprocessing.pipeline import plan_and_preprocess
+
+    for variable, name in (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
+                           ("nnSAM3D_results", "results")):
+        os.environ[variable] = str(root / name)
+    spec = SyntheticDatasetSpec()
+    generate_synthetic_dataset(root / "raw", spec)
+    plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
+    return plans, root / "preprocessed" / spec.folder_name / plans.data_identifier
+
+
+def cpu_benchmark(seconds: float) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        plans, data_folder = demo_plan(Path(folder))
+        config = plans.network.replace(trainable="full", deep_supervision=True)  # as the default trainer on vit_tiny
+        device = torch.device("cpu")
+        cases = PreprocessedCaseStore(data_folder).case_ids()
+        settings = settings_for(plans.patch_size, plans.target_spacing, plans.anisotropic_axis)
+        foreground = foreground_samples_per_batch(plans.batch_size, plans.foreground_oversampling)
+
+        def loader(read_size):
+            return PatchDataLoader(data_folder, cases, plans.batch_size, plans.patch_size, foreground, read_size)
+
+        np.random.seed(0)
+        plain = loader(None)
+        augmented = start_batch_stream(loader(read_size_for(settings)), training_transforms(settings), 0, seed=0)
+        step, network, optimization, loss_function = model_step(config, plans.batch_size, device)
+        for _ in range(WARMUP_STEPS):
+            step()
+        model = _rate(step, seconds)
+        plain_rate = _rate(lambda: next(plain), seconds)
+        augmented_rate = _rate(lambda: next(augmented), seconds)
+
+        def training_rate(stream) -> float:
+            def iteration() -> None:
+                batch = next(stream)
+                with optimization.precision.autocast():
+                    loss = loss_function(network(batch["data"]), batch["target"])
+                optimization.step(loss)
+
+            return _rate(iteration, seconds)["per_second"]
+
+        training = training_rate(augmented)
+        with_worker = start_batch_stream(loader(read_size_for(settings)), training_transforms(settings), 1, seed=0)
+        try:
+            training_one_worker = training_rate(with_worker)
+        finally:
+            stop_batch_stream(with_worker)
+        return {
+            "plan": {"backbone": config.backbone, "patch_size": list(config.patch_size),
+                     "token_size": list(config.token_size), "batch_size": plans.batch_size,
+                     "trainable": config.trainable, "parameters": str(count_parameters(network))},
+            "model_iterations_per_s": round(model["per_second"], 3),
+            "data_loader_batches_per_s": round(plain_rate["per_second"], 2),
+            "data_loader_with_augmentation_batches_per_s": round(augmented_rate["per_second"], 2),
+            "training_iterations_per_s": round(training, 3),
+            "training_iterations_per_s_one_worker": round(training_one_worker, 3),
+            "augmentation": "in-plane" if settings.thin_axis is not None else "3D",
+            "measurement_seconds_each": seconds,
+        }
+
+
+def typical_ct_plan_24gb():
+    """The planner's vit_b plan for a typical abdominal CT dataset and a 24 GiB GPU."""
+    from nnsam3d.planners.experiment_planner import plan_experiment
+    from nnsam3d.planners.fingerprint import DatasetFingerprint, IntensityStatistics
+
+    cases = [f"ct_{i:03d}" for i in range(40)]
+    fingerprint = DatasetFingerprint(
+        dataset_name="Dataset900_TypicalAbdomenCT",
+        case_ids=cases,
+        spacings=[(2.5, 0.78, 0.78)] * len(cases),
+        shapes_before_cropping=[(140, 512, 512)] * len(cases),
+        shapes_after_cropping=[(140, 420, 460)] * len(cases),
+        modalities={"0": "CT"},
+        intensity_statistics={"0": IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
+                                                       percentile_99_5=280.0, min=-1024.0, max=3000.0)},
+    )
+    labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
+    description = DatasetDescription(channel_names={"0": "CT"}, labels=labels, num_training=len(cases),
+                                     file_ending=".nii.gz")
+    return plan_experiment(fingerprint, description, gpu_memory_gb=24, backbone="vit_b")
+
+
+def cuda_benchmark(seconds: float) -> dict:
+    plans = typical_ct_plan_24gb()
+    config = plans.network.replace(trainable="adapters", deep_supervision=True)
+    device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    step, network, optimization, _ = model_step(config, plans.batch_size, device)
+    for _ in range(WARMUP_STEPS):
+        step()
+    torch.cuda.reset_peak_memory_stats()
+    rate = _rate(step, seconds)
+    peak = torch.cuda.max_memory_allocated()
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "precision": optimization.precision.name,
+        "plan": {"backbone": config.backbone, "patch_size": list(config.patch_size),
+                 "token_size": list(config.token_size), "batch_size": plans.batch_size,
+                 "adapter_blocks": list(config.adapter_blocks), "adapter_dim": config.adapter_dim,
+                 "activation_checkpointing": config.activation_checkpointing,
+                 "parameters": str(count_parameters(network))},
+        "iterations_per_s": round(rate["per_second"], 3),
+        "peak_allocated_bytes": int(peak),
+        "plan_estimate_bytes": int(plans.memory.estimate_bytes),
+        "estimate_over_measured": round(plans.memory.estimate_bytes / peak, 3),
+        "measurement_seconds": seconds,
+    }
+
+
+def environment() -> dict:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per quantity (default 20)")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine busy')")
+    arguments = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    cpu = {"environment": environment(), "note": arguments.note, **cpu_benchmark(arguments.seconds)}
+    (RESULTS / "train_speed_cpu.json").write_text(json.dumps(cpu, indent=2) + "\n")
+    print(json.dumps(cpu, indent=2))
+    if torch.cuda.is_available():
+        cuda = {"environment": environment(), "note": arguments.note, **cuda_benchmark(arguments.seconds)}
+        (RESULTS / "train_speed_cuda.json").write_text(json.dumps(cuda, indent=2) + "\n")
+        print(json.dumps(cuda, indent=2))
+    else:
+        print("no CUDA GPU visible: the vit_b / 24 GB measurement was skipped.", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Which cases to predict: the input folder (or single case), ``--num-parts``, ``--continue``.
+
+Input cases follow the dataset's naming: one file per channel, ``CASE_XXXX<file_ending>``
+(``XXXX`` = channel index). ``-i`` may name a folder of such files or one channel file of a
+single case; for a one-channel dataset any single image file is accepted as a case.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from nnsam3d.io.raw_dataset import RawCase, find_cases_in_folder
+
+
+class CaseInputError(ValueError):
+    """The input path cannot be read as cases of this dataset; the message says why."""
+
+
+@dataclass
+class CaseSelection:
+    """The outcome of looking at the input.
+
+    cases: complete cases to predict, sorted by identifier.
+    problems: case identifier → message for cases that cannot be predicted (missing channel,
+        file not named after the dataset's convention).
+    skipped: identifiers whose output already exists (``--continue``).
+    """
+
+    cases: list[RawCase] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _channel_pattern(file_ending: str) -> re.Pattern:
+    return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + r"$")
+
+
+def find_input_cases(input_path: str | os.PathLike, file_ending: str, num_channels: int) -> CaseSelection:
+    """Cases in a folder, or the single case a file belongs to."""
+    input_path = Path(input_path)
+    pattern = _channel_pattern(file_ending)
+    if input_path.is_dir():
+        cases, problems = find_cases_in_folder(input_path, file_ending, num_channels)
+        for entry in sorted(input_path.iterdir()):
+            if entry.is_file() and entry.name.endswith(file_ending) and not pattern.match(entry.name):
+                stem = entry.name[: -len(file_ending)]
+                problems[stem] = (
+                    f"{entry}: not named CASE_XXXX{file_ending} (one file per channel, XXXX = channel index); "
+                    f"rename it, e.g. to {stem}_0000{file_ending}."
+                )
+        if not cases and not problems:
+            raise CaseInputError(
+                f"{input_path}: no images named CASE_XXXX{file_ending} (file ending from the model's dataset.json)."
+            )
+        return CaseSelection(cases, problems)
+    if input_path.is_file():
+        match = pattern.match(input_path.name)
+        if match is None:
+            if num_channels == 1 and input_path.name.endswith(file_ending):
+                return CaseSelection([RawCase(input_path.name[: -len(file_ending)], (input_path,))])
+            raise CaseInputError(
+                f"{input_path}: not a channel file CASE_XXXX{file_ending} of a {num_channels}-channel case. "
+                f"Give a folder of cases, or one channel file of a case."
+            )
+        case_id = match.group("case")
+        cases, problems = find_cases_in_folder(input_path.parent, file_ending, num_channels)
+        return CaseSelection(
+            [case for case in cases if case.case_id == case_id],
+            {k: v for k, v in problems.items() if k == case_id},
+        )
+    raise CaseInputError(f"{input_path}: no such file or folder.")
+
+
+def select_part(case_ids: Sequence[str], num_parts: int, part_id: int) -> set[str]:
+    """The identifiers of part ``part_id`` of ``num_parts`` (every ``num_parts``-th in sorted order)."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise CaseInputError(f"--part-id must be in 0..{num_parts - 1} and --num-parts at least 1 (got {part_id}/{num_parts}).")
+    return set(sorted(case_ids)[part_id::num_parts])
+
+
+def restrict_selection(selection: CaseSelection, num_parts: int, part_id: int) -> CaseSelection:
+    """Keep the part's share of the cases and of the problem cases (each part reports its own)."""
+    keep = select_part([c.case_id for c in selection.cases] + list(selection.problems), num_parts, part_id)
+    return CaseSelection(
+        [c for c in selection.cases if c.case_id in keep],
+        {k: v for k, v in selection.problems.items() if k in keep},
+        list(selection.skipped),
+    )

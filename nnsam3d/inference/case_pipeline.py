@@ -1,0 +1,188 @@
+"""Overlap reading, network and writing across the cases of a folder.
+
+Three stages per case: *load* (read the files and preprocess), *predict* (the network, in
+the calling thread) and *save* (resample back, postprocess, write). Loading of the next
+cases and saving of the previous one run in background threads while the network works on
+the current case, so that on a folder of cases the wall time approaches the network's time.
+
+Threads, not processes: NumPy, SciPy's ``ndimage`` (resampling), zlib (``.nii.gz``) and
+PyTorch release the GIL in their heavy loops, so the stages truly run in parallel, and a
+class-score volume (gigabytes for a large CT) is handed to the writer without a copy.
+
+The background threads run at a lower scheduling priority (Linux schedules threads one by
+one): on a CPU the network's threads keep every core busy, and a background thread that
+preempted one of them would stall every parallel operation of the network until it is
+scheduled again. With the lower priority, loading and saving use the cycles the network
+leaves (while it waits for the GPU, for the GIL, for memory).
+
+Memory: at most ``prefetch`` loaded cases wait for the network, and at most
+``max_pending_saves`` score volumes wait for (or are in) the writer, besides the one the
+network is filling.
+
+A case whose stage raises is reported with its message and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Sequence, TypeVar
+
+from tqdm import tqdm
+
+from nnsam3d.io.nifti import ImageReadError
+
+Case = TypeVar("Case")
+Loaded = TypeVar("Loaded")
+Result = TypeVar("Result")
+
+
+BACKGROUND_NICENESS = 10
+"""How much lower than the network's threads the loader and writer threads are scheduled."""
+
+
+def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Raise the calling thread's nice value by ``niceness`` (Linux only; elsewhere a no-op,
+    since other systems apply priorities to the whole process)."""
+    if not sys.platform.startswith("linux"):
+        return
+    thread_id = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread_id, min(19, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness))
+    except OSError:  # not permitted in some sandboxes: run at normal priority
+        pass
+
+
+@dataclass
+class CaseFailure:
+    case_id: str
+    message: str
+
+
+@dataclass
+class PipelineReport:
+    """What happened to the cases of a run.
+
+    completed: identifiers written, in order. failures: cases that raised, with their message.
+    skipped: identifiers not predicted because their output existed (``--continue``).
+    wall_seconds: the pipeline's wall-clock time. network_seconds: time spent in the predict stage.
+    """
+
+    completed: list[str] = field(default_factory=list)
+    failures: list[CaseFailure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    network_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def add_failure(self, case_id: str, error: BaseException | str) -> None:
+        self.failures.append(CaseFailure(case_id, describe_error(error)))
+
+
+def describe_error(error: BaseException | str) -> str:
+    """The message of a per-case error; file-reading errors already name their file."""
+    if isinstance(error, str):
+        return error
+    if isinstance(error, (ImageReadError, FileNotFoundError, ValueError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class CaseStages(Generic[Case, Loaded, Result]):
+    """The three stage functions of the pipeline.
+
+    case_id: names a case in reports and progress bars.
+    load: runs in a background thread; returns what the network needs.
+    predict: runs in the calling thread on the loaded case; returns what saving needs (and
+        nothing more: the loaded case is released as soon as it returns).
+    save: runs in a background thread with the case and the prediction.
+    """
+
+    case_id: Callable[[Case], str]
+    load: Callable[[Case], Loaded]
+    predict: Callable[[Loaded], Result]
+    save: Callable[[Case, Result], None]
+
+
+def run_case_pipeline(
+    cases: Sequence[Case],
+    stages: CaseStages[Case, Loaded, Result],
+    prefetch: int = 1,
+    num_loaders: int = 1,
+    max_pending_saves: int = 1,
+    progress: bool = False,
+    report: PipelineReport | None = None,
+) -> PipelineReport:
+    """Run every case through load → predict → save with loading and saving in the background.
+
+    prefetch: cases loaded ahead of the network (>= 1). num_loaders: loader threads.
+    max_pending_saves: score volumes allowed to wait for the writer before the network waits.
+    report: an existing report to add to (its skipped/failures from case selection are kept).
+    """
+    report = report or PipelineReport()
+    started = time.perf_counter()
+    prefetch = max(1, int(prefetch))
+    loads: deque[tuple[Case, Future]] = deque()
+    saves: deque[tuple[str, Future]] = deque()
+    upcoming = iter(cases)
+
+    def submit_next_load(pool: ThreadPoolExecutor) -> None:
+        case = next(upcoming, None)
+        if case is not None:
+            loads.append((case, pool.submit(stages.load, case)))
+
+    def finish_oldest_save() -> None:
+        case_id, future = saves.popleft()
+        try:
+            future.result()
+            report.completed.append(case_id)
+        except Exception as error:  # a failed case must not stop the others
+            report.add_failure(case_id, error)
+        bar.update(1)
+
+    loader_pool = ThreadPoolExecutor(max_workers=max(1, num_loaders), thread_name_prefix="nnsam3d-load",
+                                     initializer=lower_thread_priority)
+    saver_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnsam3d-save", initializer=lower_thread_priority)
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress)
+    try:
+        for _ in range(prefetch):
+            submit_next_load(loader_pool)
+        while loads:
+            case, future = loads.popleft()
+            submit_next_load(loader_pool)
+            case_id = stages.case_id(case)
+            bar.set_postfix_str(case_id)
+            try:
+                loaded = future.result()
+                network_started = time.perf_counter()
+                result = stages.predict(loaded)
+                report.network_seconds += time.perf_counter() - network_started
+            except Exception as error:
+                report.add_failure(case_id, error)
+                bar.update(1)
+                continue
+            finally:
+                # The future holds the loaded case too; drop both so that the input image is
+                # freed before waiting for the writer.
+                loaded = future = None
+            while len(saves) >= max(1, max_pending_saves):
+                finish_oldest_save()
+            saves.append((case_id, saver_pool.submit(stages.save, case, result)))
+            result = None  # the writer holds the only reference now
+        while saves:
+            finish_oldest_save()
+    finally:
+        bar.close()
+        loader_pool.shutdown(wait=True, cancel_futures=True)
+        saver_pool.shutdown(wait=True, cancel_futures=True)
+    report.wall_seconds += time.perf_counter() - started
+    return report

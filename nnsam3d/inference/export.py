@@ -1,0 +1,118 @@
+"""Export a prediction: class probabilities on the network grid → label map file in the input's geometry.
+
+The network's grid is the case cropped to its non-zero box and resampled to the target
+spacing. :mod:`nnsam3d.preprocessing.geometry_restore` walks these steps back (class scores
+are resampled class by class and then argmaxed, so memory stays at two volumes), the
+postprocessing is applied on the full canonical label map, and ``io.nifti.write_segmentation``
+writes it onto exactly the input file's grid (shape, affine, orientation, qform/sform codes),
+atomically.
+
+With ``save_probabilities``, ``CASE.npz`` is written beside the label map:
+
+* ``probabilities``: float16 (K, z, y, x), canonical order (``io.nifti``), on the full
+  image's grid (the crop undone, outside the crop box background has probability 1), so that
+  predictions of models with different plans can be averaged voxel by voxel;
+* ``properties``: the case's :class:`CaseProperties` as a JSON string (the input geometry
+  included), so that an ensemble's label map can be written without the input files.
+
+The ``.npz`` is written before the label map: a label map on disk means the case is complete
+(``nnsam3d_predict --continue`` relies on that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnsam3d.inference.postprocessing import PostprocessingRules, apply_postprocessing
+from nnsam3d.io.atomic import save_npz_atomic
+from nnsam3d.io.nifti import write_segmentation
+from nnsam3d.preprocessing.case_properties import CaseProperties
+from nnsam3d.preprocessing.geometry_restore import restore_probabilities, restore_scores_to_label_map
+
+IMAGE_FILE_ENDINGS = (".nii.gz", ".nii")
+PROBABILITIES_KEY = "probabilities"
+PROPERTIES_KEY = "properties"
+
+
+def case_name_of(path: str | os.PathLike) -> str:
+    """File name without its image ending: ``liver_003.nii.gz`` → ``liver_003``."""
+    name = Path(path).name
+    for ending in IMAGE_FILE_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+def probabilities_file_for(output_file: str | os.PathLike) -> Path:
+    """``OUT/CASE.npz`` for the label map ``OUT/CASE.nii.gz``."""
+    output_file = Path(output_file)
+    return output_file.with_name(case_name_of(output_file) + ".npz")
+
+
+def probabilities_to_label_map(
+    probabilities: np.ndarray, properties: CaseProperties, postprocessing: PostprocessingRules | None = None
+) -> np.ndarray:
+    """(K, z, y, x) class probabilities on the network grid → canonical label map (z, y, x) int16
+    of the full input image, postprocessed."""
+    expected = tuple(properties.shape_after_resampling)
+    if tuple(probabilities.shape[1:]) != expected:
+        raise ValueError(
+            f"case '{properties.case_id}': probabilities of shape {probabilities.shape[1:]} do not match "
+            f"the preprocessed shape {expected}"
+        )
+    label_map = restore_scores_to_label_map(probabilities, properties)
+    return apply_postprocessing(label_map, postprocessing)
+
+
+def save_probabilities_file(probabilities: np.ndarray, properties: CaseProperties, path: str | os.PathLike) -> None:
+    """Write the full-image probabilities (float16, canonical) and the properties as ``.npz``."""
+    full = restore_probabilities(probabilities, properties).astype(np.float16)
+    save_npz_atomic(
+        path,
+        **{PROBABILITIES_KEY: full, PROPERTIES_KEY: np.array(json.dumps(properties.to_json()))},
+    )
+
+
+def load_probabilities_file(path: str | os.PathLike) -> tuple[np.ndarray, CaseProperties]:
+    """Read a ``CASE.npz``: (probabilities float16 (K, z, y, x) canonical, full image; properties)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            probabilities = archive[PROBABILITIES_KEY]
+            properties = CaseProperties.from_json(json.loads(str(archive[PROPERTIES_KEY])))
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(
+            f"{path}: not a probabilities file written by nnsam3d ({type(error).__name__}: {error}). "
+            f"Predict again with --save-probabilities (or train with --npz)."
+        ) from error
+    return probabilities, properties
+
+
+def export_prediction(
+    probabilities: np.ndarray,
+    properties: CaseProperties,
+    output_file: Path,
+    save_probabilities: bool = False,
+    postprocessing: PostprocessingRules | None = None,
+) -> np.ndarray:
+    """Write the label map of one case in the input's original geometry, atomically.
+
+    probabilities: (K, z, y, x) float16/float32 on the network grid
+        (``properties.shape_after_resampling``), as ``Predictor.predict_preprocessed`` returns.
+    properties: the case's preprocessing record (from the preprocessor or the case store).
+    output_file: e.g. ``OUT/CASE.nii.gz``; its folder is created.
+    save_probabilities: also write ``OUT/CASE.npz`` (see the module docstring).
+    postprocessing: rules applied to the label map (not to the saved probabilities).
+
+    Returns the written label map in canonical order (z, y, x), int16.
+    """
+    output_file = Path(output_file)
+    if save_probabilities:
+        save_probabilities_file(probabilities, properties, probabilities_file_for(output_file))
+    label_map = probabilities_to_label_map(probabilities, properties, postprocessing)
+    write_segmentation(label_map, properties.geometry, output_file)
+    return label_map

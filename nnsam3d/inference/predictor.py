@@ -1,0 +1,425 @@
+"""The predictor: trained 3DMedSAM networks (one per fold) → label maps for new images.
+
+>>> predictor = Predictor.from_model_folder(paths.training_output_dir(501, "nnSAM3DTrainer", "nnsam3d_plans"))
+>>> report = predictor.predict_folder("imagesTs", "predictions")           # files
+>>> labels = predictor.predict_volume(ct_array, affine)                    # numpy, in memory
+
+Per case: the preprocessor used in training (crop, normalise, resample; the same code), a
+sliding window over the network grid with Gaussian weighting and batched windows
+(:mod:`sliding_window`), every window through every fold's network, mirrored along all axes
+(:mod:`window_prediction`), the softmax averaged; then export in the input's exact geometry
+(:mod:`export`) with the model folder's postprocessing.
+
+Memory: one class-score volume per case, (K, z, y, x) float16 on the network grid by default
+(probabilities are bounded, so half precision loses nothing that matters for the argmax), plus
+one float32 weight volume. Whatever the number of folds, they share this one accumulator.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnsam3d.inference.case_inputs import (
+    CaseInputError,
+    CaseSelection,
+    find_input_cases,
+    restrict_selection,
+)
+from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
+from nnsam3d.inference.export import (
+    case_name_of,
+    export_prediction,
+    probabilities_file_for,
+    probabilities_to_label_map,
+)
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
+from nnsam3d.inference.overlays import save_overlay
+from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
+from nnsam3d.inference.sliding_window import sliding_window_predict
+from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
+from nnsam3d.io.checkpoint_file import load_checkpoint
+from nnsam3d.io.nifti import ImageGeometry, from_canonical, read_volume, to_canonical
+from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
+from nnsam3d.model.network import build_network
+from nnsam3d.planners.plans import Plans
+from nnsam3d.preprocessing.case_properties import CaseProperties
+from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
+
+OVERLAY_FOLDER = "overlays"
+GPU_ACCUMULATOR_SHARE = 0.5
+"""Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
+
+
+class IncompatibleModelsError(ValueError):
+    """Checkpoints that cannot be ensembled (different preprocessing or labels)."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU. ``"cuda"`` without a GPU raises."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu (or auto).")
+    return device
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPUs (bfloat16 where supported, as in training), full precision on CPUs."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _preprocessing_signature(plans: Plans) -> dict:
+    """The parts of the plans that decide what the network sees; ensembled models must agree."""
+    content = plans.to_json()
+    return {key: content[key] for key in ("target_spacing", "anisotropic_axis", "image_resampling_order",
+                                          "normalization", "patch_size")}
+
+
+@dataclass
+class _PredictedCase:
+    """What the writer needs of a predicted case: the scores and where they go back to."""
+
+    probabilities: np.ndarray
+    properties: CaseProperties
+
+
+class Predictor:
+    """Sliding-window prediction with an ensemble of networks (usually the folds of a model).
+
+    networks: trained 3DMedSAM networks; they are moved to ``device`` and put into eval mode
+        with deep supervision off.
+    plans: the plans the networks were trained with (preprocessing and patch size).
+    description: the dataset's ``dataset.json`` (labels, channels, file ending).
+    device: where the networks run.
+    step_size: window stride as a fraction of the patch size (0.5: windows overlap by half).
+    use_mirroring: test-time augmentation, mirroring along all three axes (8x the work).
+
+    Keyword-only options:
+    batch_size: windows per network call (default: the plans' training batch size).
+    postprocessing: rules applied to every label map (``from_model_folder`` loads
+        ``postprocessing.json`` when present).
+    accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
+    progress: progress bars over cases and windows.
+    num_loaders: background threads reading and preprocessing upcoming cases (also the
+        number of cases read ahead).
+    """
+
+    def __init__(
+        self,
+        networks: list[nn.Module],
+        plans: Plans,
+        description: DatasetDescription,
+        device: torch.device,
+        step_size: float = 0.5,
+        use_mirroring: bool = True,
+        *,
+        batch_size: int | None = None,
+        postprocessing: PostprocessingRules | None = None,
+        accumulator_dtype: torch.dtype = torch.float16,
+        progress: bool = False,
+        num_loaders: int = 1,
+    ):
+        if not networks:
+            raise ValueError("a Predictor needs at least one network")
+        if not 0.0 < step_size <= 1.0:
+            raise ValueError(f"step size must be in (0, 1], got {step_size}")
+        self.device = torch.device(device)
+        self.plans = plans
+        self.description = description
+        self.step_size = float(step_size)
+        self.use_mirroring = bool(use_mirroring)
+        self.batch_size = int(batch_size or max(1, plans.batch_size))
+        self.postprocessing = postprocessing
+        self.accumulator_dtype = accumulator_dtype
+        self.progress = progress
+        self.num_loaders = max(1, int(num_loaders))
+        self.checkpoint_files: list[Path] = []  # filled by from_model_folders, for reporting
+        self.networks = []
+        for network in networks:
+            network.to(self.device)
+            network.eval()
+            if hasattr(network, "deep_supervision"):
+                network.deep_supervision = False
+            self.networks.append(network)
+        self.window_ensemble = WindowEnsemble(
+            self.networks, SPATIAL_AXES if self.use_mirroring else (), autocast_dtype=_autocast_dtype(self.device)
+        )
+
+    # ------------------------------------------------------------------ construction from files
+    @classmethod
+    def from_model_folder(
+        cls,
+        model_dir: str | os.PathLike,
+        folds: Sequence[int | str] | None = None,
+        checkpoint_name: str = CHECKPOINT_FILES["final"],
+        device: str | torch.device | None = None,
+        **options,
+    ) -> "Predictor":
+        """Load the folds of one model folder (``$nnSAM3D_results/DatasetXXX_Name/TRAINER__PLANS``).
+
+        folds: e.g. ``[0, 1, 2, 3, 4]`` or ``["all"]``; None takes every ``fold_*`` holding
+            ``checkpoint_name``. A missing fold or no fold at all raises ``ModelFolderError``.
+        device: None or "auto" for CUDA when available. ``options``: see the class.
+        ``postprocessing.json`` in ``model_dir`` is applied unless ``postprocessing`` is given.
+        """
+        return cls.from_model_folders([model_dir], folds, checkpoint_name, device, postprocessing_folder=model_dir, **options)
+
+    @classmethod
+    def from_model_folders(
+        cls,
+        model_dirs: Sequence[str | os.PathLike],
+        folds: Sequence[int | str] | None = None,
+        checkpoint_name: str = CHECKPOINT_FILES["final"],
+        device: str | torch.device | None = None,
+        postprocessing_folder: str | os.PathLike | None = None,
+        **options,
+    ) -> "Predictor":
+        """An ensemble of several model folders (e.g. two trainers with the same plans), every
+        fold of each averaged with equal weight. ``postprocessing.json`` is read from
+        ``postprocessing_folder`` when given and present."""
+        device = resolve_device(device)
+        checkpoint_files = [path for folder in model_dirs for path in fold_checkpoints(folder, folds, checkpoint_name)]
+        networks, plans, description, reference = [], None, None, None
+        for path in checkpoint_files:
+            checkpoint = load_checkpoint(path, map_location="cpu")
+            checkpoint_plans = Plans.from_json(checkpoint.plans, source=str(path))
+            checkpoint_description = DatasetDescription.from_json(checkpoint.dataset_json, source=f"{path} (dataset.json)")
+            if plans is None:
+                plans, description, reference = checkpoint_plans, checkpoint_description, path
+            elif _preprocessing_signature(checkpoint_plans) != _preprocessing_signature(plans) or (
+                checkpoint_description.labels != description.labels
+                or checkpoint_description.channel_names != description.channel_names
+            ):
+                raise IncompatibleModelsError(
+                    f"{path} and {reference} were trained with different preprocessing, patch size or labels "
+                    f"and cannot be ensembled; predict with them separately."
+                )
+            network = build_network(checkpoint_plans.network.replace(deep_supervision=False))
+            network.load_state_dict(checkpoint.network_weights)
+            networks.append(network)
+            del checkpoint
+        if "postprocessing" not in options and postprocessing_folder is not None:
+            options["postprocessing"] = load_postprocessing_if_present(postprocessing_folder)
+        predictor = cls(networks, plans, description, device, **options)
+        predictor.checkpoint_files = checkpoint_files
+        return predictor
+
+    # ------------------------------------------------------------------ network grid
+    @property
+    def num_classes(self) -> int:
+        return self.description.num_classes
+
+    def _accumulator_device(self, spatial_shape: Sequence[int]) -> torch.device:
+        """The GPU when the score volume fits comfortably in its free memory, else host RAM."""
+        if self.device.type != "cuda":
+            return self.device
+        voxels = int(np.prod(spatial_shape))
+        needed = voxels * (self.num_classes * torch.finfo(self.accumulator_dtype).bits // 8 + 4)
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return self.device if needed < GPU_ACCUMULATOR_SHARE * free else torch.device("cpu")
+
+    def predict_probabilities(self, data: np.ndarray) -> np.ndarray:
+        """Like :meth:`predict_preprocessed` but in the accumulator's dtype (float16 by default),
+        which saves a float32 copy of the score volume."""
+        data = np.asarray(data)
+        if data.ndim != 4 or data.shape[0] != self.description.num_channels:
+            raise ValueError(
+                f"expected a preprocessed image ({self.description.num_channels}, z, y, x), got shape {data.shape}"
+            )
+        accumulator_device = self._accumulator_device(data.shape[1:])
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+            if accumulator_device.type == "cuda":
+                image = image.to(self.device)
+            scores = sliding_window_predict(
+                image,
+                self.window_ensemble,
+                self.num_classes,
+                self.plans.patch_size,
+                step_size=self.step_size,
+                batch_size=self.batch_size,
+                accumulator_dtype=self.accumulator_dtype,
+                accumulator_device=accumulator_device,
+                compute_device=self.device,
+                progress=self.progress,
+            )
+        return scores.cpu().numpy()
+
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        """Class probabilities of a preprocessed case.
+
+        data: (C, z, y, x) float32 on the network grid (the preprocessor's output).
+        Returns (K, z, y, x) float32: the softmax averaged over windows (Gaussian-weighted),
+        mirrorings and networks.
+        """
+        return self.predict_probabilities(data).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ files
+    def _preprocess(self, case: RawCase) -> PreprocessedCase:
+        return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id)
+
+    def _predict_loaded(self, loaded: PreprocessedCase) -> _PredictedCase:
+        return _PredictedCase(self.predict_probabilities(loaded.data), loaded.properties)
+
+    def _write_case(
+        self,
+        predicted: _PredictedCase,
+        image_files: Sequence[str | os.PathLike],
+        output_file: Path,
+        save_probabilities: bool,
+        overlay_file: str | os.PathLike | None,
+    ) -> None:
+        label_map = export_prediction(
+            predicted.probabilities, predicted.properties, output_file, save_probabilities, self.postprocessing
+        )
+        if overlay_file is not None:
+            # The input image again (preprocessing kept only the cropped, normalised one).
+            image, geometry = read_volume(image_files[0])
+            save_overlay(image, label_map, geometry.spacing, overlay_file,
+                         label_names={v: k for k, v in self.description.labels.items()},
+                         title=case_name_of(output_file))
+
+    def predict_case_files(
+        self,
+        image_files: Sequence[str | os.PathLike],
+        output_file: str | os.PathLike,
+        *,
+        save_probabilities: bool = False,
+        save_overlay_to: str | os.PathLike | None = None,
+    ) -> None:
+        """Predict one case from its channel files (in channel order) into ``output_file``.
+
+        save_probabilities: also write ``CASE.npz`` beside it. save_overlay_to: a PNG path for
+        the contour picture. Unreadable files raise ``ImageReadError`` naming the file.
+        """
+        output_file = Path(output_file)
+        loaded = preprocess_case_files(list(image_files), self.plans, case_id=case_name_of(output_file))
+        predicted = self._predict_loaded(loaded)
+        del loaded
+        self._write_case(predicted, image_files, output_file, save_probabilities, save_overlay_to)
+
+    def select_cases(
+        self,
+        input_path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        *,
+        skip_existing: bool = False,
+        save_probabilities: bool = False,
+        num_parts: int = 1,
+        part_id: int = 0,
+    ) -> CaseSelection:
+        """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
+        ending = self.description.file_ending
+        selection = restrict_selection(
+            find_input_cases(input_path, ending, self.description.num_channels), num_parts, part_id
+        )
+        if skip_existing:
+            remaining = []
+            for case in selection.cases:
+                output_file = Path(output_dir) / f"{case.case_id}{ending}"
+                done = output_file.is_file() and (not save_probabilities or probabilities_file_for(output_file).is_file())
+                (selection.skipped if done else remaining).append(case.case_id if done else case)
+            selection.cases = remaining
+        return selection
+
+    def predict_folder(
+        self,
+        input_path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        *,
+        save_probabilities: bool = False,
+        skip_existing: bool = False,
+        num_parts: int = 1,
+        part_id: int = 0,
+        save_overlays: bool = False,
+    ) -> PipelineReport:
+        """Predict every case of a folder (or the single case one channel file belongs to).
+
+        Outputs: ``output_dir/CASE<file_ending>`` in each input's exact geometry, written
+        atomically; with ``save_probabilities`` also ``CASE.npz``; with ``save_overlays``
+        ``output_dir/overlays/CASE.png``.
+        skip_existing: leave out cases whose outputs exist (``--continue``).
+        num_parts, part_id: predict only every ``num_parts``-th case, starting at ``part_id``
+            (split a cohort over machines).
+        Cases with a missing channel or an unreadable file are reported in the returned
+        report's ``failures`` (by name, with the reason); the others are predicted.
+        """
+        input_path, output_dir = Path(input_path), Path(output_dir)
+        source_folder = input_path if input_path.is_dir() else input_path.parent
+        if output_dir.resolve() == source_folder.resolve():
+            raise CaseInputError(
+                f"{output_dir}: the output folder is the input folder; predictions would be mistaken for "
+                f"input channels. Choose another output folder."
+            )
+        selection = self.select_cases(
+            input_path, output_dir, skip_existing=skip_existing, save_probabilities=save_probabilities,
+            num_parts=num_parts, part_id=part_id,
+        )
+        report = PipelineReport(skipped=list(selection.skipped))
+        for case_id, message in selection.problems.items():
+            report.add_failure(case_id, message)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        network_seconds_before = self.window_ensemble.network_seconds
+        stages = CaseStages(
+            case_id=lambda case: case.case_id,
+            load=self._preprocess,
+            predict=self._predict_loaded,
+            save=lambda case, predicted: self._write_case(
+                predicted,
+                case.image_files,
+                output_dir / f"{case.case_id}{self.description.file_ending}",
+                save_probabilities,
+                output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
+            ),
+        )
+        report = run_case_pipeline(
+            selection.cases, stages, prefetch=self.num_loaders, num_loaders=self.num_loaders,
+            progress=self.progress, report=report,
+        )
+        # Time in the networks themselves, not in the sliding window's bookkeeping.
+        report.network_seconds = self.window_ensemble.network_seconds - network_seconds_before
+        return report
+
+    # ------------------------------------------------------------------ numpy
+    def predict_volume(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Label map of a volume held in memory, for use inside other tools.
+
+        image: (i, j, k) or (C, i, j, k) intensities in the file's voxel order (as nibabel's
+            ``get_fdata()`` returns them; channels first), in the units the model was trained
+            on (e.g. Hounsfield units for CT).
+        affine: 4x4 voxel → world matrix (mm, RAS+, as in NIfTI); or three voxel sizes (mm)
+            along (i, j, k) for an axis-aligned RAS grid.
+        Returns the label map (i, j, k) int16 on exactly the input grid, postprocessed like
+        ``nnsam3d_predict`` does.
+        """
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[0] != self.description.num_channels:
+            raise ValueError(
+                f"expected an image (i, j, k) or ({self.description.num_channels}, i, j, k) for this "
+                f"{self.description.num_channels}-channel model, got shape {image.shape}"
+            )
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape == (3,):
+            affine = np.diag([*affine, 1.0])
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be a 4x4 matrix or three voxel sizes, got shape {affine.shape}")
+        geometry = ImageGeometry(shape=tuple(int(n) for n in image.shape[1:]),
+                                 affine=tuple(tuple(float(v) for v in row) for row in affine))
+        canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
+        case = preprocess_case(canonical, geometry, self.plans, case_id="volume")
+        del canonical
+        probabilities = self.predict_probabilities(case.data)
+        label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
+        return from_canonical(label_map, geometry)

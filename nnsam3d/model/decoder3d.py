@@ -1,0 +1,169 @@
+"""Multi-scale 3D decoder: encoder tokens of four depths plus a light stem on the input.
+
+Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums over):
+
+* **Necks**: each feature block's tokens ``(B, Z', H, W, D)`` -> ``Linear(D, c_neck)``,
+  InstanceNorm, LeakyReLU at the token grid (``c_neck = decoder_channels[-1]``); then a
+  transposed convolution (kernel = stride = the integer ratio) brings it to the decoder level
+  it joins: the deepest block joins the coarsest level (the token grid), the others one level
+  finer each (for tokens of 16 in-plane: 1/8, 1/4, 1/2).
+* **Stem**: conv-norm-act on the input at full resolution, then two stride-2 ones: skips at
+  full, 1/2 and 1/4 resolution, so that boundaries finer than a 16-voxel token survive.
+* **Levels**, coarse to fine: the upsampled coarser level, the neck and the stem skip of that
+  level are *summed* (LinkNet/FPN style: it halves the input width of the full-resolution
+  convolution, the most expensive layer on a CPU), then 3x3x3 conv-norm-act blocks (one at
+  full resolution, two elsewhere). Norm and activation are nnU-Net's: InstanceNorm with affine
+  parameters and LeakyReLU(0.01).
+* **Heads**: 1x1x1 convolutions to the class logits at full resolution and, with deep
+  supervision, at levels 1 and 2.
+
+Level shapes are ``ceil(s / 2)`` and ``ceil(s / 4)`` per axis for levels 1 and 2, whatever the
+input size: with z = 20 the deep-supervision outputs have 10 and 5 slices, with z = 10 they
+have 5 and 3. Where an upsampled tensor does not land on the level's shape (odd sizes), it is
+cropped at the far end (the stride-2 stem and ceil-halving place coarse voxels at even fine
+indices) or, where it is too small, trilinearly resized.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.layout import (
+    DEEP_SUPERVISION_LEVELS,
+    STEM_LEVELS,
+    Shape3,
+    convs_per_level,
+    decoder_level_shapes,
+    feature_levels,
+    integer_upsampling_factor,
+    level_channels,
+    token_grid,
+)
+
+LEAKY_RELU_SLOPE = 1e-2
+INSTANCE_NORM_EPS = 1e-5
+
+
+def fit_to_shape(x: Tensor, shape: Shape3) -> Tensor:
+    """Crop ``(B, C, *spatial)`` at the far end of each axis that is too long, then resize
+    trilinearly if any axis is still too short. Returns ``x`` itself when it already fits."""
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    x = x[:, :, : shape[0], : shape[1], : shape[2]]
+    if tuple(x.shape[2:]) != tuple(shape):
+        x = F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)
+    return x
+
+
+class ConvNormAct(nn.Sequential):
+    """3D convolution (no bias: the norm removes it), InstanceNorm, in-place LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+            nn.InstanceNorm3d(out_channels, eps=INSTANCE_NORM_EPS, affine=True),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
+        )
+
+
+class TokenNeck(nn.Module):
+    """``(B, Z', H, W, D)`` tokens -> ``(B, c, Z', H, W)``: linear projection, norm, activation."""
+
+    def __init__(self, embed_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, channels)
+        self.norm = nn.InstanceNorm3d(channels, eps=INSTANCE_NORM_EPS, affine=True)
+        self.act = nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.act(self.norm(self.proj(tokens).permute(0, 4, 1, 2, 3).contiguous()))
+
+
+def upsampling_convolution(in_channels: int, out_channels: int, factor: Shape3) -> nn.ConvTranspose3d:
+    return nn.ConvTranspose3d(in_channels, out_channels, kernel_size=factor, stride=factor, bias=False)
+
+
+class Decoder3D(nn.Module):
+    """embed_dim: encoder width D; num_features: encoder feature blocks; config: sizes.
+
+    forward(x, features, deep_supervision): x ``(B, C, Z, Y, X)`` the network input, features
+    the encoder tokens (shallow to deep) -> logits ``(B, K, Z, Y, X)``, or with deep supervision
+    a tuple of logits at levels 0, 1, 2.
+    """
+
+    def __init__(self, embed_dim: int, num_features: int, config: NetworkConfig):
+        super().__init__()
+        self.token_size = config.token_size
+        shapes = decoder_level_shapes(config.patch_size, config.token_grid)
+        self.num_levels = len(shapes)
+        channels = [level_channels(config.decoder_channels, level) for level in range(self.num_levels)]
+        neck_width = config.decoder_channels[-1]
+        grid = config.token_grid
+
+        self.feature_levels = feature_levels(num_features, self.num_levels)
+        self.necks = nn.ModuleList(TokenNeck(embed_dim, neck_width) for _ in range(num_features))
+        self.laterals = nn.ModuleList(
+            upsampling_convolution(neck_width, channels[level], integer_upsampling_factor(shapes[level], grid))
+            for level in self.feature_levels
+        )
+        stem_widths = [config.in_channels] + channels[:STEM_LEVELS]
+        self.stem = nn.ModuleList(
+            ConvNormAct(stem_widths[level], stem_widths[level + 1], stride=1 if level == 0 else 2)
+            for level in range(STEM_LEVELS)
+        )
+        self.upsamplers = nn.ModuleList(
+            upsampling_convolution(
+                channels[level + 1], channels[level], integer_upsampling_factor(shapes[level], shapes[level + 1])
+            )
+            for level in range(self.num_levels - 1)
+        )
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(ConvNormAct(channels[level], channels[level]) for _ in range(convs_per_level(level))))
+            for level in range(self.num_levels)
+        )
+        self.heads = nn.ModuleList(
+            nn.Conv3d(channels[level], config.num_classes, kernel_size=1) for level in DEEP_SUPERVISION_LEVELS
+        )
+        self.apply(_init_he)
+
+    def forward(self, x: Tensor, features: list[Tensor], deep_supervision: bool) -> Tensor | tuple[Tensor, ...]:
+        spatial = tuple(x.shape[2:])
+        shapes = decoder_level_shapes(spatial, token_grid(spatial, self.token_size))
+        if len(shapes) != self.num_levels:
+            raise ValueError(
+                f"input of {spatial} voxels needs {len(shapes)} decoder levels, but this network was "
+                f"built with {self.num_levels}; use a patch size of the same kind as the configured one"
+            )
+        terms: list[list[Tensor]] = [[] for _ in shapes]
+        skip = x
+        for level, conv in enumerate(self.stem):
+            skip = conv(skip)
+            terms[level].append(skip)
+        for neck, lateral, feature, level in zip(self.necks, self.laterals, features, self.feature_levels):
+            terms[level].append(fit_to_shape(lateral(neck(feature)), shapes[level]))
+
+        outputs: dict[int, Tensor] = {}
+        wanted = DEEP_SUPERVISION_LEVELS if deep_supervision else DEEP_SUPERVISION_LEVELS[:1]
+        current = None
+        for level in reversed(range(self.num_levels)):
+            if current is not None:
+                terms[level].append(fit_to_shape(self.upsamplers[level](current), shapes[level]))
+            fused = terms[level][0]
+            for term in terms[level][1:]:
+                fused = fused + term
+            current = self.stages[level](fused)
+            if level in wanted:
+                outputs[level] = self.heads[DEEP_SUPERVISION_LEVELS.index(level)](current)
+        if not deep_supervision:
+            return outputs[0]
+        return tuple(outputs[level] for level in DEEP_SUPERVISION_LEVELS)
+
+
+def _init_he(module: nn.Module) -> None:
+    """nnU-Net's initialisation: He normal with the LeakyReLU slope, zero biases."""
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(module.weight, a=LEAKY_RELU_SLOPE)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

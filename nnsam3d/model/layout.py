@@ -1,0 +1,136 @@
+"""Shapes of every stage of 3DMedSAM, computed from sizes alone.
+
+The network is built and run on these functions, and the memory model
+(:mod:`nnsam3d.model.memory_model`) sums over the very same shapes, so the two cannot drift
+apart. Everything here is pure integer arithmetic on ``(z, y, x)`` triples: z is the
+through-plane axis, (y, x) SAM's image plane.
+
+Vocabulary:
+
+* *token grid*: tokens per axis, ``spatial // token_size``.
+* *window*: tokens per attention window per axis; a window larger than the grid on an axis is
+  clipped to the grid on that axis (a global block's window is the whole grid).
+* *decoder levels*: level 0 is the input resolution, levels 1 and 2 are exactly ``ceil(s / 2)``
+  and ``ceil(s / 4)`` per axis (the deep-supervision outputs), deeper levels halve each axis
+  that is still finer than the token grid until the token grid is reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+
+Shape3 = tuple[int, int, int]
+
+
+def token_grid(spatial_shape: Shape3, token_size: Shape3) -> Shape3:
+    """Tokens per axis for a volume of ``spatial_shape`` voxels; raises unless divisible."""
+    for axis, (size, token) in enumerate(zip(spatial_shape, token_size)):
+        if size % token:
+            raise ValueError(
+                f"input size {tuple(spatial_shape)} is not a multiple of the token size "
+                f"{tuple(token_size)} along axis {axis} (z, y, x); pad or crop the volume"
+            )
+    return tuple(size // token for size, token in zip(spatial_shape, token_size))
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """How one attention block splits a token grid into windows.
+
+    window: tokens per window per axis (already clipped to the grid).
+    padded_grid: grid after zero-padding each axis up to a multiple of the window (SAM pads
+        after ``norm1`` and lets the padding tokens take part in attention; we keep that).
+    """
+
+    grid: Shape3
+    window: Shape3
+    padded_grid: Shape3
+
+    @property
+    def tokens_per_window(self) -> int:
+        return prod(self.window)
+
+    @property
+    def num_windows(self) -> int:
+        return prod(p // w for p, w in zip(self.padded_grid, self.window))
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens per sample after padding (= num_windows * tokens_per_window)."""
+        return prod(self.padded_grid)
+
+    @property
+    def is_padded(self) -> bool:
+        return self.padded_grid != self.grid
+
+
+def window_layout(grid: Shape3, window: Shape3 | None) -> WindowLayout:
+    """Window layout of a block; ``window=None`` means global attention (one window = grid)."""
+    if window is None:
+        return WindowLayout(grid=tuple(grid), window=tuple(grid), padded_grid=tuple(grid))
+    clipped = tuple(min(w, g) for w, g in zip(window, grid))
+    padded = tuple(ceil(g / w) * w for g, w in zip(grid, clipped))
+    return WindowLayout(grid=tuple(grid), window=clipped, padded_grid=padded)
+
+
+def depth_relative_position_length(grid_z: int, window_z: int | None) -> int:
+    """Entries of a block's depth relative-position table: ``2 * w - 1`` for the (clipped)
+    depth extent ``w`` of its attention window, ``w = grid_z`` for a global block."""
+    extent = grid_z if window_z is None else min(window_z, grid_z)
+    return 2 * extent - 1
+
+
+def decoder_level_shapes(spatial_shape: Shape3, grid: Shape3) -> list[Shape3]:
+    """Voxel shape of every decoder level, from the input resolution to the coarsest.
+
+    Levels 0, 1, 2 are the input shape and ``ceil(s / 2)``, ``ceil(s / 4)`` per axis: the
+    full-resolution logits and the two deep-supervision outputs. Then each axis still finer
+    than the token grid is halved (never below the grid, never back up) until no axis is finer
+    than the grid. With token size (4, 16, 16) and a (32, 128, 128) patch that gives
+    (32,128,128), (16,64,64), (8,32,32), (8,16,16), (8,8,8).
+    """
+    shapes: list[Shape3] = [tuple(spatial_shape)]
+    for _ in range(2):
+        shapes.append(tuple(ceil(s / 2) for s in shapes[-1]))
+    while any(s > g for s, g in zip(shapes[-1], grid)):
+        shapes.append(tuple(max(ceil(s / 2), min(g, s)) for s, g in zip(shapes[-1], grid)))
+    return shapes
+
+
+def integer_upsampling_factor(fine: Shape3, coarse: Shape3) -> Shape3:
+    """Kernel/stride of the transposed convolution that takes ``coarse`` towards ``fine``.
+
+    ``fine // coarse`` per axis, at least 1. Where the ratio is not an integer (odd sizes) the
+    result is then fitted to ``fine`` (cropped or interpolated, see ``decoder3d.fit_to_shape``).
+    """
+    return tuple(max(1, f // c) for f, c in zip(fine, coarse))
+
+
+def feature_levels(num_features: int, num_levels: int) -> list[int]:
+    """Decoder level that each encoder feature (shallow to deep) joins.
+
+    The deepest feature joins the coarsest level (the token grid), the next ones one level
+    finer each, never finer than level 1: vit_b's blocks 3, 6, 9, 12 join 1/2, 1/4, 1/8 and
+    the token grid for in-plane tokens of 16.
+    """
+    coarsest = num_levels - 1
+    return [max(1, coarsest - (num_features - 1 - k)) for k in range(num_features)]
+
+
+def level_channels(decoder_channels: tuple[int, ...], level: int) -> int:
+    """Width of decoder level ``level``: ``decoder_channels[level]``, the last entry beyond."""
+    return decoder_channels[min(level, len(decoder_channels) - 1)]
+
+
+STEM_LEVELS = 3
+"""The convolutional stem on the input gives skips at levels 0, 1, 2 (full, 1/2, 1/4)."""
+
+DEEP_SUPERVISION_LEVELS = (0, 1, 2)
+"""Levels with a logits head: full resolution, then the 1/2 and 1/4 deep-supervision outputs."""
+
+
+def convs_per_level(level: int) -> int:
+    """3x3x3 convolutions after the fusion at each level: one at full resolution (the most
+    expensive stage, and the input stem already adds one there), two elsewhere."""
+    return 1 if level == 0 else 2

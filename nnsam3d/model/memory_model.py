@@ -1,0 +1,347 @@
+"""Training memory of 3DMedSAM, by arithmetic on the network's own layout.
+
+``estimate_training_memory(config, batch_size, precision)`` walks the same shapes the network
+is built and run on (:mod:`nnsam3d.model.layout`) and adds up, in bytes:
+
+* ``parameters``: every parameter, fp32 (with mixed precision too: master weights stay fp32).
+* ``gradients``: one fp32 gradient per trainable parameter.
+* ``optimizer_state``: AdamW's two moments per trainable parameter, fp32.
+* ``activations``: the tensors autograd saves for backward, counted once per buffer, exactly
+  what :mod:`nnsam3d.model.saved_tensors` measures (the tests hold the two within 15%).
+* ``workspace``: a stated allowance for what is alive besides the above at the peak (below).
+
+**What is saved, and why it depends on the configuration.** In every mode the 3D patch
+embedding trains, so a gradient flows back through every encoder block and every block saves
+what its *input* gradient needs, even a frozen one: LayerNorm inputs and statistics, q, k and v,
+the softmax output, the GELU input. Frozen weights only drop what their own *weight* gradients
+would need (the inputs of frozen linear layers); in ``full`` mode those are saved too, and so
+are the moved query copies behind trainable height/width relative-position tables. Window
+blocks hold ``B * windows * heads * tokens_per_window**2`` attention entries, global blocks
+``B * heads * tokens**2``; padding tokens of partial windows count. With activation
+checkpointing a block saves only its input, and its activations come back one block at a
+time during backward (added to the workspace). Adapters add their bottleneck activations.
+
+**Precision.** ``fp32``: every saved tensor has 4 bytes per element. ``bf16``/``fp16``: CUDA
+autocast rules. Linear, convolution and matmul outputs are 2 bytes, and each fp32 tensor they
+consume is copied to 2 bytes (the copy is what they save); LayerNorm and softmax run in fp32,
+so the residual stream, LayerNorm outputs and the softmax output stay 4 bytes, and the
+attention map is saved twice (fp32 softmax output + 2-byte copy for ``attn @ v``); every
+linear/convolution weight is held as a 2-byte copy (but for frozen weights inside checkpointed
+blocks, whose copies nothing keeps). The CPU tests check fp32 exactly;
+``benchmarks/memory_model_gpu.py`` compares the mixed-precision estimate with
+``torch.cuda.max_memory_allocated`` on a GPU.
+
+**Workspace allowance**: ``LIBRARY_WORKSPACE_BYTES`` for cuBLAS/cuDNN workspaces and allocator
+rounding; twice the largest single activation (a gradient and its input gradient exist
+together while backward passes that tensor, e.g. the attention map of the largest attention
+block or the full-resolution decoder tensor); the logits at all deep-supervision levels plus
+three fp32 tensors of their size for the loss (probabilities, log-probabilities, gradient);
+with checkpointing, the activations of the largest block while it is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from nnsam3d.model.backbones import BackboneSpec, get_backbone
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.layout import (
+    DEEP_SUPERVISION_LEVELS,
+    STEM_LEVELS,
+    WindowLayout,
+    convs_per_level,
+    decoder_level_shapes,
+    depth_relative_position_length,
+    feature_levels,
+    integer_upsampling_factor,
+    level_channels,
+    window_layout,
+)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LIBRARY_WORKSPACE_BYTES = 128 * 2**20
+FP32 = 4
+INDEX = 8  # int64 indices saved by trainable table lookups
+CONV_KERNEL_VOXELS = 27  # 3x3x3
+ADAPTER_KERNEL_VOXELS = 27
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of one training step's peak, by kind (see the module docstring)."""
+
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+    workspace: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.activations + self.workspace
+
+    def breakdown(self) -> dict[str, int]:
+        return {
+            "parameters": self.parameters,
+            "gradients": self.gradients,
+            "optimizer_state": self.optimizer_state,
+            "activations": self.activations,
+            "workspace": self.workspace,
+            "total": self.total,
+        }
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    """Bytes per element. low: outputs of linear/conv/matmul. cast: the copy a low-precision
+    op makes of an fp32 input (0 in fp32: the fp32 tensor itself is saved, counted where it is
+    produced). softmax: the saved attention map (fp32 output, plus its 2-byte copy under
+    autocast). weight_copy: autocast's copy of each linear/conv weight."""
+
+    low: int
+    cast: int
+    softmax: int
+    weight_copy: int
+
+
+_PRECISION_BYTES = {
+    "fp32": _Bytes(low=4, cast=0, softmax=4, weight_copy=0),
+    "bf16": _Bytes(low=2, cast=2, softmax=6, weight_copy=2),
+    "fp16": _Bytes(low=2, cast=2, softmax=6, weight_copy=2),
+}
+
+
+@dataclass
+class _Tally:
+    """Running sums: parameters (total/trainable, elements), linear/conv weight elements (for
+    autocast copies), activation bytes by part, the largest single activation, and the largest
+    block's activations (recomputed under checkpointing)."""
+
+    total: int = 0
+    trainable: int = 0
+    matmul_weights: int = 0
+    largest_tensor: int = 0
+    largest_block: int = 0
+    activations: dict[str, int] = field(default_factory=dict)
+
+    def parameters(self, count: int, trainable: bool, matmul_weight: int = 0) -> None:
+        self.total += count
+        self.trainable += count if trainable else 0
+        self.matmul_weights += matmul_weight
+
+    def saved(self, part: str, nbytes: int) -> None:
+        self.activations[part] = self.activations.get(part, 0) + nbytes
+
+
+def estimate_training_memory(config: NetworkConfig, batch_size: int, precision: str = "bf16") -> MemoryEstimate:
+    """Peak training memory of ``build_network(config)`` at ``batch_size`` (bytes, by kind).
+
+    precision: ``fp32``, or ``bf16``/``fp16`` for autocast mixed precision (fp32 master
+    weights and optimizer state, half-precision activations where autocast makes them so).
+    """
+    tally = _tally(config, batch_size, precision)
+    bytes_ = _PRECISION_BYTES[precision]
+    activations = sum(tally.activations.values()) + bytes_.weight_copy * tally.matmul_weights
+    return MemoryEstimate(
+        parameters=FP32 * tally.total,
+        gradients=FP32 * tally.trainable,
+        optimizer_state=2 * FP32 * tally.trainable,
+        activations=activations,
+        workspace=_workspace(config, batch_size, bytes_, tally),
+    )
+
+
+def activation_breakdown(config: NetworkConfig, batch_size: int, precision: str = "bf16") -> dict[str, int]:
+    """Saved-activation bytes by part of the network (``input``, ``block_N``, ``neck_N``,
+    ``stem_N``, ``level_N``, ``weight_copies``): the sum is ``MemoryEstimate.activations``."""
+    tally = _tally(config, batch_size, precision)
+    parts = dict(tally.activations)
+    parts["weight_copies"] = _PRECISION_BYTES[precision].weight_copy * tally.matmul_weights
+    return parts
+
+
+def _tally(config: NetworkConfig, batch_size: int, precision: str) -> _Tally:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got '{precision}'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    spec = get_backbone(config.backbone)
+    bytes_ = _PRECISION_BYTES[precision]
+    tally = _Tally()
+    _encoder(spec, config, batch_size, bytes_, tally)
+    _decoder(spec, config, batch_size, bytes_, tally)
+    return tally
+
+
+def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> None:
+    full = config.trainable == "full"
+    dim, heads = spec.embed_dim, spec.num_heads
+    head_dim, hidden = dim // heads, int(dim * spec.mlp_ratio)
+    grid = config.token_grid
+    tokens = batch * prod(grid)
+    input_voxels = batch * config.in_channels * prod(config.patch_size)
+
+    # Patch embedding (trainable in every mode) and positions.
+    patch_kernel = dim * config.in_channels * prod(config.token_size)
+    tally.parameters(patch_kernel + dim, True, patch_kernel)
+    tally.parameters(spec.sam_grid_size**2 * dim, full)
+    tally.parameters(grid[0] * dim, True)
+    # The input is saved by the patch embedding and the stem's first convolution: the same fp32
+    # tensor, or two 2-byte autocast copies.
+    tally.saved("input", FP32 * input_voxels if bytes_.cast == 0 else 2 * bytes_.cast * input_voxels)
+    tally.largest_tensor = FP32 * input_voxels
+
+    adapters = set(config.adapter_blocks) if config.trainable != "frozen_encoder" else set()
+    for index in range(spec.depth):
+        is_global = index in spec.global_attn_indexes
+        layout = window_layout(grid, None if is_global else config.window_size)
+        part = f"block_{index}"
+        depth_table = depth_relative_position_length(grid[0], None if is_global else config.window_size[0])
+        hw_table = 2 * (spec.sam_grid_size if is_global else spec.sam_window_size) - 1
+        # Autocast's 2-byte copy of a frozen weight lives only as long as an operation saves it
+        # (none does inside a checkpointed block); trainable weights stay in autocast's cache.
+        sam_weights_copied = full or not config.activation_checkpointing
+        tally.parameters(4 * dim, full or config.train_norms)
+        tally.parameters(3 * dim * dim + 3 * dim + dim * dim + dim, full, 4 * dim * dim * sam_weights_copied)
+        tally.parameters(2 * hidden * dim + hidden + dim, full, 2 * hidden * dim * sam_weights_copied)
+        tally.parameters(2 * hw_table * head_dim, full)
+        tally.parameters(depth_table * head_dim, True)
+        adapter_dim = config.adapter_dim if index in adapters else None
+        if adapter_dim is not None:
+            tally.parameters(
+                2 * dim * adapter_dim + 2 * adapter_dim + ADAPTER_KERNEL_VOXELS * adapter_dim + dim,
+                True,
+                2 * dim * adapter_dim + ADAPTER_KERNEL_VOXELS * adapter_dim,
+            )
+        block = _block_activations(layout, batch, tokens, dim, heads, hidden, adapter_dim, full, bytes_)
+        tally.largest_block = max(tally.largest_block, sum(block.values()))
+        if config.activation_checkpointing:
+            # Only the block input stays; the rest is recomputed in backward (workspace).
+            tally.saved(part, block["input"])
+        else:
+            for nbytes in block.values():
+                tally.saved(part, nbytes)
+        tally.largest_tensor = max(tally.largest_tensor, block["attention"])
+
+    # The last block's output is saved only by its neck (earlier outputs are the next block's
+    # saved input). Under autocast every neck saves its own 2-byte copy of its feature.
+    last_is_feature = spec.depth - 1 in spec.feature_blocks
+    if bytes_.cast == 0:
+        tally.saved("neck_inputs", FP32 * tokens * dim if last_is_feature else 0)
+    else:
+        tally.saved("neck_inputs", bytes_.cast * tokens * dim * len(spec.feature_blocks))
+
+
+def _block_activations(
+    layout: WindowLayout,
+    batch: int,
+    tokens: int,
+    dim: int,
+    heads: int,
+    hidden: int,
+    adapter_dim: int | None,
+    full: bool,
+    bytes_: _Bytes,
+) -> dict[str, int]:
+    """Bytes one encoder block saves, by tensor (``full``: SAM's weights train too)."""
+    padded = batch * layout.padded_tokens
+    window = layout.window
+    attention = batch * layout.num_windows * heads * layout.tokens_per_window**2
+    layer_norm_stats = 2 * FP32 * tokens
+    # What a linear layer saves of a LayerNorm's fp32 output: that output, or autocast's copy.
+    normalised = bytes_.cast or FP32
+    saved = {
+        "input": FP32 * tokens * dim,
+        "norm1": layer_norm_stats,
+        "qkv": bytes_.low * 3 * padded * dim,
+        "attention": bytes_.softmax * attention,
+        "norm2": FP32 * tokens * dim + layer_norm_stats,
+        "gelu": bytes_.low * tokens * hidden,
+        "rel_pos": 0,
+    }
+    head_dim = dim // heads
+    for axis in range(3):
+        extent = window[axis]
+        table_trains = full or axis == 0  # the depth table always trains
+        embeddings = extent * extent * head_dim
+        saved["rel_pos"] += bytes_.low * embeddings  # for the query gradient
+        if table_trains:
+            saved["rel_pos"] += INDEX * extent * extent
+            # The query moved to the front of the batched product is a copy unless the moved
+            # axis or every axis after it has one token (then it is a view of q).
+            if extent > 1 and prod(window[axis + 1 :]) > 1:
+                saved["rel_pos"] += bytes_.low * padded * dim
+    if full:
+        saved["qkv_input"] = normalised * padded * dim
+        saved["proj_input"] = bytes_.low * padded * dim
+        saved["lin1_input"] = normalised * tokens * dim
+        saved["lin2_input"] = bytes_.low * tokens * hidden
+    if adapter_dim is not None:
+        # In fp32 the adapter shares the LayerNorm output with lin1 (saved once).
+        shares_lin1_input = full and bytes_.cast == 0
+        adapter_input = 0 if shares_lin1_input else normalised * tokens * dim
+        saved["adapter"] = adapter_input + 3 * bytes_.low * tokens * adapter_dim
+    return saved
+
+
+def _instance_norm_stats(batch: int, channels: int) -> int:
+    """InstanceNorm saves per (sample, channel) mean, inverse std and the repeated weight."""
+    return 3 * FP32 * batch * channels
+
+
+def _conv_norm_act(batch: int, channels: int, voxels: int, bytes_: _Bytes) -> int:
+    """A conv-norm-act saves the conv output (norm input) and the activated output."""
+    return 2 * bytes_.low * batch * channels * voxels + _instance_norm_stats(batch, channels)
+
+
+def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> None:
+    grid = config.token_grid
+    shapes = decoder_level_shapes(config.patch_size, grid)
+    channels = [level_channels(config.decoder_channels, level) for level in range(len(shapes))]
+    neck_width = config.decoder_channels[-1]
+    grid_voxels = prod(grid)
+    levels = feature_levels(len(spec.feature_blocks), len(shapes))
+
+    for index, level in enumerate(levels):
+        tally.parameters(spec.embed_dim * neck_width + 3 * neck_width, True, spec.embed_dim * neck_width)
+        tally.saved(f"neck_{index}", _conv_norm_act(batch, neck_width, grid_voxels, bytes_))
+        lateral = neck_width * channels[level] * prod(integer_upsampling_factor(shapes[level], grid))
+        tally.parameters(lateral, True, lateral)
+
+    stem_widths = [config.in_channels] + channels[:STEM_LEVELS]
+    for level in range(STEM_LEVELS):
+        weight = stem_widths[level] * stem_widths[level + 1] * CONV_KERNEL_VOXELS
+        tally.parameters(weight + 2 * stem_widths[level + 1], True, weight)
+        tally.saved(f"stem_{level}", _conv_norm_act(batch, stem_widths[level + 1], prod(shapes[level]), bytes_))
+
+    for level, shape in enumerate(shapes):
+        width, voxels = channels[level], prod(shape)
+        if level + 1 < len(shapes):
+            weight = channels[level + 1] * width * prod(integer_upsampling_factor(shape, shapes[level + 1]))
+            tally.parameters(weight, True, weight)
+        terms = levels.count(level) + (level < STEM_LEVELS) + (level + 1 < len(shapes))
+        if terms > 1:
+            fused = voxels  # a fresh sum
+        else:  # the coarsest level's single lateral, possibly a cropped view of a larger output
+            factor = integer_upsampling_factor(shape, grid)
+            lateral = tuple(g * f for g, f in zip(grid, factor))
+            fused = prod(lateral) if all(a >= s for a, s in zip(lateral, shape)) else voxels
+        tally.saved(f"level_{level}", bytes_.low * batch * width * fused)
+        for _ in range(convs_per_level(level)):
+            weight = width * width * CONV_KERNEL_VOXELS
+            tally.parameters(weight + 2 * width, True, weight)
+            tally.saved(f"level_{level}", _conv_norm_act(batch, width, voxels, bytes_))
+        tally.largest_tensor = max(tally.largest_tensor, bytes_.low * batch * width * voxels)
+
+    for level in DEEP_SUPERVISION_LEVELS:
+        weight = channels[level] * config.num_classes
+        tally.parameters(weight + config.num_classes, True, weight)
+
+
+def _workspace(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> int:
+    shapes = decoder_level_shapes(config.patch_size, config.token_grid)
+    logits = batch * config.num_classes * sum(prod(shapes[level]) for level in DEEP_SUPERVISION_LEVELS)
+    loss = bytes_.low * logits + 3 * FP32 * logits
+    recompute = tally.largest_block if config.activation_checkpointing else 0
+    return LIBRARY_WORKSPACE_BYTES + 2 * tally.largest_tensor + loss + recompute

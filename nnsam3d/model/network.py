@@ -1,0 +1,132 @@
+"""3DMedSAM: build the network from a :class:`NetworkConfig`, optionally from SAM's weights.
+
+>>> network = build_network(config, sam_checkpoint="sam_vit_b_01ec64.pth")
+>>> full, half, quarter = network(volume)       # deep supervision on (training)
+>>> network.deep_supervision = False
+>>> logits = network(volume)                     # (B, K, z, y, x)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.decoder3d import Decoder3D
+from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
+from nnsam3d.model.layout import token_grid
+from nnsam3d.model.sam_checkpoints import SamCheckpointError, load_sam_encoder_state
+from nnsam3d.model.weight_adaptation import adapt_sam_encoder_state
+
+
+class MedSAM3D(nn.Module):
+    """SAM's image encoder in 3D plus a multi-scale 3D decoder.
+
+    forward(x): x ``(B, C, z, y, x)`` with every spatial size a multiple of
+    ``config.token_size``. Returns logits ``(B, K, z, y, x)`` when ``deep_supervision`` is
+    False, else ``(full, half, quarter)`` with shapes ``(B, K, z, y, x)``,
+    ``(B, K, ceil(z/2), ceil(y/2), ceil(x/2))`` and ``(B, K, ceil(z/4), ceil(y/4), ceil(x/4))``.
+    ``deep_supervision`` starts as ``config.deep_supervision`` and may be toggled at any time.
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        spec = get_backbone(config.backbone)
+        self.config = config
+        self.deep_supervision = config.deep_supervision
+        self.encoder = Encoder3D(spec, config, build_adapters=config.trainable != "frozen_encoder")
+        self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected input (B, {self.config.in_channels}, z, y, x), got {tuple(x.shape)}"
+            )
+        token_grid(tuple(x.shape[2:]), self.config.token_size)  # clear error if not divisible
+        features = self.encoder(x)
+        return self.decoder(x, features, self.deep_supervision)
+
+
+def parameter_is_trainable(name: str, config: NetworkConfig) -> bool:
+    """Whether parameter ``name`` of :class:`MedSAM3D` trains under ``config.trainable``.
+
+    ``full``: all. ``adapters`` / ``frozen_encoder``: the decoder, the encoder parameters SAM
+    does not provide in this form (3D patch embedding, depth position embedding, depth
+    relative-position tables, adapters) and, with ``train_norms``, the encoder's LayerNorms.
+    """
+    if config.trainable == "full" or not name.startswith("encoder."):
+        return True
+    encoder_name = name[len("encoder.") :]
+    if is_new_3d_parameter(encoder_name):
+        return True
+    return config.train_norms and (".norm1." in encoder_name or ".norm2." in encoder_name)
+
+
+def apply_trainable_mode(network: MedSAM3D) -> None:
+    """Set ``requires_grad`` of every parameter from ``network.config``."""
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(parameter_is_trainable(name, network.config))
+
+
+def load_sam_weights(network: MedSAM3D, sam_checkpoint: str | os.PathLike) -> None:
+    """Load SAM's image encoder from a SAM-format file into ``network.encoder``, adapted to 3D.
+
+    Raises :class:`SamCheckpointError` naming the file when it does not fit the backbone.
+    """
+    config = network.config
+    sam_state = load_sam_encoder_state(sam_checkpoint, backbone=config.backbone)
+    adapted = adapt_sam_encoder_state(sam_state, config.in_channels, config.token_size)
+    missing, unexpected = network.encoder.load_state_dict(adapted, strict=False)
+    missing_from_sam = [key for key in missing if not is_new_3d_parameter(key)]
+    if missing_from_sam or unexpected:
+        # load_sam_encoder_state has checked the shapes; this guards the key mapping itself.
+        raise SamCheckpointError(
+            f"{sam_checkpoint}: the adapted SAM weights do not match the 3D encoder "
+            f"(missing {missing_from_sam[:5]}, unexpected {unexpected[:5]})."
+        )
+
+
+def build_network(config: NetworkConfig, sam_checkpoint: str | os.PathLike | None = None) -> MedSAM3D:
+    """Build 3DMedSAM for ``config``.
+
+    With ``sam_checkpoint`` (a SAM-format file, see :mod:`nnsam3d.model.sam_checkpoints`),
+    SAM's encoder weights are loaded and adapted to 3D; without, everything is initialised at
+    random for training from scratch. In both cases ``config.trainable`` then decides which
+    parameters require gradients (:func:`parameter_is_trainable`).
+    """
+    network = MedSAM3D(config)
+    if sam_checkpoint is None:
+        network.encoder.init_from_scratch()
+    else:
+        load_sam_weights(network, sam_checkpoint)
+    apply_trainable_mode(network)
+    return network
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Parameter counts of a module (elements, not bytes)."""
+
+    trainable: int
+    total: int
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.trainable / 1e6:.2f} M of {self.total / 1e6:.2f} M parameters trainable "
+            f"({100 * self.trainable_share:.1f}%)"
+        )
+
+
+def count_parameters(module: nn.Module) -> ParameterCounts:
+    parameters = list(module.parameters())
+    return ParameterCounts(
+        trainable=sum(p.numel() for p in parameters if p.requires_grad),
+        total=sum(p.numel() for p in parameters),
+    )

@@ -1,0 +1,306 @@
+"""The planner: from a dataset fingerprint to typed plans (``nnsam3d_plans.json``).
+
+It decides the target spacing (``spacing``), each channel's normalisation
+(``normalization_rules``), the memory target (``gpu_memory``), the backbone candidates (SAM
+checkpoints found, ``--backbone``, or vit_tiny for CPU training) and then searches the network
+configuration with the network's memory model (``network_search``), and says why in one
+paragraph (``Plans.explanation``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.backbones import BACKBONES, get_backbone
+from nnsam3d.model.memory_model import estimate_training_memory
+from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
+from nnsam3d.planners.fingerprint import DatasetFingerprint
+from nnsam3d.planners.gpu_memory import BYTES_PER_GB, MemoryTarget, memory_target
+from nnsam3d.planners.network_geometry import SAM_IN_PLANE_TOKEN, token_size_for
+from nnsam3d.planners.network_search import (
+    BATCH_STAGE,
+    FALLBACK_STAGE,
+    MAX_DATASET_SHARE_PER_BATCH,
+    REASONABLE_CONTEXT_MM,
+    SAFETY_MARGIN,
+    MemoryEstimator,
+    SearchResult,
+    max_batch_size,
+    order_by_size,
+    search_network,
+)
+from nnsam3d.planners.normalization_rules import (
+    channel_normalizations,
+    cropping_shrank_images,
+    median_relative_size_after_cropping,
+)
+from nnsam3d.planners.plans import DEFAULT_PLANS_NAME, ChannelNormalization, MemoryBudget, Plans
+from nnsam3d.planners.spacing import coarse_axis_needing_finer_target, median_shape_at_spacing, target_spacing
+from nnsam3d.preprocessing.resampling import anisotropic_axis
+
+CPU_BACKBONE = "vit_tiny"
+DEFAULT_SAM_BACKBONE = "vit_b"
+SAM_BACKBONES = tuple(name for name, spec in BACKBONES.items() if spec.has_official_checkpoint)
+
+AXIS_NAMES = ("z", "y", "x")
+
+
+@dataclass(frozen=True)
+class BackboneCandidates:
+    """Backbones the search may choose from (any order) and why, as a sentence for the explanation."""
+
+    names: tuple[str, ...]
+    reason: str
+
+
+def backbones_with_checkpoint(search_dirs: Sequence[Path]) -> list[str]:
+    """SAM backbones whose checkpoint ``find_sam_checkpoint`` finds in ``search_dirs`` (or in
+    ``nnSAM3D_sam_checkpoint``).
+
+    One file holds one backbone, but a file named by ``nnSAM3D_sam_checkpoint`` is returned for
+    every SAM backbone. Such a shared file counts for the backbone whose official file name it
+    has, else for vit_b, the standard SAM (``--backbone`` overrides).
+    """
+    found = {name: find_sam_checkpoint(name, search_dirs=tuple(search_dirs)) for name in SAM_BACKBONES}
+    found = {name: path for name, path in found.items() if path is not None}
+    available = []
+    for name, path in found.items():
+        sharing = [other for other, other_path in found.items() if other_path == path]
+        if len(sharing) == 1:
+            available.append(name)
+            continue
+        named_after = [other for other in sharing if get_backbone(other).checkpoint_filename == path.name]
+        owner = named_after[0] if named_after else DEFAULT_SAM_BACKBONE
+        if name == owner:
+            available.append(name)
+    return available
+
+
+def _download_advice(name: str) -> str:
+    return (
+        f"training needs {get_backbone(name).checkpoint_filename}: run `nnsam3d_download_sam {name}` "
+        f"or pass --sam-checkpoint"
+    )
+
+
+def backbone_candidates(forced: str | None, with_checkpoint: Sequence[str], on_gpu: bool) -> BackboneCandidates:
+    """Which backbones to search, in priority: ``--backbone``, CPU training, checkpoints found, vit_b."""
+    if forced is not None:
+        spec = get_backbone(forced)
+        reason = f"{forced} was forced with --backbone"
+        if spec.has_official_checkpoint and forced not in with_checkpoint:
+            reason += f" and its checkpoint was not found; {_download_advice(forced)}"
+        return BackboneCandidates((forced,), reason)
+    if not on_gpu:
+        return BackboneCandidates(
+            (CPU_BACKBONE,),
+            f"no CUDA GPU is visible and no --gpu-memory-gb was given, so this is a CPU plan, and "
+            f"{CPU_BACKBONE} (randomly initialised, so fully trained) is the backbone that trains on a "
+            f"CPU in reasonable time",
+        )
+    if with_checkpoint:
+        names = tuple(order_by_size(with_checkpoint))
+        if len(names) == 1:
+            return BackboneCandidates(names, f"the SAM checkpoint of {names[0]} was found")
+        return BackboneCandidates(
+            names,
+            f"SAM checkpoints were found for {', '.join(names)}, and the largest that fits with a "
+            f"reasonable patch is preferred",
+        )
+    return BackboneCandidates(
+        (DEFAULT_SAM_BACKBONE,),
+        f"no SAM checkpoint was found, so the plan uses {DEFAULT_SAM_BACKBONE}, the standard SAM "
+        f"backbone; {_download_advice(DEFAULT_SAM_BACKBONE)}",
+    )
+
+
+def plan_experiment(
+    fingerprint: DatasetFingerprint,
+    description: DatasetDescription,
+    *,
+    gpu_memory_gb: float | None = None,
+    backbone: str | None = None,
+    sam_checkpoint_dirs: Sequence[Path] = (),
+    plans_name: str = DEFAULT_PLANS_NAME,
+) -> Plans:
+    """Plans for a dataset, for ``--gpu-memory-gb`` (GiB) or the visible GPU or CPU training.
+
+    ``backbone`` forces one backbone; ``sam_checkpoint_dirs`` are searched (with the default
+    locations) for SAM checkpoints, which decide the candidate backbones.
+    """
+    target = memory_target(gpu_memory_gb)
+    candidates = backbone_candidates(backbone, backbones_with_checkpoint(sam_checkpoint_dirs), target.on_gpu)
+    return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name)
+
+
+def plan_for_target(
+    fingerprint: DatasetFingerprint,
+    description: DatasetDescription,
+    target: MemoryTarget,
+    candidates: BackboneCandidates,
+    *,
+    plans_name: str = DEFAULT_PLANS_NAME,
+    estimate: MemoryEstimator = estimate_training_memory,
+) -> Plans:
+    """:func:`plan_experiment` with the memory target and backbone candidates decided: pure."""
+    spacing = target_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping)
+    median_shape = median_shape_at_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping, spacing)
+    relative_size = median_relative_size_after_cropping(
+        fingerprint.shapes_before_cropping, fingerprint.shapes_after_cropping
+    )
+    # dataset.json may ask for the mask explicitly, as in nnU-Net.
+    use_nonzero_mask = cropping_shrank_images(relative_size) or bool(description.extra.get("use_mask_for_norm"))
+    normalization = channel_normalizations(
+        description.channel_names, fingerprint.intensity_statistics, use_nonzero_mask
+    )
+    precision = "bf16" if target.on_gpu else "fp32"
+    token_size = token_size_for(spacing, median_shape)
+    result = search_network(
+        backbones=candidates.names,
+        spacing=spacing,
+        median_shape=median_shape,
+        token_size=token_size,
+        num_cases=len(fingerprint.case_ids),
+        in_channels=description.num_channels,
+        num_classes=description.num_classes,
+        target_bytes=target.target_bytes,
+        precision=precision,
+        estimate=estimate,
+    )
+    memory = MemoryBudget(
+        target_bytes=int(target.target_bytes),
+        estimate_bytes=int(result.estimate.total),
+        precision=precision,
+        source=target.source,
+        breakdown={key: int(value) for key, value in result.estimate.breakdown().items()},
+    )
+    plans = Plans(
+        dataset_name=fingerprint.dataset_name,
+        plans_name=plans_name,
+        target_spacing=spacing,
+        anisotropic_axis=anisotropic_axis(spacing),
+        median_shape=median_shape,
+        normalization=normalization,
+        network=result.config,
+        batch_size=result.batch_size,
+        memory=memory,
+    )
+    plans.explanation = explain_plan(
+        plans,
+        result,
+        candidates,
+        coarse_axis=coarse_axis_needing_finer_target(fingerprint.spacings, fingerprint.shapes_after_cropping),
+        num_cases=len(fingerprint.case_ids),
+    )
+    return plans
+
+
+def _dims(values: Sequence[float], digits: int = 0) -> str:
+    return " x ".join(f"{v:.{digits}f}" if digits else f"{round(v)}" for v in values)
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / BYTES_PER_GB:.1f} GiB"
+
+
+def _describe_normalization(normalization: Sequence[ChannelNormalization]) -> str:
+    """CT channels one by one (their clipping range matters), the others grouped by scheme."""
+    parts, channels_by_scheme = [], {}
+    for n in normalization:
+        if n.scheme == "CTNormalization":
+            parts.append(
+                f"{n.modality} → {n.scheme} (clip to {n.lower_bound:g}..{n.upper_bound:g}, "
+                f"mean {n.mean:g}, std {n.std:g})"
+            )
+        else:
+            channels_by_scheme.setdefault((n.scheme, n.use_nonzero_mask), []).append(n.modality)
+    for (scheme, masked), names in channels_by_scheme.items():
+        text = f"{', '.join(names)} → {scheme}"
+        if masked:
+            text += " inside the non-zero mask (cropping removed at least 25% of the median image)"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _describe_adapters(blocks: Sequence[int], dim: int, depth: int) -> str:
+    if len(blocks) == depth:
+        return f"3D adapters of width {dim} in all {depth} blocks"
+    return f"3D adapters of width {dim} in the last {len(blocks)} of {depth} blocks (blocks {blocks[0]}-{blocks[-1]})"
+
+
+def explain_plan(
+    plans: Plans,
+    result: SearchResult,
+    candidates: BackboneCandidates,
+    coarse_axis: int | None,
+    num_cases: int,
+) -> str:
+    """One paragraph saying what the planner chose and why, with the key numbers."""
+    network = plans.network
+    spacing, median_shape = plans.target_spacing, plans.median_shape
+    spec = get_backbone(network.backbone)
+
+    spacing_text = f"Target spacing {_dims(spacing, 2)} mm (z, y, x)"
+    if coarse_axis is not None:
+        spacing_text += (
+            f", the median except along {AXIS_NAMES[coarse_axis]}, which has few thick slices and takes the "
+            f"10th percentile of its spacings to avoid interpolating across them"
+        )
+    else:
+        spacing_text += ", the median over cases"
+
+    token_mm = [t * s for t, s in zip(network.token_size, spacing)]
+    if network.token_size[1] == SAM_IN_PLANE_TOKEN:
+        in_plane_text = f"in-plane SAM's {SAM_IN_PLANE_TOKEN}-voxel patch kernel as is"
+    else:
+        in_plane_text = f"in-plane {network.token_size[1]} voxels, finer than SAM's {SAM_IN_PLANE_TOKEN}, as the images are small"
+    patch_mm = [p * s for p, s in zip(network.patch_size, spacing)]
+    coverage = [min(1.0, p / m) for p, m in zip(network.patch_size, median_shape)]
+    volume_coverage = math.prod(coverage)
+    if result.stage == FALLBACK_STAGE:
+        patch_reason = "memory is tight, so this is the smallest patch, with adapters in fewer blocks"
+    elif all(c >= 1.0 for c in coverage):
+        patch_reason = "it covers the whole median image, so the remaining memory went to adapter width and batch size"
+    elif result.larger_backbones_left and network.patch_size == result.reasonable_patch:
+        patch_reason = (
+            f"it is the reasonable context (at least {REASONABLE_CONTEXT_MM:g} mm per axis where the image allows); "
+            f"larger contexts are kept for the larger backbone(s) {', '.join(result.larger_backbones_left)}, which do "
+            f"not fit, so that a larger budget can never give a smaller plan"
+        )
+    else:
+        patch_reason = "it is the largest context (equal extent in mm per axis where the image allows) that fits"
+
+    if network.activation_checkpointing:
+        checkpointing = "on, because the plan does not fit without it"
+    elif result.stage == BATCH_STAGE:
+        checkpointing = "off (it may buy context, never just a larger batch)"
+    else:
+        checkpointing = "off (not needed to fit)"
+    batch_cap = max_batch_size(network.patch_size, median_shape, num_cases)
+    batch_text = f"batch size {plans.batch_size}"
+    if plans.batch_size >= batch_cap and plans.batch_size > 2:
+        batch_text += f" (capped so that a batch sees at most {MAX_DATASET_SHARE_PER_BATCH:.0%} of the dataset)"
+
+    sentences = [
+        f"{plans.dataset_name}: {spacing_text}; median image {_dims(median_shape)} voxels at that spacing.",
+        f"Normalisation: {_describe_normalization(plans.normalization)}.",
+        f"Backbone {network.backbone} ({spec.depth} blocks, width {spec.embed_dim}, trainable: {network.trainable}), "
+        f"because {candidates.reason}.",
+        f"Tokens of {_dims(network.token_size)} voxels ({_dims(token_mm, 1)} mm): {in_plane_text}; depth chosen "
+        f"so that a token is about as deep as it is wide in mm; attention windows of "
+        f"{_dims(network.window_size)} tokens.",
+        f"Patch {_dims(network.patch_size)} voxels ({_dims(patch_mm)} mm, {network.num_tokens} tokens), covering "
+        f"{volume_coverage:.0%} of the median image volume ({', '.join(f'{c:.0%}' for c in coverage)} per axis): "
+        f"{patch_reason}.",
+        f"{_describe_adapters(network.adapter_blocks, network.adapter_dim, spec.depth)}; "
+        f"{batch_text}; activation checkpointing {checkpointing}.",
+        f"Estimated peak training memory {_gib(plans.memory.estimate_bytes)} ({plans.memory.precision}) against a "
+        f"target of {_gib(plans.memory.target_bytes)} ({plans.memory.source}), planned to at most "
+        f"{SAFETY_MARGIN:.0%} ({_gib(result.usable_bytes)}); search order: context first, then capacity "
+        f"(rung {result.rung_index + 1} of {result.num_rungs}).",
+    ]
+    return " ".join(sentences)

@@ -1,0 +1,284 @@
+"""The memory-aware choice of backbone, patch size, adapters, batch size and checkpointing.
+
+The search walks a *ladder*: a fixed list of configurations ("rungs") in which every rung is at
+least as large as the one before in every respect that matters to the user: patch (voxels per
+axis), batch size, adapter blocks and width, backbone size. The plan is the highest rung whose
+estimated training memory fits the usable budget, with activation checkpointing only where the
+rung does not fit without it. Because the ladder does not depend on the budget, a larger budget
+can only reach the same rung or a higher one, so it never gives a smaller plan: monotonic by
+construction, not by luck of the estimates (which need not even grow along the ladder).
+
+The ladder follows "context first, then capacity":
+
+1. ``fallback``: on the smallest candidate backbone at the smallest patch, adapters in the last
+   quarter, half, three quarters, then all blocks at width 32 (for tiny budgets only);
+2. ``context``: all blocks at width 64, the patch grows (``network_geometry.patch_size_path``)
+   up to the *reasonable patch*, the first spanning ``REASONABLE_CONTEXT_MM`` along every axis
+   (or the whole median image);
+3. ``backbone``: each larger candidate backbone at the reasonable patch, so that the largest SAM
+   that fits with a reasonable patch is preferred;
+4. ``context``: on the largest candidate, the patch grows to the median image;
+5. ``capacity``: adapters widen to 128;
+6. ``batch``: the batch grows to nnU-Net's cap (a batch sees at most 5% of the dataset's voxels).
+   Only these rungs never use activation checkpointing: it costs about a third more compute per
+   step, worth paying for context but not for a larger batch.
+
+Every function is pure; the memory model is passed in (``nnsam3d.model.memory_model``'s
+``estimate_training_memory`` in production).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol, Sequence
+
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.planners.network_geometry import patch_size_path, window_size_for
+
+MIN_BATCH_SIZE = 2
+"""nnU-Net's minimum: batch statistics and foreground oversampling need more than one patch."""
+
+MAX_DATASET_SHARE_PER_BATCH = 0.05
+"""nnU-Net's overfitting guard: one batch sees at most 5% of the dataset's voxels."""
+
+SAFETY_MARGIN = 0.9
+"""Plan to at most this share of the memory target: the estimate is a model, and the CUDA
+context, allocator fragmentation and the data loader's pinned memory are not in it."""
+
+REASONABLE_CONTEXT_MM = 128.0
+"""A patch is reasonable once it spans this many mm along every axis (or the whole median
+image): organ-sized context, about what nnU-Net's 3D plans get on 8-11 GB GPUs. Larger SAM
+backbones enter the ladder here."""
+
+FALLBACK_ADAPTER_DIM = 32
+BASE_ADAPTER_DIM = 64
+MAX_ADAPTER_DIM = 128
+
+
+class MemoryEstimateLike(Protocol):
+    @property
+    def total(self) -> int: ...
+
+    def breakdown(self) -> dict[str, int]: ...
+
+
+MemoryEstimator = Callable[[NetworkConfig, int, str], MemoryEstimateLike]
+"""(config, batch size, precision) → estimated peak training memory (bytes)."""
+
+
+FALLBACK_STAGE, CONTEXT_STAGE, BACKBONE_STAGE, CAPACITY_STAGE, BATCH_STAGE = (
+    "fallback",
+    "context",
+    "backbone",
+    "capacity",
+    "batch",
+)
+"""Ladder stages, in ladder order (see the module docstring)."""
+
+STAGES_WITHOUT_CHECKPOINTING = (BATCH_STAGE,)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One candidate on the ladder (checkpointing is decided per rung by the search)."""
+
+    backbone: str
+    patch_size: tuple[int, int, int]
+    adapter_blocks: tuple[int, ...]
+    adapter_dim: int
+    batch_size: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The chosen configuration and how it was found.
+
+    rung_index / num_rungs: position of the chosen rung on the ladder (0-based).
+    stage: the ladder stage of the chosen rung.
+    usable_bytes: the budget after the safety margin.
+    reasonable_patch: the patch at which larger backbones enter the ladder.
+    larger_backbones_left: candidates larger than the chosen backbone (they did not fit).
+    """
+
+    config: NetworkConfig
+    batch_size: int
+    estimate: MemoryEstimateLike
+    usable_bytes: int
+    rung_index: int
+    num_rungs: int
+    stage: str
+    reasonable_patch: tuple[int, int, int]
+    larger_backbones_left: tuple[str, ...]
+
+
+class PlanDoesNotFitError(ValueError):
+    """Even the smallest configuration needs more memory than the budget."""
+
+
+def order_by_size(backbones: Sequence[str]) -> list[str]:
+    """Distinct backbone names, smallest first (validated against the registry)."""
+    for name in backbones:
+        get_backbone(name)
+    return sorted(set(backbones), key=lambda name: (get_backbone(name).depth, get_backbone(name).embed_dim))
+
+
+def last_blocks(depth: int, count: int) -> tuple[int, ...]:
+    """Zero-based indices of the last ``count`` of ``depth`` blocks: adapting the deep blocks first,
+    where features are most task-specific."""
+    return tuple(range(depth - count, depth))
+
+
+def fallback_adapter_steps(depth: int) -> list[tuple[tuple[int, ...], int]]:
+    """(blocks, width) from the smallest adapter set up to all blocks at ``BASE_ADAPTER_DIM``."""
+    counts = sorted({max(1, math.ceil(depth * quarter / 4)) for quarter in (1, 2, 3, 4)})
+    steps = [(last_blocks(depth, count), FALLBACK_ADAPTER_DIM) for count in counts]
+    return steps + [(last_blocks(depth, depth), BASE_ADAPTER_DIM)]
+
+
+def reasonable_patch_index(
+    path: Sequence[Sequence[int]], spacing: Sequence[float], context_mm: float = REASONABLE_CONTEXT_MM
+) -> int:
+    """Index of the first patch on ``path`` spanning ``context_mm`` (or the path's last extent)
+    along every axis."""
+    final_extent = [p * s for p, s in zip(path[-1], spacing)]
+    wanted = [min(context_mm, extent) for extent in final_extent]
+    for index, patch in enumerate(path):
+        if all(p * s >= w - 1e-6 for p, s, w in zip(patch, spacing, wanted)):
+            return index
+    return len(path) - 1
+
+
+def max_batch_size(patch_size: Sequence[int], median_shape: Sequence[int], num_cases: int) -> int:
+    """Largest batch seeing at most 5% of the dataset's voxels per step (never below 2)."""
+    dataset_voxels = math.prod(median_shape) * num_cases
+    return max(MIN_BATCH_SIZE, round(MAX_DATASET_SHARE_PER_BATCH * dataset_voxels / math.prod(patch_size)))
+
+
+def build_ladder(
+    backbones: Sequence[str],
+    patch_path: Sequence[tuple[int, int, int]],
+    reasonable_index: int,
+    batch_cap: int,
+) -> list[Rung]:
+    """The ladder (see the module docstring) for candidate ``backbones``, the patches of
+    ``patch_path`` (smallest first), the reasonable patch ``patch_path[reasonable_index]`` and
+    batches up to ``batch_cap``.
+
+    Each rung is at least the previous one in patch (per axis), batch, adapter blocks (count)
+    and width, and backbone size.
+    """
+    backbones = order_by_size(backbones)
+    smallest, largest = backbones[0], backbones[-1]
+    all_blocks = {name: last_blocks(get_backbone(name).depth, get_backbone(name).depth) for name in backbones}
+    reasonable = patch_path[reasonable_index]
+    full = patch_path[-1]
+    rungs = [
+        Rung(smallest, patch_path[0], blocks, dim, MIN_BATCH_SIZE, FALLBACK_STAGE)
+        for blocks, dim in fallback_adapter_steps(get_backbone(smallest).depth)
+    ]
+    # The last fallback rung already is the smallest patch with the base adapters.
+    rungs[-1] = replace(rungs[-1], stage=CONTEXT_STAGE)
+    rungs += [
+        Rung(smallest, patch, all_blocks[smallest], BASE_ADAPTER_DIM, MIN_BATCH_SIZE, CONTEXT_STAGE)
+        for patch in patch_path[1 : reasonable_index + 1]
+    ]
+    rungs += [
+        Rung(name, reasonable, all_blocks[name], BASE_ADAPTER_DIM, MIN_BATCH_SIZE, BACKBONE_STAGE)
+        for name in backbones[1:]
+    ]
+    rungs += [
+        Rung(largest, patch, all_blocks[largest], BASE_ADAPTER_DIM, MIN_BATCH_SIZE, CONTEXT_STAGE)
+        for patch in patch_path[reasonable_index + 1 :]
+    ]
+    rungs.append(Rung(largest, full, all_blocks[largest], MAX_ADAPTER_DIM, MIN_BATCH_SIZE, CAPACITY_STAGE))
+    rungs += [
+        Rung(largest, full, all_blocks[largest], MAX_ADAPTER_DIM, batch, BATCH_STAGE)
+        for batch in range(MIN_BATCH_SIZE + 1, batch_cap + 1)
+    ]
+    return rungs
+
+
+def network_config_for(
+    rung: Rung,
+    token_size: Sequence[int],
+    in_channels: int,
+    num_classes: int,
+    activation_checkpointing: bool,
+) -> NetworkConfig:
+    """The network of one rung. A SAM backbone keeps its pretrained weights frozen and trains its
+    adapters; ``vit_tiny`` has no pretrained weights, so everything trains."""
+    token_grid = [p // t for p, t in zip(rung.patch_size, token_size)]
+    pretrained = get_backbone(rung.backbone).has_official_checkpoint
+    return NetworkConfig(
+        backbone=rung.backbone,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        patch_size=rung.patch_size,
+        token_size=tuple(token_size),
+        window_size=window_size_for(token_grid),
+        adapter_blocks=rung.adapter_blocks,
+        adapter_dim=rung.adapter_dim,
+        activation_checkpointing=activation_checkpointing,
+        trainable="adapters" if pretrained else "full",
+    )
+
+
+def search_network(
+    *,
+    backbones: Sequence[str],
+    spacing: Sequence[float],
+    median_shape: Sequence[int],
+    token_size: Sequence[int],
+    num_cases: int,
+    in_channels: int,
+    num_classes: int,
+    target_bytes: int,
+    precision: str,
+    estimate: MemoryEstimator,
+) -> SearchResult:
+    """The highest rung of the ladder whose estimate fits ``SAFETY_MARGIN * target_bytes``.
+
+    ``spacing``: target spacing (mm). ``median_shape``: voxels at that spacing.
+    ``token_size``: voxels per token (z, y, x). ``num_cases``: training cases (batch cap).
+    Raises :class:`PlanDoesNotFitError` when not even the smallest rung fits.
+    """
+    usable = int(SAFETY_MARGIN * target_bytes)
+    path = patch_size_path(spacing, token_size, median_shape)
+    reasonable = reasonable_patch_index(path, spacing)
+    ladder = build_ladder(backbones, path, reasonable, max_batch_size(path[-1], median_shape, num_cases))
+
+    best: tuple[int, NetworkConfig, MemoryEstimateLike] | None = None
+    for index, rung in enumerate(ladder):
+        # Every rung is tried, not just up to the first that fails: the highest fitting rung is
+        # what makes the plan monotonic in the budget, whatever the estimates do along the way.
+        for checkpointing in (False,) if rung.stage in STAGES_WITHOUT_CHECKPOINTING else (False, True):
+            config = network_config_for(rung, token_size, in_channels, num_classes, checkpointing)
+            estimated = estimate(config, rung.batch_size, precision)
+            if estimated.total <= usable:
+                best = (index, config, estimated)
+                break
+    if best is None:
+        first = ladder[0]
+        need = estimate(network_config_for(first, token_size, in_channels, num_classes, True), first.batch_size, precision)
+        raise PlanDoesNotFitError(
+            f"even the smallest configuration ({first.backbone}, patch {first.patch_size}, batch "
+            f"{first.batch_size}, activation checkpointing) needs about {need.total / 2**30:.1f} GiB, more than "
+            f"{SAFETY_MARGIN:.0%} of the {target_bytes / 2**30:.1f} GiB memory target. Give a larger "
+            f"--gpu-memory-gb or a smaller --backbone."
+        )
+    index, config, estimated = best
+    candidates = order_by_size(backbones)
+    return SearchResult(
+        config=config,
+        batch_size=ladder[index].batch_size,
+        estimate=estimated,
+        usable_bytes=usable,
+        rung_index=index,
+        num_rungs=len(ladder),
+        stage=ladder[index].stage,
+        reasonable_patch=path[reasonable],
+        larger_backbones_left=tuple(candidates[candidates.index(config.backbone) + 1 :]),
+    )

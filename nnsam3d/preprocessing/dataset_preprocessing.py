@@ -1,0 +1,133 @@
+"""Preprocess every training case of a raw dataset into the case store, resumably.
+
+Output: ``$nnSAM3D_preprocessed/DatasetXXX_Name/<plans.data_identifier>/`` (see
+``case_storage``), plus a copy of ``dataset.json`` in ``DatasetXXX_Name/`` next to the plans, so
+that the preprocessed folder alone is enough to train.
+
+Resuming: a case is complete once its properties file exists (written last and atomically), so a
+rerun skips complete cases and redoes interrupted ones. The settings that shape the stored data
+(target spacing, normalisation, resampling order) are kept in the hidden file
+``.preprocessing.json`` in the data folder; when new plans change them, every case is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from nnsam3d import paths
+from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
+from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
+from nnsam3d.planners.plans import Plans
+from nnsam3d.preprocessing.case_properties import CASE_PROPERTIES_SCHEMA_VERSION
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.preprocessing.parallel_cases import map_cases
+from nnsam3d.preprocessing.preprocessor import preprocess_case_files
+
+SETTINGS_FILE = ".preprocessing.json"
+
+
+@dataclass
+class PreprocessingSummary:
+    """What :func:`preprocess_dataset` did. ``store`` reads the cases back."""
+
+    store: PreprocessedCaseStore
+    preprocessed: list[str]
+    skipped: list[str]
+    removed: list[str]
+
+
+def preprocessing_settings(plans: Plans) -> dict:
+    """The parts of the plans that determine the stored data, as JSON-ready content."""
+    content = {
+        "case_properties_schema_version": CASE_PROPERTIES_SCHEMA_VERSION,
+        "target_spacing": list(plans.target_spacing),
+        "image_resampling_order": plans.image_resampling_order,
+        "normalization": [asdict(n) for n in plans.normalization],
+    }
+    return json.loads(json.dumps(content))  # tuples → lists, as they read back from the file
+
+
+def _stored_settings(folder: Path) -> dict | None:
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError:
+        return None  # a broken settings file counts as unknown settings: redo everything
+
+
+def _preprocess_and_store(case: RawCase, plans: Plans, folder: Path) -> str:
+    """Worker: one case from its raw files into the store (runs in a worker process)."""
+    result = preprocess_case_files(case.image_files, plans, label_file=case.label_file, case_id=case.case_id)
+    PreprocessedCaseStore(folder).write_case(
+        case.case_id, result.data, result.segmentation, result.properties, result.class_locations
+    )
+    return case.case_id
+
+
+def _say(message: str) -> None:
+    print(f"nnsam3d: {message}", file=sys.stderr)
+
+
+def preprocess_dataset(
+    dataset: str | int,
+    plans: Plans,
+    *,
+    num_processes: int = 2,
+    clean: bool = False,
+) -> PreprocessingSummary:
+    """Preprocess every training case of ``dataset`` (number or ``DatasetXXX_Name``) with ``plans``.
+
+    Cases already complete with the same preprocessing settings are skipped unless ``clean``;
+    cases no longer in the raw dataset are removed from the store. Cases run in
+    ``num_processes`` worker processes, one case per worker at a time.
+    """
+    dataset_name = paths.resolve_dataset_name(dataset)
+    raw_dir = paths.raw_root() / dataset_name
+    description = DatasetDescription.from_file(raw_dir / "dataset.json")
+    cases = labelled_training_cases(raw_dir, description)
+
+    output_dir = paths.preprocessed_root() / dataset_name
+    store = PreprocessedCaseStore(output_dir / plans.data_identifier)
+    settings = preprocessing_settings(plans)
+    stored_settings = None if clean else _stored_settings(store.folder)
+    if stored_settings != settings:
+        if store.case_ids() and not clean:
+            _say(
+                f"{store.folder}: the stored cases were made with other preprocessing settings "
+                f"(target spacing, normalisation or resampling); preprocessing every case again."
+            )
+        shutil.rmtree(store.folder, ignore_errors=True)
+        write_json_atomic(store.folder / SETTINGS_FILE, settings)
+
+    wanted = {case.case_id for case in cases}
+    removed = [case_id for case_id in store.case_ids() if case_id not in wanted]
+    for case_id in removed:
+        store.remove_case(case_id)
+    if removed:
+        _say(f"removed {len(removed)} preprocessed case(s) no longer in {raw_dir}: {', '.join(removed)}")
+
+    todo = [case for case in cases if not store.is_complete(case.case_id)]
+    skipped = sorted(wanted - {case.case_id for case in todo})
+    if skipped:
+        _say(f"{len(skipped)} of {len(cases)} cases already preprocessed in {store.folder}; skipping them.")
+    done = map_cases(
+        partial(_preprocess_and_store, plans=plans, folder=store.folder),
+        todo,
+        num_processes,
+        f"Preprocessing {dataset_name}",
+    )
+
+    _copy_dataset_json(raw_dir / "dataset.json", output_dir / "dataset.json")
+    return PreprocessingSummary(store=store, preprocessed=done, skipped=skipped, removed=removed)
+
+
+def _copy_dataset_json(source: Path, target: Path) -> None:
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)

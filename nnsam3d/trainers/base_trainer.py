@@ -1,0 +1,557 @@
+"""The default trainer: frozen SAM encoder + 3D adapters, 5-fold cross-validation, one fold per run.
+
+The trainer orchestrates; the work lives in its own modules: splits (``splits``), patches
+(``data_loading``), augmentation (``augmentation``), losses (``losses``), optimiser, schedule and
+precision (``optimization``), checkpoints (``checkpointing``), log and curves
+(``training_log``), pseudo-Dice (``pseudo_dice``), final validation (``validation``) and
+data parallelism (``distributed``).
+
+Variants (``variants.py``) subclass it and override a hook or two: ``pretrained_checkpoint``,
+``configure_network``, ``peak_learning_rate``, ``build_loss``, ``augmentation_settings``, or a
+class attribute such as ``num_epochs``.
+
+Default schedule: 250 epochs of 250 iterations (62,500 steps), a quarter of nnU-Net's
+1000 x 250. nnU-Net's own 250-epoch variant already comes close to the full schedule when
+training a U-Net from scratch; here SAM's encoder arrives trained and only the adapters, the 3D
+embeddings and the decoder learn (a few percent of the parameters), which settles much faster.
+The same schedule is used for every variant so that the ablations compare like with like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnsam3d import paths
+from nnsam3d.io.atomic import atomic_path
+from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.network import build_network, count_parameters
+from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
+from nnsam3d.planners.plans import DEFAULT_PLANS_NAME, Plans
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.trainers import checkpointing
+from nnsam3d.trainers.augmentation import (
+    AugmentationSettings,
+    read_size_for,
+    settings_for,
+    training_transforms,
+    validation_transforms,
+)
+from nnsam3d.trainers.data_loading import (
+    PatchDataLoader,
+    foreground_samples_per_batch,
+    start_batch_stream,
+    stop_batch_stream,
+)
+from nnsam3d.trainers.distributed import DistributedContext, split_batch
+from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, full_resolution
+from nnsam3d.trainers.optimization import (
+    DEFAULT_GRADIENT_CLIP_NORM,
+    Optimization,
+    WarmupDecaySchedule,
+    build_optimizer,
+    precision_for,
+)
+from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
+from nnsam3d.trainers.splits import fold_cases, load_or_create_splits
+from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
+from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
+
+DEEP_SUPERVISION_OUTPUTS = 3  # full, 1/2, 1/4 resolution (MedSAM3D's decoder heads)
+
+
+class TrainingInputError(ValueError):
+    """Something the user has to provide or fix before this training can run (message says what)."""
+
+
+@dataclass
+class TrainingRequest:
+    """What ``nnsam3d_train`` was asked to do (one fold of one dataset).
+
+    num_epochs, iterations_per_epoch: override the trainer's schedule (None keeps it).
+    num_workers: augmentation worker processes; None chooses (0 on the CPU, several per GPU).
+    time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
+    """
+
+    dataset: str
+    fold: str
+    plans_name: str = DEFAULT_PLANS_NAME
+    num_epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    continue_training: bool = False
+    validation_only: bool = False
+    save_probabilities: bool = False
+    device: str = "auto"
+    sam_checkpoint: str | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    time_budget_minutes: float | None = None
+
+
+class nnSAM3DTrainer:
+    """Trains 3DMedSAM on one fold: SAM's encoder frozen, adapters + 3D embeddings + decoder learn.
+
+    Construction only reads the plans and dataset description and finds the SAM checkpoint, so
+    mistakes surface before anything is written; ``run()`` does the work.
+    """
+
+    num_epochs: int = 250
+    iterations_per_epoch: int = 250
+    validation_iterations: int | None = None
+    """Pseudo-Dice batches per epoch; None: a fifth of the training iterations (nnU-Net's 50 per 250)."""
+    lr_with_sam: float = 5e-4
+    """Peak AdamW learning rate when starting from SAM's weights (adapters and decoder)."""
+    lr_from_scratch: float = 1e-3
+    """Peak learning rate when every weight starts random (vit_tiny, the fromScratch variant)."""
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    lr_schedule: str = "poly"
+    gradient_clip_norm: float | None = DEFAULT_GRADIENT_CLIP_NORM
+    checkpoint_every: int = 5
+    pseudo_dice_ema_factor: float = 0.9
+    elastic_deformation: bool = False
+
+    def __init__(self, request: TrainingRequest, context: DistributedContext | None = None):
+        self.request = request
+        self.context = context or DistributedContext()
+        self.name = type(self).__name__
+        if request.num_epochs is not None:
+            self.num_epochs = int(request.num_epochs)
+        if request.iterations_per_epoch is not None:
+            self.iterations_per_epoch = int(request.iterations_per_epoch)
+        if self.num_epochs < 1 or self.iterations_per_epoch < 1:
+            raise TrainingInputError("--epochs and --iterations-per-epoch must be at least 1.")
+
+        self.dataset_name = paths.resolve_dataset_name(request.dataset)
+        self.preprocessed_dir = paths.preprocessed_root() / self.dataset_name
+        self.output_folder = paths.fold_dir(self.dataset_name, self.name, request.plans_name, request.fold)
+        self.plans = Plans.load(self.preprocessed_dir / f"{request.plans_name}.json")
+        self.description = self._dataset_description()
+        self.store = PreprocessedCaseStore(self.preprocessed_dir / self.plans.data_identifier)
+        self.case_ids = self.store.case_ids()
+        if not self.case_ids:
+            raise TrainingInputError(
+                f"{self.store.folder}: no preprocessed cases. Run nnsam3d_plan_and_preprocess "
+                f"{self.dataset_name} first (with the same plans name, '{request.plans_name}')."
+            )
+        self.resume_from = self._checkpoint_to_resume()
+        if self.resume_from is not None:
+            # Resuming keeps the run's own schedule unless the command line changes it.
+            state = self.resume_from[1].training_state
+            if request.num_epochs is None and "num_epochs" in state:
+                self.num_epochs = int(state["num_epochs"])
+            if request.iterations_per_epoch is None and "iterations_per_epoch" in state:
+                self.iterations_per_epoch = int(state["iterations_per_epoch"])
+        # SAM weights are needed only when the network starts fresh; resuming and --val load
+        # every weight from the checkpoint (which remembers whether the run started from SAM).
+        starts_fresh = self.resume_from is None and not request.validation_only
+        self.pretrained_path = self.pretrained_checkpoint() if starts_fresh else None
+        self._from_sam = (
+            self.pretrained_path is not None
+            if self.resume_from is None
+            else bool(self.resume_from[1].training_state.get("started_from_sam", False))
+        )
+        self.log = TrainingLog(self.output_folder, enabled=self.context.is_main)
+        self.iteration_losses: list[float] = []
+        self._streams: list = []
+
+    # ----------------------------------------------------------------------------- hooks
+    def pretrained_checkpoint(self) -> Path | None:
+        """The SAM-format file to start from, None to start from random weights.
+
+        ``--sam-checkpoint``, else the official file of the plan's backbone in the SAM checkpoint
+        folder (``nnSAM3D_sam_checkpoints``); a missing file raises the resolver's error, which
+        says how to get one or to choose ``nnSAM3DTrainer_fromScratch``. Backbones without an
+        official checkpoint (vit_tiny) train from scratch unless a file is given.
+        """
+        explicit = self.request.sam_checkpoint
+        if explicit is None and not get_backbone(self.plans.backbone).has_official_checkpoint:
+            return None
+        return resolve_sam_checkpoint(
+            self.plans.backbone, explicit_path=explicit, search_dirs=(paths.sam_checkpoint_dir(),), download=False
+        )
+
+    @property
+    def starts_from_sam(self) -> bool:
+        """Whether the run started from SAM's weights (also true when resuming such a run)."""
+        return self._from_sam
+
+    def configure_network(self, config: NetworkConfig) -> NetworkConfig:
+        """The network this trainer trains, from the plans' configuration.
+
+        Default: deep supervision on; SAM's encoder frozen with adapters when SAM weights are
+        loaded; everything trains when starting from random weights (a frozen random encoder
+        would learn nothing).
+        """
+        return config.replace(deep_supervision=True, trainable="adapters" if self.starts_from_sam else "full")
+
+    def peak_learning_rate(self) -> float:
+        return self.lr_with_sam if self.starts_from_sam else self.lr_from_scratch
+
+    def build_loss(self) -> nn.Module:
+        return DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
+
+    def augmentation_settings(self) -> AugmentationSettings:
+        return settings_for(
+            self.plans.patch_size, self.plans.target_spacing, self.plans.anisotropic_axis, self.elastic_deformation
+        )
+
+    # ----------------------------------------------------------------------------- inputs
+    def _dataset_description(self) -> DatasetDescription:
+        """dataset.json from the preprocessed folder (copied there by preprocessing), else the raw one."""
+        for folder in (self.preprocessed_dir, paths.raw_root() / self.dataset_name):
+            if (folder / "dataset.json").is_file():
+                return DatasetDescription.from_file(folder / "dataset.json")
+        raise TrainingInputError(
+            f"dataset.json of {self.dataset_name} found neither in {self.preprocessed_dir} nor in the raw "
+            f"folder {paths.raw_root() / self.dataset_name}. Rerun nnsam3d_plan_and_preprocess."
+        )
+
+    def _checkpoint_to_resume(self) -> tuple[Path, ModelCheckpoint] | None:
+        if self.request.validation_only:
+            path = self.output_folder / checkpointing.FINAL
+            if not path.is_file():
+                raise TrainingInputError(
+                    f"{path}: not found. --val validates a finished training; train this fold first "
+                    f"(or finish it with --c)."
+                )
+            return path, load_checkpoint(path)
+        if self.request.continue_training:
+            return checkpointing.checkpoint_to_resume(self.output_folder)
+        return None
+
+    @property
+    def pseudo_dice_iterations(self) -> int:
+        if self.validation_iterations is not None:
+            return self.validation_iterations
+        return max(1, self.iterations_per_epoch // 5)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.description.label_name(k) for k in range(1, self.description.num_classes)]
+
+    # ----------------------------------------------------------------------------- setup
+    def initialize(self) -> None:
+        """Build network, optimiser, loss and data streams; load the checkpoint when resuming."""
+        ctx = self.context
+        if self.resume_from is not None:
+            self.plans = Plans.from_json(self.resume_from[1].plans, source=str(self.resume_from[0]))
+            config = self.plans.network
+        else:
+            config = self.configure_network(self.plans.network)
+            self.plans = dataclasses.replace(self.plans, network=config)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
+        torch.manual_seed(self.request.seed)  # identical initial weights on every rank
+        network = build_network(config, self.pretrained_path)
+        if self.resume_from is not None:
+            network.load_state_dict(self.resume_from[1].network_weights)
+        self.network_module = network.to(ctx.device)
+        self.network = ctx.wrap(self.network_module)
+        self.loss = self.build_loss()
+
+        self.epochs_completed = 0
+        self.pseudo_dice_ema = MovingAverage(self.pseudo_dice_ema_factor)
+        self.best_ema = -math.inf
+        if self.request.validation_only:
+            self._split_cases()
+            self._release_resume_checkpoint()
+            return
+
+        total_steps = self.num_epochs * self.iterations_per_epoch
+        optimizer = build_optimizer(self.network_module, self.peak_learning_rate(), self.weight_decay)
+        schedule = WarmupDecaySchedule(
+            optimizer, self.peak_learning_rate(), total_steps, self.warmup_fraction, self.lr_schedule
+        )
+        self.optimization = Optimization(
+            self.network_module, optimizer, schedule, precision_for(ctx.device), self.gradient_clip_norm
+        )
+        self._seed_generators(self.request.seed + 1000 * ctx.rank)
+        if self.resume_from is not None:
+            self._load_training_state(self.resume_from[1])
+        self._release_resume_checkpoint()
+        self._split_cases()
+        self._start_streams()
+
+    def _release_resume_checkpoint(self) -> None:
+        """Weights and optimiser state now live in the network and optimiser; free the copies."""
+        if self.resume_from is not None:
+            self.resume_from[1].network_weights = {}
+            self.resume_from[1].training_state = {}
+
+    def _seed_generators(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _load_training_state(self, checkpoint: ModelCheckpoint) -> None:
+        state = checkpoint.training_state
+        self.epochs_completed = checkpoint.epoch
+        self.optimization.load_state_dict(state["optimization"])
+        self.log.load_state_dict(state["log"])
+        self.pseudo_dice_ema.value = state.get("pseudo_dice_ema")
+        self.best_ema = float(state.get("best_pseudo_dice_ema", -math.inf))
+        rng = state.get("rng", {}).get(str(self.context.rank))
+        if rng is not None:
+            checkpointing.restore_rng_state(rng)
+
+    def _split_cases(self) -> None:
+        # Rank 0 writes splits_final.json (once); the others read what it wrote.
+        if self.context.is_main:
+            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids)
+        self.context.barrier()
+        if not self.context.is_main:
+            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, create=False)
+        self.fold = fold_cases(splits, self.request.fold, self.case_ids)
+
+    def default_num_workers(self) -> int:
+        """0 on the CPU (the model and the augmentation share the same cores anyway); on a GPU,
+        enough processes that augmentation keeps up with the model."""
+        if self.context.device.type != "cuda":
+            return 0
+        cores = os.cpu_count() or 2
+        return max(1, min(8, cores // self.context.world_size - 1))
+
+    def _start_streams(self) -> None:
+        ctx = self.context
+        workers = self.request.num_workers if self.request.num_workers is not None else self.default_num_workers()
+        global_foreground = foreground_samples_per_batch(self.plans.batch_size, self.plans.foreground_oversampling)
+        batch, foreground = split_batch(self.plans.batch_size, global_foreground, ctx.world_size, ctx.rank)
+        settings = self.augmentation_settings()
+        folder = self.store.folder
+        train_loader = PatchDataLoader(folder, self.fold.train, batch, settings.patch_size, foreground, read_size_for(settings))
+        val_loader = PatchDataLoader(folder, self.fold.val, batch, settings.patch_size, foreground)
+        stream_seed = self.request.seed + 7919 * ctx.rank + 104729 * self.epochs_completed
+        pin = ctx.device.type == "cuda"
+        self.train_stream = start_batch_stream(train_loader, training_transforms(settings), workers, stream_seed, pin)
+        self.val_stream = start_batch_stream(
+            val_loader, validation_transforms(), max(1, workers // 2) if workers else 0, stream_seed + 1, pin
+        )
+        self._streams = [self.train_stream, self.val_stream]
+        per_process = f" ({batch} per process x {ctx.world_size})" if ctx.is_distributed else ""
+        self.log.message(
+            f"{self.name}, fold {self.fold.fold}: {len(self.fold.train)} training / {len(self.fold.val)} validation "
+            f"cases; patch {settings.patch_size}, batch {self.plans.batch_size}{per_process} with "
+            f"{global_foreground} foreground-centred patch(es); augmentation "
+            f"{'in-plane (thin axis ' + str(settings.thin_axis) + ')' if settings.thin_axis is not None else '3D'}; "
+            f"{workers} augmentation worker(s)"
+        )
+
+    def _stop_streams(self) -> None:
+        for stream in self._streams:
+            stop_batch_stream(stream)
+        self._streams = []
+
+    # ----------------------------------------------------------------------------- steps
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.context.device
+        non_blocking = device.type == "cuda"
+        return (
+            batch["data"].to(device, non_blocking=non_blocking),
+            batch["target"].to(device, non_blocking=non_blocking),
+        )
+
+    def train_step(self, batch: dict) -> float:
+        data, target = self._to_device(batch)
+        with self.optimization.precision.autocast():
+            loss = self.loss(self.network(data), target)
+        self.optimization.step(loss)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> tuple[float, torch.Tensor]:
+        data, target = self._to_device(batch)
+        with self.optimization.precision.autocast():
+            outputs = self.network(data)
+            loss = self.loss(outputs, target)
+        return float(loss), confusion_counts(full_resolution(outputs), target)
+
+    def run_epoch(self, epoch: int) -> EpochRecord:
+        """Train ``iterations_per_epoch`` steps and estimate pseudo-Dice; ``epoch`` is 0-based."""
+        started = time.perf_counter()
+        learning_rate = self.optimization.schedule.current  # at the epoch's start, as nnU-Net logs it
+        self.network.train()
+        losses = []
+        bar = tqdm(range(self.iterations_per_epoch), desc=f"epoch {epoch + 1}/{self.num_epochs}",
+                   disable=not self.context.is_main, leave=False, mininterval=1.0, unit="it")
+        for _ in bar:
+            losses.append(self.train_step(next(self.train_stream)))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        self.iteration_losses.extend(losses)
+
+        self.network.eval()
+        val_losses, counts = [], None
+        for _ in range(self.pseudo_dice_iterations):
+            loss, batch_counts = self.validation_step(next(self.val_stream))
+            val_losses.append(loss)
+            counts = batch_counts if counts is None else counts + batch_counts
+        dice = dice_from_counts(self.context.sum(counts)) if counts is not None else [math.nan] * len(self.class_names)
+        ema = self.pseudo_dice_ema.update(nan_mean(dice))
+        return EpochRecord(
+            epoch=epoch + 1,
+            train_loss=self.context.mean(float(np.mean(losses))),
+            val_loss=self.context.mean(float(np.mean(val_losses))) if val_losses else math.nan,
+            pseudo_dice=dice,
+            pseudo_dice_ema=ema if ema is not None else math.nan,
+            learning_rate=learning_rate,
+            seconds=time.perf_counter() - started,
+        )
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def training_state(self) -> dict:
+        rng = checkpointing.capture_rng_state()
+        if self.context.is_distributed:
+            gathered = [None] * self.context.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng_by_rank = {str(rank): state for rank, state in enumerate(gathered)}
+        else:
+            rng_by_rank = {"0": rng}
+        return {
+            "optimization": self.optimization.state_dict(),
+            "log": self.log.state_dict(),
+            "pseudo_dice_ema": self.pseudo_dice_ema.value,
+            "best_pseudo_dice_ema": self.best_ema,
+            "rng": rng_by_rank,
+            "seed": self.request.seed,
+            "started_from_sam": self.starts_from_sam,
+            "peak_learning_rate": self.peak_learning_rate(),
+            "num_epochs": self.num_epochs,
+            "iterations_per_epoch": self.iterations_per_epoch,
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        """Every rank takes part (the random-generator states are gathered); rank 0 writes."""
+        state = self.training_state()
+        if self.context.is_main:
+            checkpointing.write_training_checkpoint(
+                self.output_folder / filename,
+                trainer_name=self.name,
+                fold=self.request.fold,
+                epoch=self.epochs_completed,
+                plans=self.plans.to_json(),
+                dataset_json=self.description.to_json(),
+                network=self.network_module,
+                training_state=state,
+            )
+
+    def _copy_checkpoint(self, source: str, target: str) -> None:
+        if self.context.is_main:
+            with atomic_path(self.output_folder / target) as temporary:
+                shutil.copyfile(self.output_folder / source, temporary)
+
+    # ----------------------------------------------------------------------------- run
+    def run(self) -> None:
+        """Train (or resume) the fold, then validate it; with ``validation_only``, just validate."""
+        self.initialize()
+        if self.request.validation_only:
+            self.validate()
+            return
+        try:
+            finished_before = self.epochs_completed >= self.num_epochs
+            if finished_before:
+                self.log.message(
+                    f"{self.output_folder}: already trained for {self.epochs_completed} epochs; nothing to train "
+                    f"(give a larger --epochs to extend it)."
+                )
+            else:
+                self.train()
+        finally:
+            self._stop_streams()
+        summary = self.output_folder / VALIDATION_FOLDER / SUMMARY_FILENAME
+        if not (finished_before and summary.is_file()):
+            self.validate()
+
+    def train(self) -> None:
+        ctx = self.context
+        counts = count_parameters(self.network_module)
+        source = f"SAM weights ({self.pretrained_path})" if self.starts_from_sam else "random weights"
+        if self.resume_from is not None:
+            source = f"{self.resume_from[0].name} (epoch {self.epochs_completed})"
+        elif self.request.continue_training:
+            self.log.message(f"--c: no checkpoint in {self.output_folder}; starting a new training")
+        self.log.message(
+            f"training {self.dataset_name} fold {self.request.fold} with {self.name} on {ctx.device} "
+            f"x {ctx.world_size} ({self.optimization.precision.name}); {self.plans.backbone} from {source}; "
+            f"trainable '{self.plans.network.trainable}': {counts}; {self.num_epochs} epochs x "
+            f"{self.iterations_per_epoch} iterations, peak lr {self.peak_learning_rate():.1e}"
+        )
+        budget = self.request.time_budget_minutes
+        deadline = time.monotonic() + budget * 60 if budget is not None else None
+        epoch_seconds: list[float] = []
+        stopped_by_budget = False
+        for epoch in range(self.epochs_completed, self.num_epochs):
+            record = self.run_epoch(epoch)
+            self.epochs_completed = epoch + 1
+            epoch_seconds.append(record.seconds)
+            self.log.record_epoch(record, self.num_epochs, self.class_names)
+            if not math.isnan(record.pseudo_dice_ema) and record.pseudo_dice_ema > self.best_ema:
+                self.best_ema = record.pseudo_dice_ema
+                self.save_checkpoint(checkpointing.BEST)
+                self.log.message(f"new best pseudo-Dice EMA {self.best_ema:.4f}: {checkpointing.BEST} written")
+            if self.epochs_completed % self.checkpoint_every == 0 and self.epochs_completed < self.num_epochs:
+                self.save_checkpoint(checkpointing.LATEST)
+            if deadline is not None:
+                remaining = ctx.value_of_main(int(deadline - time.monotonic()))
+                if remaining <= 0 and self.epochs_completed < self.num_epochs:
+                    stopped_by_budget = True
+                    self.log.message(
+                        f"time budget of {budget:g} minutes used up after epoch {self.epochs_completed} of "
+                        f"{self.num_epochs}: training ends here and finishes as if the schedule had ended"
+                    )
+                    break
+                self._fit_schedule_to_budget(remaining, epoch_seconds)
+        self.save_checkpoint(checkpointing.FINAL)
+        self._copy_checkpoint(checkpointing.FINAL, checkpointing.LATEST)
+        self.log.message(
+            f"training {'stopped by the time budget' if stopped_by_budget else 'finished'} after "
+            f"{self.epochs_completed} epochs; {checkpointing.FINAL} written"
+        )
+
+    def _fit_schedule_to_budget(self, remaining_seconds: float, epoch_seconds: list[float]) -> None:
+        """Shorten the learning-rate decay to the epochs expected to fit in the time budget.
+
+        The budget stops training after the epoch in which it runs out; without this, a long
+        nominal schedule would stop with the learning rate still near its peak.
+        """
+        mean_epoch = float(np.mean(epoch_seconds[-5:]))
+        expected = self.epochs_completed + max(1, math.ceil(remaining_seconds / max(mean_epoch, 1e-6)))
+        expected = self.context.value_of_main(min(self.num_epochs, expected))
+        self.optimization.schedule.resize(expected * self.iterations_per_epoch)
+
+    def validate(self) -> dict | None:
+        """Whole-case validation on rank 0 (the others are done); returns the summary there."""
+        if not self.context.is_main:
+            return None
+        note = " (fold 'all' has no held-out cases: these are its training cases, so the numbers are optimistic)"
+        self.log.message(
+            f"validating {len(self.fold.val)} case(s) with the sliding-window predictor"
+            f"{note if self.fold.fold == 'all' else ''}"
+        )
+        summary = validate_cases(
+            self.network_module,
+            self.plans,
+            self.description,
+            self.store,
+            self.fold.val,
+            paths.raw_root() / self.dataset_name / "labelsTr",
+            self.output_folder / VALIDATION_FOLDER,
+            self.context.device,
+            save_probabilities=self.request.save_probabilities,
+            message=self.log.message,
+        )
+        self.log.message(f"validation summary: {self.output_folder / VALIDATION_FOLDER / SUMMARY_FILENAME}")
+        return summary

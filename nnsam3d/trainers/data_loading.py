@@ -1,0 +1,168 @@
+"""Random training patches read from the memory-mapped preprocessed cases, and batch streams.
+
+A batch holds ``batch_size`` patches; the last ``foreground_samples`` of them are centred on a
+foreground voxel of a class drawn uniformly among the classes present in the case (so that a
+small lesion is seen as often as a large organ in the cases that have both); the others are
+placed uniformly at random. Only the patch is read from the ``.npy`` files; where a patch
+reaches beyond the image, it is padded (image with 0, the normalised mean; labels with
+background).
+
+Randomness comes from numpy's global generator, which batchgenerators seeds in each
+background worker and which the trainer saves in its checkpoints, so a run with 0 workers
+resumes on exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+
+RANDOM_CENTRE = -1
+"""``centre_class`` of a patch that was not centred on foreground."""
+
+
+def patch_origin(
+    image_shape: Sequence[int], patch_size: Sequence[int], rng,
+    centre: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """Lower corner (voxels, may be negative) of a patch inside an image of ``image_shape``.
+
+    Without ``centre`` the patch is placed uniformly among the positions that keep it inside
+    the image; along an axis where the image is smaller than the patch, the image is placed
+    uniformly inside the patch instead. With ``centre`` the patch is centred on that voxel,
+    then shifted as little as needed to lie inside the image (along axes where the image is
+    large enough), so that it never shows padding where image exists; the voxel stays inside.
+    rng: ``numpy.random`` or a ``RandomState`` (anything with ``randint``).
+    """
+    origin = []
+    for axis, (size, patch) in enumerate(zip(image_shape, patch_size)):
+        low, high = min(0, size - patch), max(0, size - patch)
+        if centre is None:
+            origin.append(int(rng.randint(low, high + 1)))
+        else:
+            origin.append(int(np.clip(int(centre[axis]) - patch // 2, low, high)))
+    return tuple(origin)
+
+
+def read_patch(array: np.ndarray, origin: Sequence[int], patch_size: Sequence[int], pad_value: float = 0) -> np.ndarray:
+    """(C, *patch_size) crop of a (C, z, y, x) array starting at ``origin``, padded outside it.
+
+    Only the overlapping region is read, so a memory-mapped array stays on disk.
+    """
+    spatial = array.shape[1:]
+    source, target = [slice(None)], [slice(None)]
+    for start, patch, size in zip(origin, patch_size, spatial):
+        low, high = max(start, 0), min(start + patch, size)
+        source.append(slice(low, max(low, high)))
+        target.append(slice(low - start, low - start + max(0, high - low)))
+    patch = np.full((array.shape[0], *patch_size), pad_value, dtype=array.dtype)
+    patch[tuple(target)] = array[tuple(source)]
+    return patch
+
+
+def foreground_centre(class_locations: dict[int, np.ndarray], rng) -> tuple[int, tuple[int, ...]] | None:
+    """(class, voxel) drawn uniformly among the classes present, then among their voxels; None if none."""
+    present = sorted(label for label, coords in class_locations.items() if label != 0 and len(coords))
+    if not present:
+        return None
+    label = present[rng.randint(len(present))]
+    coords = class_locations[label]
+    return label, tuple(int(v) for v in coords[rng.randint(len(coords))])
+
+
+class PatchDataLoader(SlimDataLoaderBase):
+    """Infinite stream of batches of random patches, for batchgenerators' augmenters.
+
+    patch_size: the network's patch (voxels, z, y, x). read_size: what is read around it
+    (default: the patch), larger when spatial augmentation rotates and scales the read block
+    and crops the patch from its centre, so that rotated corners hold image, not padding. The
+    patch is placed first (inside the image where the image is large enough) and the read block
+    is centred on it, so the centre class sits inside the final patch.
+
+    Each batch is a dict: ``data`` (B, C, *read_size) float32, ``seg`` (B, 1, *read_size)
+    int16, ``keys`` (case identifiers) and ``centre_class`` (the class a patch is centred on,
+    ``RANDOM_CENTRE`` for the others).
+    """
+
+    def __init__(self, data_folder: str | os.PathLike, case_ids: Sequence[str], batch_size: int,
+                 patch_size: Sequence[int], foreground_samples: int, read_size: Sequence[int] | None = None):
+        if not case_ids:
+            raise ValueError("a data loader needs at least one case")
+        if not 0 <= foreground_samples <= batch_size:
+            raise ValueError(f"foreground_samples must be in 0..{batch_size}, got {foreground_samples}")
+        super().__init__(None, batch_size, None)
+        self.data_folder = Path(data_folder)
+        self.case_ids = list(case_ids)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.read_size = tuple(int(p) for p in (read_size or patch_size))
+        if any(r < p for r, p in zip(self.read_size, self.patch_size)):
+            raise ValueError(f"read_size {self.read_size} is smaller than patch_size {self.patch_size}")
+        self.foreground_samples = int(foreground_samples)
+        self._store = PreprocessedCaseStore(self.data_folder)
+
+    def sample(self, case_id: str, centre_on_foreground: bool, rng) -> tuple[np.ndarray, np.ndarray, int]:
+        """One patch of a case: (data (C, *patch), seg (1, *patch), centre class)."""
+        data = self._store.load_data(case_id)
+        segmentation = self._store.load_segmentation(case_id)
+        centre, centre_class = None, RANDOM_CENTRE
+        if centre_on_foreground:
+            chosen = foreground_centre(self._store.load_class_locations(case_id), rng)
+            if chosen is not None:
+                centre_class, centre = chosen
+        origin = patch_origin(data.shape[1:], self.patch_size, rng, centre)
+        origin = tuple(o - (r - p) // 2 for o, r, p in zip(origin, self.read_size, self.patch_size))
+        return (
+            read_patch(data, origin, self.read_size, 0.0),
+            read_patch(segmentation, origin, self.read_size, 0),
+            centre_class,
+        )
+
+    def generate_train_batch(self) -> dict:
+        rng = np.random  # numpy's global generator (see the module docstring)
+        first_foreground = self.batch_size - self.foreground_samples
+        keys = [self.case_ids[i] for i in rng.randint(len(self.case_ids), size=self.batch_size)]
+        samples = [self.sample(case_id, index >= first_foreground, rng) for index, case_id in enumerate(keys)]
+        return {
+            "data": np.stack([s[0] for s in samples]).astype(np.float32, copy=False),
+            "seg": np.stack([s[1] for s in samples]),
+            "keys": keys,
+            "centre_class": [s[2] for s in samples],
+        }
+
+
+def foreground_samples_per_batch(batch_size: int, foreground_fraction: float) -> int:
+    """Patches per batch centred on foreground: ``round(B * fraction)``, at least 1 if the fraction is > 0."""
+    count = int(round(batch_size * foreground_fraction))
+    return min(batch_size, max(count, 1 if foreground_fraction > 0 else 0))
+
+
+def start_batch_stream(loader: PatchDataLoader, transform, num_workers: int, seed: int,
+                       pin_memory: bool = False) -> Iterator[dict]:
+    """Augmented batches from ``loader``: in this process (0 workers) or in background processes.
+
+    Background workers (``NonDetMultiThreadedAugmenter``) hand over whichever batch is ready
+    first, so the model never waits for a slow one; each worker gets its own seed derived from
+    ``seed``. Call ``stop_batch_stream`` when done.
+    """
+    if num_workers <= 0:
+        return SingleThreadedAugmenter(loader, transform)
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(num_workers)]
+    return NonDetMultiThreadedAugmenter(
+        loader, transform, num_processes=num_workers, num_cached=max(2, num_workers), seeds=seeds,
+        pin_memory=pin_memory,
+    )
+
+
+def stop_batch_stream(stream) -> None:
+    """Shut background workers down (no-op for the in-process stream)."""
+    finish = getattr(stream, "_finish", None)
+    if finish is not None:
+        finish()

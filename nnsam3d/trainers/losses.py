@@ -1,0 +1,103 @@
+"""Segmentation losses: soft Dice + cross-entropy, and its deep-supervision wrapper.
+
+As in nnU-Net: Dice over the foreground classes only, computed over the whole batch at once
+("batch Dice", so a class absent from one patch does not get a degenerate per-patch Dice), plus
+cross-entropy over all classes. The loss reported is ``CE + (1 - Dice)``, so it is positive and
+goes down as training improves.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def soft_dice_per_class(
+    probabilities: torch.Tensor, target_one_hot: torch.Tensor, smooth: float = 1e-5
+) -> torch.Tensor:
+    """Batch soft Dice per class.
+
+    probabilities, target_one_hot: (B, K, z, y, x). Returns (K,) with the sums taken over the
+    batch and space together.
+    """
+    axes = [0] + list(range(2, probabilities.ndim))
+    intersection = (probabilities * target_one_hot).sum(axes)
+    total = probabilities.sum(axes) + target_one_hot.sum(axes)
+    return (2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)
+
+
+class DiceCrossEntropyLoss(nn.Module):
+    """``CE + (1 - mean foreground soft Dice)``.
+
+    forward(logits (B, K, z, y, x), target (B, 1, z, y, x) integer labels) → scalar. Computed in
+    float32 whatever the autocast precision, because the Dice sums over a whole patch lose
+    precision in half precision.
+    """
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1e-5):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        labels = target[:, 0].long()
+        cross_entropy = F.cross_entropy(logits, labels)
+        probabilities = torch.softmax(logits, dim=1)
+        one_hot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+        dice = soft_dice_per_class(probabilities[:, 1:], one_hot[:, 1:], self.smooth)
+        return self.ce_weight * cross_entropy + self.dice_weight * (1 - dice.mean())
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+    """nnU-Net's weights: halved at every coarser output, normalised to sum to 1.
+
+    Three outputs (full, 1/2, 1/4) → [4/7, 2/7, 1/7].
+    """
+    raw = [0.5**i for i in range(num_outputs)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map (B, 1, z, y, x) to spatial ``shape``.
+
+    Nearest keeps labels labels (no averaging of class values); the target follows the output's
+    exact shape, so any decoder stride works.
+    """
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest").to(target.dtype)
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss`` over the outputs (full resolution first).
+
+    forward(outputs: a tensor or a sequence of (B, K, ...) logits, target (B, 1, z, y, x)) →
+    scalar. The target is resized to each output with nearest interpolation. A single tensor
+    (network without deep supervision) gets weight 1.
+    """
+
+    def __init__(self, loss: nn.Module, num_outputs: int):
+        super().__init__()
+        self.loss = loss
+        self.weights = deep_supervision_weights(num_outputs)
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        if len(outputs) != len(self.weights):
+            raise ValueError(f"expected {len(self.weights)} deep-supervision outputs, got {len(outputs)}")
+        return sum(
+            weight * self.loss(output, downsample_target(target, output.shape[2:]))
+            for weight, output in zip(self.weights, outputs)
+        )
+
+
+def full_resolution(outputs) -> torch.Tensor:
+    """The full-resolution logits of a network output (tensor, or deep-supervision tuple)."""
+    return outputs if isinstance(outputs, torch.Tensor) else outputs[0]

@@ -1,0 +1,106 @@
+"""Fixtures of the inference tests: hand-made plans, and model folders of random-weight networks.
+
+The model folders hold real checkpoint files (``io.checkpoint_file``) of vit_tiny networks
+built by ``build_network`` with random weights: everything the predictor reads is real, only
+the weights are untrained. The end-to-end test trains its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.network import build_network
+from nnsam3d.planners.plans import ChannelNormalization, MemoryBudget, Plans
+
+TINY_NETWORK = {"patch_size": (8, 32, 32), "token_size": (2, 8, 8), "window_size": (4, 4, 4),
+                "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}
+"""A vit_tiny network small enough that a window takes milliseconds on the CPU."""
+
+FOLDER_VARIABLES = (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"), ("nnSAM3D_results", "results"))
+
+
+def hand_made_plans(
+    target_spacing=(3.0, 1.0, 1.0), num_channels: int = 1, num_classes: int = 4, dataset_name: str = "Dataset990_SyntheticCT"
+) -> Plans:
+    """Plans with a chosen target spacing, fixed CT normalisation and the tiny network."""
+    normalization = [
+        ChannelNormalization(channel=c, modality="CT", scheme="CTNormalization", mean=80.0, std=100.0,
+                             lower_bound=-200.0, upper_bound=400.0)
+        for c in range(num_channels)
+    ]
+    return Plans(
+        dataset_name=dataset_name,
+        target_spacing=target_spacing,
+        normalization=normalization,
+        median_shape=(16, 48, 48),
+        network=NetworkConfig(backbone="vit_tiny", in_channels=num_channels, num_classes=num_classes,
+                              trainable="full", **TINY_NETWORK),
+        batch_size=2,
+        memory=MemoryBudget(target_bytes=2**30, estimate_bytes=2**28, precision="fp32"),
+    )
+
+
+def save_random_folds(plans: Plans, description: DatasetDescription, model_dir: Path, folds=(0, 1), seed: int = 0) -> None:
+    """fold_K/checkpoint_final.pth with random-weight networks, as a trainer would lay them out."""
+    for index, fold in enumerate(folds):
+        torch.manual_seed(seed + index)
+        network = build_network(plans.network)
+        checkpoint = ModelCheckpoint("nnSAM3DTrainer", str(fold), 1, plans.to_json(), description.to_json(),
+                                     network.state_dict())
+        save_checkpoint(checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+@dataclass
+class RandomModel:
+    """A raw dataset with a model folder of random-weight folds 0 and 1."""
+
+    root: Path
+    dataset: str
+    raw_dir: Path
+    model_dir: Path
+    plans: Plans
+    description: DatasetDescription
+
+
+@pytest.fixture(scope="module")
+def mri_model(tmp_path_factory) -> RandomModel:
+    """Two-channel MRI-like phantoms (so that a case can miss a channel), 4 test cases, with the
+    nnsam3d folder variables pointing into the fixture's root while the module runs."""
+    root = tmp_path_factory.mktemp("mri_model")
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, name in FOLDER_VARIABLES:
+            (root / name).mkdir()
+            patch.setenv(variable, str(root / name))
+        patch.delenv("nnUNet_raw", raising=False)
+        spec = SyntheticDatasetSpec(dataset_id=991, name="SyntheticMRI", modality="MRI", num_channels=2,
+                                    num_training=1, num_test=4, shape=(12, 36, 36))
+        raw_dir = generate_synthetic_dataset(root / "raw", spec)
+        description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        plans = hand_made_plans((3.0, 1.0, 1.0), num_channels=2, dataset_name=spec.folder_name)
+        plans.normalization = [
+            ChannelNormalization(channel=c, modality=description.modality(c), scheme="ZScoreNormalization")
+            for c in range(2)
+        ]
+        model_dir = root / "results" / spec.folder_name / "nnSAM3DTrainer__nnsam3d_plans"
+        save_random_folds(plans, description, model_dir)
+        yield RandomModel(root, spec.folder_name, raw_dir, model_dir, plans, description)
+
+
+@pytest.fixture
+def make_plans():
+    """:func:`hand_made_plans` (test modules cannot import conftest under --import-mode=importlib)."""
+    return hand_made_plans
+
+
+@pytest.fixture
+def make_random_folds():
+    """:func:`save_random_folds`."""
+    return save_random_folds

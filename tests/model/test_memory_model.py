@@ -1,0 +1,123 @@
+"""The memory model against what autograd really saves, and against the real parameter counts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.memory_model import activation_breakdown, estimate_training_memory
+from nnsam3d.model.network import MedSAM3D, apply_trainable_mode, build_network, count_parameters
+from nnsam3d.model.saved_tensors import measure_saved_tensors
+
+TOLERANCE = 0.15
+TINY = dict(
+    backbone="vit_tiny", patch_size=(16, 64, 64), token_size=(4, 16, 16), window_size=(2, 2, 2),
+    num_classes=3, adapter_dim=16,
+)
+
+CPU_CONFIGS = {
+    "adapters in all blocks": dict(adapter_blocks=(0, 1, 2, 3)),
+    "adapters in the last block": dict(adapter_blocks=(3,)),
+    "no adapters (frozen encoder)": dict(trainable="frozen_encoder", adapter_blocks=(0, 1, 2, 3)),
+    "full, trainable norms": dict(trainable="full", adapter_blocks=(0, 1, 2, 3), train_norms=True),
+    "checkpointing": dict(adapter_blocks=(0, 1, 2, 3), activation_checkpointing=True),
+    "checkpointing, full": dict(trainable="full", activation_checkpointing=True),
+    "windows as large as the grid": dict(window_size=(8, 8, 8), adapter_blocks=(1,)),
+    "padded windows": dict(patch_size=(24, 80, 48), window_size=(4, 3, 2), adapter_blocks=(0, 2)),
+    "tokens of 8, deep grid": dict(
+        patch_size=(16, 32, 32), token_size=(2, 8, 8), window_size=(4, 2, 2), adapter_blocks=(0, 3)
+    ),
+}
+
+
+def encoder_share(breakdown: dict[str, int]) -> int:
+    return breakdown["input"] + sum(v for k, v in breakdown.items() if k.startswith("block_"))
+
+
+@pytest.mark.parametrize("name", list(CPU_CONFIGS))
+def test_activations_match_saved_tensors_on_cpu(name):
+    config = NetworkConfig(**{**TINY, **CPU_CONFIGS[name]})
+    batch = 2
+    network = build_network(config)
+    x = torch.randn(batch, config.in_channels, *config.patch_size)
+
+    measured, _ = measure_saved_tensors(network, lambda: network(x))
+    encoder_measured, _ = measure_saved_tensors(network.encoder, lambda: network.encoder(x))
+    estimate = estimate_training_memory(config, batch, "fp32")
+    encoder_estimate = encoder_share(activation_breakdown(config, batch, "fp32"))
+
+    error = estimate.activations / measured.activation_bytes - 1
+    encoder_error = encoder_estimate / encoder_measured.activation_bytes - 1
+    print(f"{name}: measured {measured.activation_bytes / 2**20:.2f} MiB, relative error {error:+.2%} "
+          f"(encoder alone {encoder_error:+.2%})")
+    assert abs(error) < TOLERANCE
+    assert abs(encoder_error) < TOLERANCE  # the decoder's share must not hide encoder errors
+
+    counts = count_parameters(network)
+    assert estimate.parameters == 4 * counts.total
+    assert estimate.gradients == 4 * counts.trainable
+    assert estimate.optimizer_state == 8 * counts.trainable
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(adapter_blocks=tuple(range(12))),
+        dict(trainable="full", patch_size=(16, 192, 192), window_size=(2, 14, 14)),
+        dict(adapter_blocks=(8, 9, 10, 11), activation_checkpointing=True, patch_size=(48, 160, 160)),
+    ],
+)
+def test_activations_match_saved_tensors_for_vit_b_on_the_meta_device(extra):
+    """vit_b at realistic patches, measured on the meta device (shapes only, no arithmetic)."""
+    config = NetworkConfig(backbone="vit_b", num_classes=14, **extra)
+    with torch.device("meta"):
+        network = MedSAM3D(config)
+        apply_trainable_mode(network)
+        x = torch.empty(2, 1, *config.patch_size)
+        measured, _ = measure_saved_tensors(network, lambda: network(x))
+    estimate = estimate_training_memory(config, 2, "fp32")
+    error = estimate.activations / measured.activation_bytes - 1
+    print(f"vit_b {extra}: measured {measured.activation_bytes / 2**30:.2f} GiB, relative error {error:+.2%}")
+    assert abs(error) < TOLERANCE
+    assert estimate.parameters == 4 * count_parameters(network).total
+
+
+def test_estimate_is_fast_and_consistent():
+    config = NetworkConfig(backbone="vit_h", adapter_blocks=tuple(range(32)), patch_size=(64, 256, 256))
+    start = time.perf_counter()
+    for _ in range(50):
+        estimate = estimate_training_memory(config, 2, "bf16")
+    per_call = (time.perf_counter() - start) / 50
+    assert per_call < 0.005, per_call
+    breakdown = estimate.breakdown()
+    assert breakdown["total"] == estimate.total == sum(v for k, v in breakdown.items() if k != "total")
+    assert estimate.activations == sum(activation_breakdown(config, 2, "bf16").values())
+
+
+def test_estimate_grows_with_batch_and_shrinks_with_checkpointing():
+    config = NetworkConfig(backbone="vit_b", adapter_blocks=tuple(range(12)))
+    one, two = (estimate_training_memory(config, b, "bf16") for b in (1, 2))
+    weight_copies = activation_breakdown(config, 1, "bf16")["weight_copies"]  # autocast's, per step
+    assert weight_copies > 0
+    assert two.activations - one.activations == pytest.approx(one.activations - weight_copies, rel=0.01)
+    assert two.parameters == one.parameters
+
+    def blocks(c: NetworkConfig) -> int:
+        return sum(v for k, v in activation_breakdown(c, 2, "bf16").items() if k.startswith("block_"))
+
+    checkpointing = config.replace(activation_checkpointing=True)
+    assert blocks(checkpointing) < 0.2 * blocks(config)
+    assert estimate_training_memory(checkpointing, 2, "bf16").workspace > two.workspace  # one block recomputed
+    full = estimate_training_memory(config.replace(trainable="full"), 2, "bf16")
+    assert full.optimizer_state > 10 * two.optimizer_state
+
+
+def test_bad_arguments():
+    config = NetworkConfig(backbone="vit_tiny")
+    with pytest.raises(ValueError, match="precision"):
+        estimate_training_memory(config, 2, "int8")
+    with pytest.raises(ValueError, match="batch_size"):
+        estimate_training_memory(config, 0)

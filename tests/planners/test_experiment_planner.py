@@ -1,0 +1,357 @@
+"""The planner on hand-made fingerprints: memory targets, backbones, explanation, JSON round trip.
+
+Every estimate comes from the network's memory model (``nnsam3d.model.memory_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.memory_model import estimate_training_memory
+from nnsam3d.planners.experiment_planner import (
+    SAM_BACKBONES,
+    backbone_candidates,
+    backbones_with_checkpoint,
+    plan_experiment,
+    plan_for_target,
+)
+from nnsam3d.planners.fingerprint import DatasetFingerprint, IntensityStatistics
+from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
+from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
+from nnsam3d.planners.network_search import (
+    SAFETY_MARGIN,
+    PlanDoesNotFitError,
+    build_ladder,
+    max_batch_size,
+    reasonable_patch_index,
+)
+from nnsam3d.planners.plans import Plans
+
+GIB = 2**30
+BUDGETS_GB = (8, 24, 40, 80)
+
+
+def make_fingerprint(name, spacings, shapes_before, shapes_after, modalities) -> DatasetFingerprint:
+    statistics = IntensityStatistics(
+        mean=90.0, std=110.0, median=80.0, percentile_00_5=-900.0, percentile_99_5=1300.0, min=-1024.0, max=3071.0
+    )
+    return DatasetFingerprint(
+        dataset_name=name,
+        case_ids=[f"case_{i:03d}" for i in range(len(spacings))],
+        spacings=spacings,
+        shapes_before_cropping=shapes_before,
+        shapes_after_cropping=shapes_after,
+        modalities=modalities,
+        intensity_statistics={channel: statistics for channel in modalities},
+    )
+
+
+@pytest.fixture(scope="module")
+def ct_fingerprint() -> DatasetFingerprint:
+    """30 abdominal CTs, 512 x 512 x ~300 at 0.8 x 0.8 x 2.5 mm (median), little to crop."""
+    spacings = [(2.5 + 0.1 * ((i % 5) - 2), 0.8 + 0.02 * ((i % 3) - 1), 0.8 + 0.02 * ((i % 3) - 1)) for i in range(30)]
+    shapes = [(280 + 2 * i, 512, 512) for i in range(30)]
+    return make_fingerprint("Dataset900_AbdomenCTLike", spacings, shapes, shapes, {"0": "CT"})
+
+
+@pytest.fixture(scope="module")
+def ct_description() -> DatasetDescription:
+    return DatasetDescription(
+        channel_names={"0": "CT"},
+        labels={"background": 0, "liver": 1, "kidney": 2, "lesion": 3},
+        num_training=30,
+        file_ending=".nii.gz",
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_fingerprint() -> DatasetFingerprint:
+    """Like the demo's synthetic dataset: 10 small two-channel MRI phantoms at 3 x 1 x 1 mm,
+    skull-stripped-like (cropping to non-zero keeps about half of each image)."""
+    spacings = [(3.0, 1.0, 1.0)] * 10
+    before = [(24 + i % 3, 64, 64) for i in range(10)]
+    after = [(z, 46, 46) for z, _, _ in before]
+    return make_fingerprint("Dataset991_SyntheticMRI", spacings, before, after, {"0": "T1", "1": "T2"})
+
+
+@pytest.fixture(scope="module")
+def phantom_description() -> DatasetDescription:
+    return DatasetDescription(
+        channel_names={"0": "T1", "1": "T2"},
+        labels={"background": 0, "liver": 1, "kidney": 2, "lesion": 3},
+        num_training=10,
+        file_ending=".nii.gz",
+    )
+
+
+def gpu_plan(fingerprint, description, gigabytes, with_checkpoint=(), forced=None) -> Plans:
+    candidates = backbone_candidates(forced, with_checkpoint, on_gpu=True)
+    return plan_for_target(fingerprint, description, memory_target(gigabytes), candidates)
+
+
+def capacity(plans: Plans) -> tuple:
+    """What must never shrink when the budget grows."""
+    network = plans.network
+    return (
+        math.prod(network.patch_size),
+        plans.batch_size,
+        len(network.adapter_blocks),
+        network.adapter_dim,
+        get_backbone(network.backbone).depth,
+    )
+
+
+def assert_never_smaller(smaller_budget: Plans, larger_budget: Plans) -> None:
+    a, b = smaller_budget.network, larger_budget.network
+    assert all(p <= q for p, q in zip(a.patch_size, b.patch_size)), (a.patch_size, b.patch_size)
+    assert all(x <= y for x, y in zip(capacity(smaller_budget), capacity(larger_budget)))
+
+
+# --- the ladder --------------------------------------------------------------------------------
+
+
+def test_ladder_is_a_chain_that_never_shrinks():
+    spacing, median = (2.5, 0.8, 0.8), (300, 512, 512)
+    token = token_size_for(spacing, median)
+    path = patch_size_path(spacing, token, median)
+    ladder = build_ladder(["vit_h", "vit_b", "vit_l"], path, reasonable_patch_index(path, spacing), batch_cap=6)
+    assert ladder[0].backbone == "vit_b" and ladder[-1].backbone == "vit_h"
+    assert ladder[-1].batch_size == 6 and ladder[-1].patch_size == (300, 512, 512)
+    for lower, upper in zip(ladder, ladder[1:]):
+        assert all(p <= q for p, q in zip(lower.patch_size, upper.patch_size))
+        assert lower.batch_size <= upper.batch_size
+        assert len(lower.adapter_blocks) <= len(upper.adapter_blocks)
+        assert lower.adapter_dim <= upper.adapter_dim
+        assert get_backbone(lower.backbone).depth <= get_backbone(upper.backbone).depth
+        assert lower != upper
+
+
+def test_reasonable_patch_spans_128_mm_or_the_whole_image():
+    spacing, median = (2.5, 0.8, 0.8), (300, 512, 512)
+    token = token_size_for(spacing, median)
+    path = patch_size_path(spacing, token, median)
+    patch = path[reasonable_patch_index(path, spacing)]
+    assert all(p * s >= 128 for p, s in zip(patch, spacing))
+    small = patch_size_path((1.0, 1.0, 1.0), (4, 16, 16), (60, 96, 96))
+    assert reasonable_patch_index(small, (1.0, 1.0, 1.0)) == len(small) - 1
+
+
+def test_batch_cap_sees_at_most_5_percent_of_the_dataset():
+    assert max_batch_size((64, 64, 64), (128, 128, 128), num_cases=100) == 40
+    assert max_batch_size((128, 128, 128), (128, 128, 128), num_cases=10) == 2
+
+
+# --- plans for GPU memory targets --------------------------------------------------------------
+
+
+def test_plans_for_8_24_40_80_gb_grow_monotonically_within_budget(ct_fingerprint, ct_description):
+    plans = [gpu_plan(ct_fingerprint, ct_description, gb) for gb in BUDGETS_GB]
+    for gb, plan in zip(BUDGETS_GB, plans):
+        assert plan.backbone == "vit_b"
+        assert plan.memory.target_bytes == gb * GIB
+        assert plan.memory.estimate_bytes <= SAFETY_MARGIN * gb * GIB
+        assert plan.memory.precision == "bf16"
+        assert plan.batch_size >= 2
+        # The estimate stored is the memory model's for exactly this configuration.
+        recomputed = estimate_training_memory(plan.network, plan.batch_size, "bf16")
+        assert recomputed.total == plan.memory.estimate_bytes
+        assert plan.memory.breakdown == recomputed.breakdown()
+    for smaller, larger in zip(plans, plans[1:]):
+        assert_never_smaller(smaller, larger)
+    # Sensible differences: 80 GB buys much more context than 8 GB.
+    assert math.prod(plans[-1].patch_size) >= 3 * math.prod(plans[0].patch_size)
+    assert len({capacity(p) for p in plans}) >= 3
+
+
+@pytest.mark.parametrize("with_checkpoint", [(), SAM_BACKBONES], ids=["vit_b only", "all SAM checkpoints"])
+def test_larger_budgets_never_give_smaller_plans(ct_fingerprint, ct_description, with_checkpoint):
+    previous = None
+    for gb in range(4, 101, 4):
+        plan = gpu_plan(ct_fingerprint, ct_description, gb, with_checkpoint=with_checkpoint)
+        assert plan.memory.estimate_bytes <= SAFETY_MARGIN * gb * GIB
+        if previous is not None:
+            assert_never_smaller(previous, plan)
+        previous = plan
+
+
+def test_the_largest_sam_backbone_that_fits_with_a_reasonable_patch_is_chosen(ct_fingerprint, ct_description):
+    small = gpu_plan(ct_fingerprint, ct_description, 3, with_checkpoint=SAM_BACKBONES)
+    large = gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES)
+    assert small.backbone == "vit_b" and large.backbone == "vit_h"
+    assert "checkpoints were found for vit_b, vit_l, vit_h" in large.explanation
+    # At the budget where vit_h just fits, it gets at least the patch vit_b had below that budget.
+    reasonable_mm = [p * s for p, s in zip(large.patch_size, large.target_spacing)]
+    assert min(reasonable_mm) >= 128
+    assert all(p <= q for p, q in zip(small.patch_size, large.patch_size))
+
+
+def test_once_the_patch_covers_the_image_memory_buys_adapter_width_then_batch():
+    # 400 isotropic 64 x 160 x 160 mm brain-MRI-like cases: the whole median image fits early.
+    shapes = [(64, 160, 160)] * 400
+    fingerprint = make_fingerprint("Dataset902_BrainLike", [(1.0, 1.0, 1.0)] * 400, shapes, shapes, {"0": "T1"})
+    description = DatasetDescription({"0": "T1"}, {"background": 0, "tumour": 1}, 400, ".nii.gz")
+    plans = [gpu_plan(fingerprint, description, gb) for gb in (2, 4, 8, 16, 40)]
+    assert all(p.patch_size == (64, 160, 160) for p in plans[1:])
+    assert all(p.network.adapter_dim == 128 for p in plans[1:])
+    batches = [p.batch_size for p in plans]
+    assert batches == sorted(batches) and batches[-1] == 20  # 5% of 400 median images
+    assert 2 < batches[2] < 20
+    # Checkpointing may buy context, never just a larger batch.
+    assert not any(p.network.activation_checkpointing for p in plans if p.batch_size > 2)
+    assert "at most 5% of the dataset" in plans[-1].explanation
+    assert "covers the whole median image" in plans[-1].explanation
+    for smaller, larger in zip(plans, plans[1:]):
+        assert_never_smaller(smaller, larger)
+
+
+def test_few_thick_slices_plan_a_finer_coarse_axis_and_thin_tokens():
+    # Cine-MRI-like: mostly 10 mm slices, a few 5 mm, about 10 slices of 1.5 mm pixels.
+    spacings = [(5.0, 1.5, 1.5), (6.0, 1.5, 1.5)] + [(10.0, 1.5, 1.5)] * 8
+    shapes = [(10, 224, 240)] * 10
+    fingerprint = make_fingerprint("Dataset904_CineLike", spacings, shapes, shapes, {"0": "cineMRI"})
+    description = DatasetDescription({"0": "cineMRI"}, {"background": 0, "lv": 1, "rv": 2}, 10, ".nii.gz")
+    plan = gpu_plan(fingerprint, description, 24)
+    assert plan.target_spacing == pytest.approx((5.9, 1.5, 1.5))
+    assert plan.anisotropic_axis == 0
+    assert plan.network.token_size == (4, 16, 16)  # 24 mm wide in-plane, 23.6 mm deep
+    assert "10th percentile" in plan.explanation and "along z" in plan.explanation
+
+
+def test_dataset_json_can_ask_for_the_nonzero_mask():
+    shapes = [(64, 160, 160)] * 4
+    fingerprint = make_fingerprint("Dataset903_Masked", [(1.0, 1.0, 1.0)] * 4, shapes, shapes, {"0": "T2"})
+    description = DatasetDescription({"0": "T2"}, {"background": 0, "a": 1}, 4, ".nii.gz", extra={"use_mask_for_norm": True})
+    [normalization] = gpu_plan(fingerprint, description, 8).normalization
+    assert normalization.use_nonzero_mask
+
+
+def test_ct_plan_has_ct_normalisation_and_anisotropic_axis(ct_fingerprint, ct_description):
+    plan = gpu_plan(ct_fingerprint, ct_description, 24)
+    assert plan.target_spacing == pytest.approx((2.5, 0.8, 0.8))
+    assert plan.anisotropic_axis == 0  # 2.5 mm > 3 x 0.8 mm
+    # Each case resampled to 2.5 x 0.8 x 0.8 mm first (spacings vary around it), then the median.
+    assert 300 <= plan.median_shape[0] <= 315 and plan.median_shape[1:] == (512, 512)
+    [ct] = plan.normalization
+    assert ct.scheme == "CTNormalization" and (ct.lower_bound, ct.upper_bound) == (-900.0, 1300.0)
+    network = plan.network
+    assert network.token_size == (4, 16, 16)
+    assert network.window_size[1:] == (14, 14)
+    assert (network.in_channels, network.num_classes, network.trainable) == (1, 4, "adapters")
+    assert all(p <= m for p, m in zip(network.patch_size, (316, 512, 512)))
+
+
+def test_forced_backbone_is_used_and_its_missing_checkpoint_explained(ct_fingerprint, ct_description):
+    plan = gpu_plan(ct_fingerprint, ct_description, 40, forced="vit_l")
+    assert plan.backbone == "vit_l"
+    assert "forced with --backbone" in plan.explanation
+    assert "sam_vit_l_0b3195.pth" in plan.explanation
+    tiny = gpu_plan(ct_fingerprint, ct_description, 24, forced="vit_tiny")
+    assert tiny.backbone == "vit_tiny" and tiny.network.trainable == "full"
+
+
+def test_budget_too_small_for_the_forced_backbone_is_an_error(ct_fingerprint, ct_description):
+    with pytest.raises(PlanDoesNotFitError, match="--gpu-memory-gb"):
+        gpu_plan(ct_fingerprint, ct_description, 0.5, forced="vit_h")
+
+
+# --- plan_experiment: checkpoints and CPU ------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint_folder(nnsam3d_folders, monkeypatch):
+    """An empty SAM checkpoint folder, and no checkpoint named by the environment."""
+    monkeypatch.delenv("nnSAM3D_sam_checkpoint", raising=False)
+    return nnsam3d_folders.sam_checkpoints
+
+
+def test_backbones_with_a_checkpoint_file_are_the_candidates(checkpoint_folder, ct_fingerprint, ct_description):
+    # The planner only asks whether the file is there (find_sam_checkpoint); it never reads it.
+    (checkpoint_folder / "sam_vit_l_0b3195.pth").write_bytes(b"")
+    assert backbones_with_checkpoint([checkpoint_folder]) == ["vit_l"]
+    plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.backbone == "vit_l"
+    assert "the SAM checkpoint of vit_l was found" in plan.explanation
+    assert "nnsam3d_download_sam" not in plan.explanation
+
+
+def test_a_checkpoint_named_by_the_environment_counts_for_one_backbone(checkpoint_folder, monkeypatch):
+    named = checkpoint_folder / "sam_vit_h_4b8939.pth"
+    named.write_bytes(b"")
+    monkeypatch.setenv("nnSAM3D_sam_checkpoint", str(named))
+    assert backbones_with_checkpoint([]) == ["vit_h"]
+    renamed = checkpoint_folder / "my_sam.pth"
+    renamed.write_bytes(b"")
+    monkeypatch.setenv("nnSAM3D_sam_checkpoint", str(renamed))
+    assert backbones_with_checkpoint([]) == ["vit_b"]
+
+
+def test_without_checkpoint_the_plan_is_vit_b_with_download_advice(checkpoint_folder, ct_fingerprint, ct_description):
+    plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.backbone == "vit_b"
+    assert "no SAM checkpoint was found" in plan.explanation
+    assert "sam_vit_b_01ec64.pth" in plan.explanation
+    assert "nnsam3d_download_sam vit_b" in plan.explanation and "--sam-checkpoint" in plan.explanation
+    assert plan.memory.source == "--gpu-memory-gb 24"
+
+
+def test_cpu_plan_is_vit_tiny_in_fp32_with_the_default_budget(phantom_fingerprint, phantom_description):
+    candidates = backbone_candidates(None, SAM_BACKBONES, on_gpu=False)
+    plan = plan_for_target(phantom_fingerprint, phantom_description, memory_target(None, gpu=None), candidates)
+    assert plan.backbone == "vit_tiny"
+    assert plan.network.trainable == "full"
+    assert plan.memory.precision == "fp32"
+    assert plan.memory.target_bytes == DEFAULT_CPU_MEMORY_GB * GIB
+    assert "CPU" in plan.memory.source and "CPU plan" in plan.explanation
+    assert f"target of {DEFAULT_CPU_MEMORY_GB:.1f} GiB (default for CPU training" in plan.explanation
+    assert plan.memory.estimate_bytes <= SAFETY_MARGIN * plan.memory.target_bytes
+    # Small images: finer in-plane tokens, and the patch is the whole median image.
+    assert plan.network.token_size == (2, 8, 8)
+    assert plan.median_shape == (25, 46, 46)
+    assert plan.network.patch_size == (26, 48, 48)
+    assert plan.network.in_channels == 2
+    # Cropping halved the images: MRI channels are z-scored inside the non-zero mask.
+    assert [(n.scheme, n.use_nonzero_mask) for n in plan.normalization] == [("ZScoreNormalization", True)] * 2
+
+
+def test_plan_experiment_without_gpu_or_target_plans_for_the_cpu(checkpoint_folder, phantom_fingerprint, phantom_description):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible; the CPU default only applies without one")
+    (checkpoint_folder / "sam_vit_b_01ec64.pth").write_bytes(b"")  # CPU plans ignore SAM checkpoints
+    plan = plan_experiment(phantom_fingerprint, phantom_description, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.backbone == "vit_tiny" and plan.memory.precision == "fp32"
+
+
+# --- serialisation and explanation -------------------------------------------------------------
+
+
+def test_plans_round_trip_through_json(ct_fingerprint, ct_description):
+    plan = gpu_plan(ct_fingerprint, ct_description, 40, with_checkpoint=SAM_BACKBONES)
+    text = json.dumps(plan.to_json())
+    again = Plans.from_json(json.loads(text))
+    assert again == plan
+    assert again.to_json() == plan.to_json()
+
+
+def test_explanation_names_the_key_numbers(ct_fingerprint, ct_description):
+    plan = gpu_plan(ct_fingerprint, ct_description, 24)
+    text = plan.explanation
+    network = plan.network
+    assert "\n" not in text
+    assert "2.50 x 0.80 x 0.80 mm" in text
+    assert " x ".join(map(str, network.patch_size)) in text
+    assert " x ".join(map(str, network.token_size)) in text
+    assert " x ".join(map(str, network.window_size)) in text
+    assert f"batch size {plan.batch_size}" in text
+    assert f"{plan.memory.estimate_bytes / GIB:.1f} GiB" in text
+    assert "24.0 GiB" in text and "--gpu-memory-gb 24" in text
+    assert "vit_b" in text and f"width {network.adapter_dim}" in text
+    assert re.search(r"covering \d+% of the median image volume", text)
+    assert "activation checkpointing" in text

@@ -1,0 +1,134 @@
+"""Patch sampling from the memory-mapped store: placement, padding, foreground oversampling, workers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.preprocessing.case_properties import CaseProperties
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.trainers.augmentation import settings_for, training_transforms
+from nnsam3d.trainers.data_loading import (
+    RANDOM_CENTRE,
+    PatchDataLoader,
+    foreground_samples_per_batch,
+    patch_origin,
+    read_patch,
+    start_batch_stream,
+    stop_batch_stream,
+)
+from nnsam3d.trainers.distributed import split_batch
+
+SHAPE = (12, 40, 40)
+
+
+def _properties(case_id: str, shape) -> CaseProperties:
+    affine = tuple(tuple(row) for row in np.eye(4))
+    return CaseProperties(case_id, ImageGeometry(shape[::-1], affine), (1.0, 1.0, 1.0), shape,
+                          ((0, shape[0]), (0, shape[1]), (0, shape[2])), shape, (1.0, 1.0, 1.0), shape)
+
+
+def _write_cases(folder, rare_in: int = 1) -> PreprocessedCaseStore:
+    """Four cases with a large class 1 and a tiny class 2 (a 2x2x2 cube, only in ``rare_in`` cases).
+
+    The image holds each voxel's label as intensity, so a patch's content can be checked.
+    """
+    store = PreprocessedCaseStore(folder)
+    for index in range(4):
+        label = np.zeros(SHAPE, dtype=np.int16)
+        label[2:10, 5:35, 5:35] = 1
+        if index < rare_in:
+            label[6:8, 30:32, 30:32] = 2
+        locations = {k: np.argwhere(label == k) for k in (1, 2) if (label == k).any()}
+        store.write_case(f"c{index}", label[None].astype(np.float32), label[None],
+                         _properties(f"c{index}", SHAPE), locations)
+    return store
+
+
+def test_patch_origin_keeps_patches_inside_large_images_and_centres_small_ones():
+    rng = np.random.RandomState(0)
+    for _ in range(200):
+        origin = patch_origin((50, 60, 70), (16, 32, 32), rng)
+        assert all(0 <= o <= s - p for o, s, p in zip(origin, (50, 60, 70), (16, 32, 32)))
+        small = patch_origin((8, 60, 70), (16, 32, 32), rng)
+        assert -8 <= small[0] <= 0  # image placed anywhere inside the patch along z
+    # Centred on a voxel where possible, shifted inside the image at the border.
+    assert patch_origin((50, 60, 70), (16, 32, 32), rng, centre=(25, 30, 35)) == (17, 14, 19)
+    assert patch_origin((50, 60, 70), (16, 32, 32), rng, centre=(0, 59, 35)) == (0, 28, 19)
+
+
+def test_read_patch_reads_only_the_overlap_and_pads():
+    array = np.arange(2 * 4 * 5 * 6, dtype=np.float32).reshape(2, 4, 5, 6)
+    patch = read_patch(array, (-1, 2, 3), (3, 4, 4), pad_value=-7)
+    assert patch.shape == (2, 3, 4, 4)
+    assert np.all(patch[:, 0] == -7)  # z = -1 is outside
+    np.testing.assert_array_equal(patch[:, 1:, :3, :3], array[:, 0:2, 2:5, 3:6])
+    assert np.all(patch[:, :, 3:, :] == -7) and np.all(patch[:, :, :, 3:] == -7)
+
+
+def test_foreground_share_of_a_batch_and_its_split_over_ranks():
+    assert foreground_samples_per_batch(2, 0.33) == 1
+    assert foreground_samples_per_batch(12, 0.33) == 4
+    assert foreground_samples_per_batch(4, 0.0) == 0
+    # Over 3 ranks a batch of 7 with 3 foreground patches: sizes 3, 2, 2; the last 3 samples are foreground.
+    shares = [split_batch(7, 3, 3, rank) for rank in range(3)]
+    assert shares == [(3, 0), (2, 1), (2, 2)]
+    assert sum(b for b, _ in shares) == 7 and sum(f for _, f in shares) == 3
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_batch(2, 1, 4, 0)
+
+
+def test_oversampling_centres_a_third_of_patches_on_foreground_and_finds_rare_classes(tmp_path):
+    store = _write_cases(tmp_path, rare_in=1)
+    loader = PatchDataLoader(store.folder, ["c0", "c1", "c2", "c3"], batch_size=3, patch_size=(8, 16, 16),
+                             foreground_samples=1)
+    np.random.seed(0)
+    centres, rare_patches = Counter(), 0
+    for _ in range(300):
+        batch = next(loader)
+        assert batch["data"].shape == (3, 1, 8, 16, 16) and batch["data"].dtype == np.float32
+        assert batch["seg"].shape == (3, 1, 8, 16, 16)
+        assert batch["centre_class"][:2] == [RANDOM_CENTRE, RANDOM_CENTRE]
+        for key, centre_class, seg in zip(batch["keys"], batch["centre_class"], batch["seg"]):
+            centres[centre_class] += 1
+            if centre_class != RANDOM_CENTRE:
+                # The chosen voxel is the patch centre (all cases are large enough here).
+                assert seg[0, 4, 8, 8] == centre_class
+            rare_patches += bool((seg == 2).any())
+    assert centres[RANDOM_CENTRE] == 600
+    # Class 2 lives in 1 case of 4 and covers 8 voxels, yet it is chosen in about half of that
+    # case's foreground patches: 300 * 1/4 * 1/2 ~ 37.
+    assert 20 <= centres[2] <= 60
+    assert centres[1] + centres[2] == 300
+    assert rare_patches >= centres[2]
+
+
+def test_patches_of_images_smaller_than_the_patch_are_padded_with_background(tmp_path):
+    store = _write_cases(tmp_path)
+    loader = PatchDataLoader(store.folder, ["c0"], batch_size=2, patch_size=(16, 48, 48), foreground_samples=1)
+    batch = next(loader)
+    assert batch["seg"].shape == (2, 1, 16, 48, 48)
+    for seg, data in zip(batch["seg"], batch["data"]):
+        assert (seg > 0).sum() == (np.load(store.folder / "c0_seg.npy") > 0).sum()  # whole image inside
+        assert np.all(data[seg == 0] == 0)
+
+
+def test_background_workers_deliver_augmented_batches(tmp_path):
+    store = _write_cases(tmp_path)
+    settings = settings_for((8, 16, 16), (1.0, 1.0, 1.0), anisotropic_axis=None)
+    loader = PatchDataLoader(store.folder, ["c0", "c1"], batch_size=2, patch_size=(8, 16, 16), foreground_samples=1)
+    stream = start_batch_stream(loader, training_transforms(settings), num_workers=1, seed=3)
+    try:
+        batches = [next(stream) for _ in range(3)]
+        workers = list(stream._processes)
+        assert len(workers) == 1 and all(w.is_alive() for w in workers)  # produced in another process
+    finally:
+        stop_batch_stream(stream)
+    for batch in batches:
+        assert tuple(batch["data"].shape) == (2, 1, 8, 16, 16)
+        assert tuple(batch["target"].shape) == (2, 1, 8, 16, 16)
+        assert set(batch["target"].unique().tolist()) <= {0, 1, 2}
+    assert not any(w.is_alive() for w in workers)  # shut down cleanly
