@@ -35,7 +35,7 @@ import numpy as np
 from nnsam3d.io.atomic import write_json_atomic
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.planners.plans import ChannelNormalization, MemoryBudget, Plans
+from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
 
 RESULTS = Path(__file__).with_name("results")
 DATASET = "Dataset901_MemoryCT"

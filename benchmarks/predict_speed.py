@@ -47,7 +47,7 @@ from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription, find_cases_in_folder
 from nnsam3d.model.network import build_network
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
 RESULTS = Path(__file__).with_name("results")
@@ -77,7 +77,7 @@ def write_random_folds(plans: Plans, description: DatasetDescription, model_dir:
 def demo_model(root: Path, num_cases: int, num_folds: int):
     """Demo dataset with ``num_cases`` test cases, its vit_tiny plan, random folds; (predictor, test folder)."""
     from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-    from nnsam3d.preprocessing.pipeline import plan_and_preprocess
+    from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
     for variable, name in (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
                            ("nnSAM3D_results", "results")):
@@ -165,7 +165,7 @@ def measure(predictor: Predictor, test_images: Path, root: Path, rounds: int) ->
 def typical_ct_plans() -> tuple[Plans, DatasetDescription]:
     """The planner's vit_b plan for a typical abdominal CT dataset (14 classes) and a 24 GiB GPU."""
     from nnsam3d.planners.experiment_planner import plan_experiment
-    from nnsam3d.planners.fingerprint import DatasetFingerprint, IntensityStatistics
+    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
 
     cases = [f"ct_{i:03d}" for i in range(40)]
     fingerprint = DatasetFingerprint(

@@ -88,7 +88,7 @@ def model_step(config: NetworkConfig, batch_size: int, device: torch.device):
 def demo_plan(root: Path):
     """Generate, plan (vit_tiny) and preprocess the demo dataset under ``root``; (plans, data folder)."""
     from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-    from nnsam3d.preprocessing.pipeline import plan_and_preprocess
+    from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
     for variable, name in (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
                            ("nnSAM3D_results", "results")):
@@ -153,7 +153,7 @@ def cpu_benchmark(seconds: float) -> dict:
 def typical_ct_plan_24gb():
     """The planner's vit_b plan for a typical abdominal CT dataset and a 24 GiB GPU."""
     from nnsam3d.planners.experiment_planner import plan_experiment
-    from nnsam3d.planners.fingerprint import DatasetFingerprint, IntensityStatistics
+    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
 
     cases = [f"ct_{i:03d}" for i in range(40)]
     fingerprint = DatasetFingerprint(

@@ -9,8 +9,8 @@ from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.model.backbones import BACKBONES
 from nnsam3d.paths import DatasetNotFoundError
 from nnsam3d.planners.integrity import DatasetIntegrityError
-from nnsam3d.planners.plans import DEFAULT_PLANS_NAME
-from nnsam3d.preprocessing.pipeline import plan_and_preprocess
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
 USER_ERRORS = (DatasetNotFoundError, DatasetFormatError, DatasetIntegrityError, ImageReadError)
 """Problems with the user's dataset: reported as a message, without a traceback."""

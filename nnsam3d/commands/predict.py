@@ -12,7 +12,7 @@ from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, 
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name
-from nnsam3d.planners.plans import DEFAULT_PLANS_NAME
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError)

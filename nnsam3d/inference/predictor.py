@@ -48,7 +48,7 @@ from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.nifti import ImageGeometry, from_canonical, read_volume, to_canonical
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 from nnsam3d.model.network import build_network
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
 

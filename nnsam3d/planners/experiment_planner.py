@@ -18,7 +18,7 @@ from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import BACKBONES, get_backbone
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
-from nnsam3d.planners.fingerprint import DatasetFingerprint
+from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.planners.gpu_memory import BYTES_PER_GB, MemoryTarget, memory_target
 from nnsam3d.planners.network_geometry import SAM_IN_PLANE_TOKEN, token_size_for
 from nnsam3d.planners.network_search import (
@@ -38,7 +38,7 @@ from nnsam3d.planners.normalization_rules import (
     cropping_shrank_images,
     median_relative_size_after_cropping,
 )
-from nnsam3d.planners.plans import DEFAULT_PLANS_NAME, ChannelNormalization, MemoryBudget, Plans
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, ChannelNormalization, MemoryBudget, Plans
 from nnsam3d.planners.spacing import coarse_axis_needing_finer_target, median_shape_at_spacing, target_spacing
 from nnsam3d.preprocessing.resampling import anisotropic_axis
 

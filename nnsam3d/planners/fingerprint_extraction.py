@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError, RawCase, labelled_training_cases
-from nnsam3d.planners.fingerprint import ClassStatistics, DatasetFingerprint, IntensityStatistics
+from nnsam3d.schemas.fingerprint import ClassStatistics, DatasetFingerprint, IntensityStatistics
 from nnsam3d.preprocessing.cropped_case import read_cropped_case
 from nnsam3d.preprocessing.parallel_cases import map_cases
 from nnsam3d.preprocessing.preprocessor import case_seed

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnsam3d.planners.fingerprint import IntensityStatistics
-from nnsam3d.planners.plans import ChannelNormalization
+from nnsam3d.schemas.fingerprint import IntensityStatistics
+from nnsam3d.schemas.plans import ChannelNormalization
 
 NONZERO_MASK_RELATIVE_SIZE = 0.75
 """Use the non-zero mask for z-scoring when cropping kept at most this share of the median image

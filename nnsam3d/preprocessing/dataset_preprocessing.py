@@ -22,7 +22,7 @@ from pathlib import Path
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CASE_PROPERTIES_SCHEMA_VERSION
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.preprocessing.parallel_cases import map_cases

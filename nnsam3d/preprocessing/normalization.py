@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsam3d.planners.plans import ChannelNormalization
+from nnsam3d.schemas.plans import ChannelNormalization
 
 _MIN_STD = 1e-8
 """A constant image (std 0) is shifted to 0 rather than divided by zero."""

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from nnsam3d.io.nifti import ImageGeometry
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.cropped_case import CroppedCase, crop_case, read_cropped_case
 from nnsam3d.preprocessing.normalization import needs_nonzero_mask, normalize_image

@@ -41,7 +41,7 @@ from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
-from nnsam3d.planners.plans import DEFAULT_PLANS_NAME, Plans
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.augmentation import (

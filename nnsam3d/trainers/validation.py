@@ -22,7 +22,7 @@ from nnsam3d.evaluation.evaluate_folder import evaluate_folders, format_summary_
 from nnsam3d.inference.export import export_prediction, probabilities_file_for
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 
 VALIDATION_FOLDER = "validation"

@@ -18,7 +18,7 @@ from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network
-from nnsam3d.planners.plans import ChannelNormalization, MemoryBudget, Plans
+from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
 
 TINY_NETWORK = {"patch_size": (8, 32, 32), "token_size": (2, 8, 8), "window_size": (4, 4, 4),
                 "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}

@@ -22,7 +22,7 @@ from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.commands.train import main as train_main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.io.nifti import read_segmentation, write_segmentation
-from nnsam3d.preprocessing.pipeline import plan_and_preprocess, plans_path
+from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess, plans_path
 
 FOLDER_VARIABLES = (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"), ("nnSAM3D_results", "results"),
                     ("nnSAM3D_sam_checkpoints", "sam_checkpoints"))

@@ -21,7 +21,7 @@ from nnsam3d.planners.experiment_planner import (
     plan_experiment,
     plan_for_target,
 )
-from nnsam3d.planners.fingerprint import DatasetFingerprint, IntensityStatistics
+from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
 from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
 from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
 from nnsam3d.planners.network_search import (
@@ -31,7 +31,7 @@ from nnsam3d.planners.network_search import (
     max_batch_size,
     reasonable_patch_index,
 )
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 
 GIB = 2**30
 BUDGETS_GB = (8, 24, 40, 80)

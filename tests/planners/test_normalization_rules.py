@@ -2,7 +2,7 @@
 
 import pytest
 
-from nnsam3d.planners.fingerprint import IntensityStatistics
+from nnsam3d.schemas.fingerprint import IntensityStatistics
 from nnsam3d.planners.normalization_rules import (
     channel_normalizations,
     cropping_shrank_images,

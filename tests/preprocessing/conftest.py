@@ -14,7 +14,7 @@ from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.planners.fingerprint_extraction import extract_fingerprint
 from nnsam3d.planners.normalization_rules import channel_normalizations
-from nnsam3d.planners.plans import MemoryBudget, Plans
+from nnsam3d.schemas.plans import MemoryBudget, Plans
 
 
 def make_plans(dataset: Path, target_spacing=None, use_nonzero_mask: bool = False) -> Plans:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnsam3d.planners.plans import ChannelNormalization
+from nnsam3d.schemas.plans import ChannelNormalization
 from nnsam3d.preprocessing.cropping import nonzero_mask
 from nnsam3d.preprocessing.normalization import needs_nonzero_mask, normalize_image
 

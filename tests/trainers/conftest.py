@@ -31,7 +31,7 @@ def point_folders_at(root: Path, patch: pytest.MonkeyPatch) -> None:
 def _dataset_template(tmp_path_factory) -> Path:
     """Raw and preprocessed tiny phantom dataset, planned and preprocessed once per session with
     the real pipeline (vit_tiny); the network then shrunk to ``TINY_NETWORK``."""
-    from nnsam3d.preprocessing.pipeline import plan_and_preprocess
+    from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("dataset_template")
     with pytest.MonkeyPatch.context() as patch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nnsam3d.commands.train import build_parser, main
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers.splits import SPLITS_FILENAME
 
 

@@ -8,10 +8,10 @@ import pytest
 from nnsam3d.commands.plan_and_preprocess import main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.io.atomic import write_json_atomic
-from nnsam3d.planners.fingerprint import DatasetFingerprint
-from nnsam3d.planners.plans import Plans
+from nnsam3d.schemas.fingerprint import DatasetFingerprint
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
-from nnsam3d.preprocessing.pipeline import fingerprint_path, plan_and_preprocess, plans_path
+from nnsam3d.planners.plan_and_preprocess import fingerprint_path, plan_and_preprocess, plans_path
 
 
 def test_plan_and_preprocess_writes_fingerprint_plans_and_cases(small_ct_dataset, nnsam3d_folders, capsys):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnsam3d.commands.find_best_configuration import main as find_best_main
-from nnsam3d.evaluation.find_best_configuration import ConfigurationError, find_best_configuration
+from nnsam3d.model_selection.find_best_configuration import ConfigurationError, find_best_configuration
 from nnsam3d.inference.export import save_probabilities_file
 from nnsam3d.inference.postprocessing import PostprocessingRules
 from nnsam3d.io.atomic import write_json_atomic

@@ -1,0 +1,152 @@
+"""The whole pipeline on an embedded default dataset: ``nnsam3d_demo``.
+
+Generate a synthetic CT-like dataset in nnU-Net format, verify, fingerprint, plan and
+preprocess it, train fold 0 within a time budget, predict the held-out test images, evaluate
+them and print a per-class table. Every stage is the same code the commands run; the demo only
+points the nnSAM3D folders at its work directory and chooses CPU-friendly settings.
+
+Re-running with the same work directory resumes: the dataset, the preprocessed cases and a
+finished fold 0 are reused (``retrain`` trains again).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnsam3d import paths
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.evaluation.evaluate_folder import evaluate_folders
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES
+from nnsam3d.inference.predictor import Predictor
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
+from nnsam3d.trainers.base_trainer import TrainingRequest
+from nnsam3d.trainers.launch import train_fold
+from nnsam3d.trainers.registry import DEFAULT_TRAINER
+
+DEMO_FOLD = "0"
+
+
+@dataclass
+class DemoOptions:
+    """What the demo runs.
+
+    workdir: holds raw/, preprocessed/, results/ and predictions/.
+    minutes: training time budget for fold 0 (the rest of the pipeline adds about a minute).
+    backbone: vit_tiny trains from scratch on a CPU; a SAM backbone (vit_b, ...) needs its
+        checkpoint (``sam_checkpoint`` or the nnSAM3D_sam_checkpoints folder) and a GPU to be quick.
+    iterations_per_epoch: short epochs so the time budget is used in many small steps, each
+        followed by a pseudo-Dice line.
+    """
+
+    workdir: Path
+    minutes: float = 5.0
+    backbone: str = "vit_tiny"
+    sam_checkpoint: str | None = None
+    device: str = "auto"
+    num_processes: int = 2
+    iterations_per_epoch: int = 25
+    retrain: bool = False
+
+
+@dataclass
+class DemoResult:
+    summary: dict
+    summary_file: Path
+    predictions_dir: Path
+    model_dir: Path
+    seconds: float
+
+
+def _stage(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def _use_work_folders(workdir: Path) -> dict[str, Path]:
+    """Point the nnSAM3D folders at the work directory, for this process and its workers."""
+    folders = {
+        paths.RAW_VARIABLE: workdir / "raw",
+        paths.PREPROCESSED_VARIABLE: workdir / "preprocessed",
+        paths.RESULTS_VARIABLE: workdir / "results",
+    }
+    for variable, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(folder)
+    return folders
+
+
+def run_demo(options: DemoOptions) -> DemoResult:
+    started = time.monotonic()
+    workdir = Path(options.workdir).resolve()
+    folders = _use_work_folders(workdir)
+    spec = SyntheticDatasetSpec()
+    dataset_dir = folders[paths.RAW_VARIABLE] / spec.folder_name
+
+    _stage(f"1/5 synthetic dataset {spec.folder_name}")
+    if (dataset_dir / "dataset.json").is_file():
+        print(f"reusing {dataset_dir}")
+    else:
+        generate_synthetic_dataset(folders[paths.RAW_VARIABLE], spec)
+        print(
+            f"wrote {spec.num_training} training and {spec.num_test} test cases (classes {', '.join(spec.labels)}; "
+            f"spacing {spec.spacing} mm; orientations {', '.join(spec.orientations)}) to {dataset_dir}"
+        )
+
+    _stage("2/5 integrity check, fingerprint, plan, preprocessing")
+    plan_and_preprocess(spec.dataset_id, verify=True, backbone=options.backbone, num_processes=options.num_processes)
+
+    model_dir = paths.training_output_dir(spec.folder_name, DEFAULT_TRAINER, DEFAULT_PLANS_NAME)
+    final_checkpoint = model_dir / f"fold_{DEMO_FOLD}" / CHECKPOINT_FILES["final"]
+    _stage(f"3/5 training fold {DEMO_FOLD} ({options.minutes:g} minute budget)")
+    if final_checkpoint.is_file() and not options.retrain:
+        print(f"reusing the trained fold {final_checkpoint} (pass --retrain to train again)")
+    else:
+        if options.retrain and final_checkpoint.parent.is_dir():
+            shutil.rmtree(final_checkpoint.parent)
+        train_fold(
+            DEFAULT_TRAINER,
+            TrainingRequest(
+                dataset=spec.folder_name,
+                fold=DEMO_FOLD,
+                iterations_per_epoch=options.iterations_per_epoch,
+                device=options.device,
+                sam_checkpoint=options.sam_checkpoint,
+                time_budget_minutes=options.minutes,
+            ),
+        )
+
+    _stage("4/5 predicting the held-out test images")
+    predictions_dir = workdir / "predictions"
+    predictor = Predictor.from_model_folder(model_dir, folds=[DEMO_FOLD], device=options.device, progress=True)
+    report = predictor.predict_folder(dataset_dir / "imagesTs", predictions_dir)
+    if not report.ok:
+        problems = "; ".join(f"{failure.case_id}: {failure.message}" for failure in report.failures)
+        raise RuntimeError(f"prediction failed for some test cases: {problems}")
+
+    _stage("5/5 evaluation against labelsTs")
+    description = DatasetDescription.from_file(dataset_dir / "dataset.json")
+    summary_file = predictions_dir / "summary.json"
+    summary = evaluate_folders(
+        dataset_dir / "labelsTs", predictions_dir, description.labels, description.file_ending,
+        output_file=summary_file, num_processes=options.num_processes,
+    )
+    return DemoResult(summary, summary_file, predictions_dir, model_dir, time.monotonic() - started)
+
+
+def describe_outputs(result: DemoResult, workdir: Path) -> str:
+    workdir = Path(workdir).resolve()
+    fold = result.model_dir / f"fold_{DEMO_FOLD}"
+    lines = [
+        f"raw dataset (nnU-Net format):    {workdir / 'raw'}",
+        f"fingerprint, plans, cases:       {workdir / 'preprocessed'}",
+        f"checkpoints, log, progress.png:  {fold}",
+        f"fold 0 validation:               {fold / 'validation' / 'summary.json'}",
+        f"test predictions:                {result.predictions_dir}",
+        f"test evaluation:                 {result.summary_file}",
+    ]
+    return "\n".join(lines)

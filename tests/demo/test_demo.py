@@ -1,0 +1,53 @@
+"""``nnsam3d_demo`` end to end with a tiny budget: every stage runs, outputs keep the inputs'
+geometry, the table is printed, and a second run resumes instead of starting over."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+
+from nnsam3d.commands.demo import main as demo_main
+
+
+def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    arguments = ["--workdir", str(workdir), "--minutes", "0.05", "--iterations-per-epoch", "2", "--device", "cpu"]
+
+    assert demo_main(arguments) == 0
+    printed = capsys.readouterr().out
+    for expected in ("1/5", "2/5", "3/5", "4/5", "5/5", "liver", "kidney", "lesion", "foreground mean"):
+        assert expected in printed
+
+    dataset = workdir / "raw" / "Dataset990_SyntheticCT"
+    fold = workdir / "results" / "Dataset990_SyntheticCT" / "nnSAM3DTrainer__nnsam3d_plans" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (fold / "progress.png").is_file()
+    assert (fold / "validation" / "summary.json").is_file()
+
+    test_images = sorted((dataset / "imagesTs").glob("*_0000.nii.gz"))
+    predictions = sorted((workdir / "predictions").glob("*.nii.gz"))
+    assert len(predictions) == len(test_images) == 4
+    for image_file, prediction_file in zip(test_images, predictions):
+        image, prediction = nib.load(image_file), nib.load(prediction_file)
+        assert prediction_file.name == image_file.name.replace("_0000", "")
+        assert prediction.shape == image.shape
+        np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
+
+    summary = json.loads((workdir / "predictions" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"liver", "kidney", "lesion"}
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+
+    checkpoint_time = (fold / "checkpoint_final.pth").stat().st_mtime_ns
+    assert demo_main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the trained fold" in printed
+    assert (fold / "checkpoint_final.pth").stat().st_mtime_ns == checkpoint_time
+
+
+def test_demo_rejects_a_non_positive_budget(tmp_path, capsys):
+    assert demo_main(["--workdir", str(tmp_path / "demo"), "--minutes", "0"]) == 2
+    assert "--minutes must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
