@@ -26,6 +26,8 @@ import torch
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 
+from benchmark_support import cpu_model
+
 RESULTS = Path(__file__).with_name("results")
 
 CPU_CONFIG = NetworkConfig(
@@ -37,14 +39,6 @@ CUDA_CONFIG = NetworkConfig(backbone="vit_b", num_classes=14, adapter_blocks=tup
 CUDA_BATCH = 2
 
 
-def cpu_description() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_steps(config: NetworkConfig, batch: int, device: str, warmup: int, steps: int) -> dict:
@@ -91,7 +85,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = {
-        "cpu": cpu_description(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

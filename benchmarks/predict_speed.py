@@ -50,6 +50,8 @@ from nnsam3d.model.network import build_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
+from benchmark_support import typical_abdominal_ct_plans
+
 RESULTS = Path(__file__).with_name("results")
 TRAINER, PLANS = "nnSAM3DTrainer", "nnsam3d_plans"
 
@@ -162,25 +164,6 @@ def measure(predictor: Predictor, test_images: Path, root: Path, rounds: int) ->
     }
 
 
-def typical_ct_plans() -> tuple[Plans, DatasetDescription]:
-    """The planner's vit_b plan for a typical abdominal CT dataset (14 classes) and a 24 GiB GPU."""
-    from nnsam3d.planners.experiment_planner import plan_experiment
-    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
-
-    cases = [f"ct_{i:03d}" for i in range(40)]
-    fingerprint = DatasetFingerprint(
-        dataset_name="Dataset900_TypicalAbdomenCT",
-        case_ids=cases,
-        spacings=[(2.5, 0.78, 0.78)] * len(cases),
-        shapes_before_cropping=[(300, 512, 512)] * len(cases),
-        shapes_after_cropping=[(300, 420, 460)] * len(cases),
-        modalities={"0": "CT"},
-        intensity_statistics={"0": IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
-                                                       percentile_99_5=280.0, min=-1024.0, max=3000.0)},
-    )
-    labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
-    description = DatasetDescription({"0": "CT"}, labels, len(cases), ".nii.gz")
-    return plan_experiment(fingerprint, description, gpu_memory_gb=24, backbone="vit_b"), description
 
 
 def synthetic_ct(shape_ijk=(512, 512, 300), seed: int = 0) -> np.ndarray:
@@ -194,7 +177,7 @@ def synthetic_ct(shape_ijk=(512, 512, 300), seed: int = 0) -> np.ndarray:
 
 
 def cuda_benchmark() -> dict:
-    plans, description = typical_ct_plans()
+    plans, description = typical_abdominal_ct_plans(slices=300)
     device = torch.device("cuda")
     network = build_network(plans.network.replace(deep_supervision=False))
     predictor = Predictor([network], plans, description, device)

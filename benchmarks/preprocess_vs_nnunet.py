@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 import numpy as np  # noqa: E402
 
+from benchmark_support import cpu_model  # noqa: E402
 from nnsam3d.demo.synthetic_dataset import (  # noqa: E402
     SyntheticDatasetSpec,
     generate_synthetic_dataset,
@@ -134,14 +135,6 @@ def nnunet_version(nnunet_bin: Path) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_scenario(

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
@@ -50,6 +49,8 @@ from nnsam3d.trainers.data_loading import (
 )
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
+
+from benchmark_support import typical_abdominal_ct_plans
 
 RESULTS = Path(__file__).with_name("results")
 WARMUP_STEPS = 3
@@ -150,30 +151,10 @@ def cpu_benchmark(seconds: float) -> dict:
         }
 
 
-def typical_ct_plan_24gb():
-    """The planner's vit_b plan for a typical abdominal CT dataset and a 24 GiB GPU."""
-    from nnsam3d.planners.experiment_planner import plan_experiment
-    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
-
-    cases = [f"ct_{i:03d}" for i in range(40)]
-    fingerprint = DatasetFingerprint(
-        dataset_name="Dataset900_TypicalAbdomenCT",
-        case_ids=cases,
-        spacings=[(2.5, 0.78, 0.78)] * len(cases),
-        shapes_before_cropping=[(140, 512, 512)] * len(cases),
-        shapes_after_cropping=[(140, 420, 460)] * len(cases),
-        modalities={"0": "CT"},
-        intensity_statistics={"0": IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
-                                                       percentile_99_5=280.0, min=-1024.0, max=3000.0)},
-    )
-    labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
-    description = DatasetDescription(channel_names={"0": "CT"}, labels=labels, num_training=len(cases),
-                                     file_ending=".nii.gz")
-    return plan_experiment(fingerprint, description, gpu_memory_gb=24, backbone="vit_b")
 
 
 def cuda_benchmark(seconds: float) -> dict:
-    plans = typical_ct_plan_24gb()
+    plans, _ = typical_abdominal_ct_plans(slices=140, gpu_memory_gb=24)
     config = plans.network.replace(trainable="adapters", deep_supervision=True)
     device = torch.device("cuda")
     torch.cuda.empty_cache()

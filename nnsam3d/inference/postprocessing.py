@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnsam3d.io.atomic import read_json, write_json_atomic
+from nnsam3d.io.schema_version import require_schema_version
 
 POSTPROCESSING_FILENAME = "postprocessing.json"
 POSTPROCESSING_SCHEMA_VERSION = 1
@@ -63,12 +64,8 @@ class PostprocessingRules:
 
     @classmethod
     def from_json(cls, content: dict, source: str = POSTPROCESSING_FILENAME) -> "PostprocessingRules":
-        version = int(content.get("schema_version", -1))
-        if version != POSTPROCESSING_SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: postprocessing schema version {version}, this nnsam3d reads "
-                f"{POSTPROCESSING_SCHEMA_VERSION}. Rerun nnsam3d_find_best_configuration."
-            )
+        version = require_schema_version(content, POSTPROCESSING_SCHEMA_VERSION, what="postprocessing", source=source,
+                                         advice="Rerun nnsam3d_find_best_configuration.")
         try:
             return cls(
                 keep_largest_component=tuple(content["keep_largest_component"]),

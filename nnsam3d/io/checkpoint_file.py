@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nnsam3d.io.atomic import torch_save_atomic
+from nnsam3d.io.schema_version import require_schema_version
 
 CHECKPOINT_FORMAT = "nnsam3d-checkpoint"
 CHECKPOINT_SCHEMA_VERSION = 1
@@ -76,11 +77,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointFormatError(f"{path}: cannot be loaded as a checkpoint ({error}).") from error
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointFormatError(f"{path}: not an nnsam3d checkpoint.")
-    version = int(content.get("schema_version", -1))
-    if version != CHECKPOINT_SCHEMA_VERSION:
-        raise CheckpointFormatError(
-            f"{path}: checkpoint schema version {version}, this nnsam3d reads {CHECKPOINT_SCHEMA_VERSION}."
-        )
+    require_schema_version(content, CHECKPOINT_SCHEMA_VERSION, what="checkpoint", source=str(path),
+                           advice="Train again with this nnsam3d version.", error=CheckpointFormatError)
     return ModelCheckpoint(
         trainer_name=content["trainer_name"],
         fold=content["fold"],

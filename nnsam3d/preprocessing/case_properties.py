@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.io.schema_version import require_schema_version
 
 CASE_PROPERTIES_SCHEMA_VERSION = 1
 
@@ -72,12 +73,9 @@ class CaseProperties:
 
     @classmethod
     def from_json(cls, content: dict) -> "CaseProperties":
-        version = int(content.get("schema_version", -1))
-        if version != CASE_PROPERTIES_SCHEMA_VERSION:
-            raise ValueError(
-                f"case properties of '{content.get('case_id')}' have schema version {version}, "
-                f"expected {CASE_PROPERTIES_SCHEMA_VERSION}; rerun preprocessing with --clean."
-            )
+        version = require_schema_version(content, CASE_PROPERTIES_SCHEMA_VERSION, what="case properties",
+                                         source=f"case '{content.get('case_id')}'",
+                                         advice="Rerun nnsam3d_plan_and_preprocess with --clean.")
         return cls(
             case_id=content["case_id"],
             geometry=ImageGeometry.from_json(content["geometry"]),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnsam3d.io.atomic import read_json, write_json_atomic
+from nnsam3d.io.schema_version import require_schema_version
 
 FINGERPRINT_SCHEMA_VERSION = 1
 
@@ -81,12 +82,8 @@ class DatasetFingerprint:
 
     @classmethod
     def from_json(cls, content: dict, source: str = "fingerprint") -> "DatasetFingerprint":
-        version = int(content.get("schema_version", -1))
-        if version != FINGERPRINT_SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: fingerprint schema version {version}, expected {FINGERPRINT_SCHEMA_VERSION}. "
-                f"Rerun nnsam3d_plan_and_preprocess with --clean."
-            )
+        version = require_schema_version(content, FINGERPRINT_SCHEMA_VERSION, what="fingerprint", source=source,
+                                         advice="Rerun nnsam3d_plan_and_preprocess with --clean.")
         return cls(
             dataset_name=content["dataset_name"],
             case_ids=list(content["case_ids"]),

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnsam3d.io.atomic import read_json, write_json_atomic
+from nnsam3d.io.schema_version import require_schema_version
 from nnsam3d.model.config import NetworkConfig
 
 PLANS_SCHEMA_VERSION = 1
@@ -135,12 +136,8 @@ class Plans:
 
     @classmethod
     def from_json(cls, content: dict, source: str = "plans") -> "Plans":
-        version = int(content.get("schema_version", -1))
-        if version != PLANS_SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: plans schema version {version}, this nnsam3d reads version "
-                f"{PLANS_SCHEMA_VERSION}. Rerun nnsam3d_plan_and_preprocess."
-            )
+        version = require_schema_version(content, PLANS_SCHEMA_VERSION, what="plans", source=source,
+                                         advice="Rerun nnsam3d_plan_and_preprocess.")
         try:
             return cls(
                 dataset_name=content["dataset_name"],

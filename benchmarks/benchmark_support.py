@@ -1,0 +1,47 @@
+"""Pieces the benchmark scripts share: what machine they ran on, and a typical CT plan.
+
+The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.schemas.plans import Plans
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def typical_abdominal_ct_plans(slices: int, gpu_memory_gb: float = 24.0) -> tuple[Plans, DatasetDescription]:
+    """The planner's vit_b plan for 40 abdominal CTs of ``slices`` x 512 x 512 voxels at
+    2.5 x 0.78 x 0.78 mm with 13 organs, for a GPU of ``gpu_memory_gb`` GiB."""
+    from nnsam3d.planners.experiment_planner import plan_experiment
+    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
+
+    cases = [f"ct_{i:03d}" for i in range(40)]
+    fingerprint = DatasetFingerprint(
+        dataset_name="Dataset900_TypicalAbdomenCT",
+        case_ids=cases,
+        spacings=[(2.5, 0.78, 0.78)] * len(cases),
+        shapes_before_cropping=[(slices, 512, 512)] * len(cases),
+        shapes_after_cropping=[(slices, 420, 460)] * len(cases),
+        modalities={"0": "CT"},
+        intensity_statistics={"0": IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
+                                                       percentile_99_5=280.0, min=-1024.0, max=3000.0)},
+    )
+    labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
+    description = DatasetDescription(channel_names={"0": "CT"}, labels=labels, num_training=len(cases),
+                                     file_ending=".nii.gz")
+    plans = plan_experiment(fingerprint, description, gpu_memory_gb=gpu_memory_gb, backbone="vit_b")
+    return plans, description
