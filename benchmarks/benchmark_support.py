@@ -5,11 +5,40 @@ The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.pat
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import time
 from pathlib import Path
+
+import torch
 
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.schemas.plans import Plans
+
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def environment() -> dict:
+    """Software and machine facts recorded with every result (add the GPU's name where one is used)."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_result(file_name: str, content: dict) -> Path:
+    """``benchmarks/results/<file_name>``, readable JSON; also printed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / file_name
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    print(json.dumps(content, indent=2))
+    return path
 
 
 def cpu_model() -> str:

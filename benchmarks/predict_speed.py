@@ -31,9 +31,7 @@ Results go to ``benchmarks/results/predict_speed_cuda.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,21 +48,10 @@ from nnsam3d.model.network import build_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
-from benchmark_support import typical_abdominal_ct_plans
+from benchmark_support import environment, typical_abdominal_ct_plans, write_result
 
-RESULTS = Path(__file__).with_name("results")
 TRAINER, PLANS = "nnSAM3DTrainer", "nnsam3d_plans"
 
-
-def environment() -> dict:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def write_random_folds(plans: Plans, description: DatasetDescription, model_dir: Path, num_folds: int) -> None:
@@ -212,14 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine busy')")
     arguments = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     cpu = {"environment": environment(), "note": arguments.note, **cpu_benchmark(arguments.num_cases, arguments.folds, arguments.rounds)}
-    (RESULTS / "predict_speed_cpu.json").write_text(json.dumps(cpu, indent=2) + "\n")
-    print(json.dumps(cpu, indent=2))
+    write_result("predict_speed_cpu.json", cpu)
     if torch.cuda.is_available():
         cuda = {"environment": environment(), "note": arguments.note, **cuda_benchmark()}
-        (RESULTS / "predict_speed_cuda.json").write_text(json.dumps(cuda, indent=2) + "\n")
-        print(json.dumps(cuda, indent=2))
+        write_result("predict_speed_cuda.json", cuda)
     else:
         print("no CUDA GPU visible: the vit_b seconds-per-CT measurement was skipped.", file=sys.stderr)
     return 0

@@ -25,9 +25,7 @@ with SAM's encoder frozen and adapters trainable as in the default trainer. Resu
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,9 +48,8 @@ from nnsam3d.trainers.data_loading import (
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
 
-from benchmark_support import typical_abdominal_ct_plans
+from benchmark_support import environment, typical_abdominal_ct_plans, write_result
 
-RESULTS = Path(__file__).with_name("results")
 WARMUP_STEPS = 3
 
 
@@ -181,16 +178,6 @@ def cuda_benchmark(seconds: float) -> dict:
     }
 
 
-def environment() -> dict:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
@@ -199,15 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per quantity (default 20)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine busy')")
     arguments = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
 
     cpu = {"environment": environment(), "note": arguments.note, **cpu_benchmark(arguments.seconds)}
-    (RESULTS / "train_speed_cpu.json").write_text(json.dumps(cpu, indent=2) + "\n")
-    print(json.dumps(cpu, indent=2))
+    write_result("train_speed_cpu.json", cpu)
     if torch.cuda.is_available():
         cuda = {"environment": environment(), "note": arguments.note, **cuda_benchmark(arguments.seconds)}
-        (RESULTS / "train_speed_cuda.json").write_text(json.dumps(cuda, indent=2) + "\n")
-        print(json.dumps(cuda, indent=2))
+        write_result("train_speed_cuda.json", cuda)
     else:
         print("no CUDA GPU visible: the vit_b / 24 GB measurement was skipped.", file=sys.stderr)
     return 0

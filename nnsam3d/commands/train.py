@@ -10,7 +10,7 @@ from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.model.sam_checkpoints import SamCheckpointError
 from nnsam3d.paths import DatasetNotFoundError
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
-from nnsam3d.trainers.base_trainer import TrainingInputError, TrainingRequest
+from nnsam3d.trainers.request import TrainingInputError, TrainingRequest
 from nnsam3d.trainers.launch import launch_training
 from nnsam3d.trainers.registry import DEFAULT_TRAINER, UnknownTrainerError
 from nnsam3d.trainers.splits import SplitsError, parse_fold

@@ -25,7 +25,7 @@ from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
-from nnsam3d.trainers.base_trainer import TrainingRequest
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import train_fold
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,28 +35,16 @@ from tqdm import tqdm
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint
-from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
-from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
+from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.trainers import checkpointing
-from nnsam3d.trainers.augmentation import (
-    AugmentationSettings,
-    read_size_for,
-    settings_for,
-    training_transforms,
-    validation_transforms,
-)
-from nnsam3d.trainers.data_loading import (
-    PatchDataLoader,
-    foreground_samples_per_batch,
-    start_batch_stream,
-    stop_batch_stream,
-)
-from nnsam3d.trainers.distributed import DistributedContext, split_batch
+from nnsam3d.trainers.augmentation import AugmentationSettings, settings_for
+from nnsam3d.trainers.batch_streams import FoldStreams, default_num_workers, start_fold_streams
+from nnsam3d.trainers.distributed import DistributedContext
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, full_resolution
 from nnsam3d.trainers.optimization import (
     DEFAULT_GRADIENT_CLIP_NORM,
@@ -67,39 +54,13 @@ from nnsam3d.trainers.optimization import (
     precision_for,
 )
 from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
+from nnsam3d.trainers.request import TrainingInputError, TrainingRequest, find_dataset_description
 from nnsam3d.trainers.splits import fold_cases, load_or_create_splits
+from nnsam3d.trainers.time_budget import TimeBudget
 from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
 from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
 
 DEEP_SUPERVISION_OUTPUTS = 3  # full, 1/2, 1/4 resolution (MedSAM3D's decoder heads)
-
-
-class TrainingInputError(ValueError):
-    """Something the user has to provide or fix before this training can run (message says what)."""
-
-
-@dataclass
-class TrainingRequest:
-    """What ``nnsam3d_train`` was asked to do (one fold of one dataset).
-
-    num_epochs, iterations_per_epoch: override the trainer's schedule (None keeps it).
-    num_workers: augmentation worker processes; None chooses (0 on the CPU, several per GPU).
-    time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
-    """
-
-    dataset: str
-    fold: str
-    plans_name: str = DEFAULT_PLANS_NAME
-    num_epochs: int | None = None
-    iterations_per_epoch: int | None = None
-    continue_training: bool = False
-    validation_only: bool = False
-    save_probabilities: bool = False
-    device: str = "auto"
-    sam_checkpoint: str | None = None
-    seed: int = 0
-    num_workers: int | None = None
-    time_budget_minutes: float | None = None
 
 
 class nnSAM3DTrainer:
@@ -140,7 +101,9 @@ class nnSAM3DTrainer:
         self.preprocessed_dir = paths.preprocessed_root() / self.dataset_name
         self.output_folder = paths.fold_dir(self.dataset_name, self.name, request.plans_name, request.fold)
         self.plans = Plans.load(self.preprocessed_dir / f"{request.plans_name}.json")
-        self.description = self._dataset_description()
+        self.description = find_dataset_description(
+            self.dataset_name, self.preprocessed_dir, paths.raw_root() / self.dataset_name
+        )
         self.store = PreprocessedCaseStore(self.preprocessed_dir / self.plans.data_identifier)
         self.case_ids = self.store.case_ids()
         if not self.case_ids:
@@ -167,7 +130,7 @@ class nnSAM3DTrainer:
         )
         self.log = TrainingLog(self.output_folder, enabled=self.context.is_main)
         self.iteration_losses: list[float] = []
-        self._streams: list = []
+        self.streams: FoldStreams | None = None
 
     # ----------------------------------------------------------------------------- hooks
     def pretrained_checkpoint(self) -> Path | None:
@@ -211,16 +174,6 @@ class nnSAM3DTrainer:
         )
 
     # ----------------------------------------------------------------------------- inputs
-    def _dataset_description(self) -> DatasetDescription:
-        """dataset.json from the preprocessed folder (copied there by preprocessing), else the raw one."""
-        for folder in (self.preprocessed_dir, paths.raw_root() / self.dataset_name):
-            if (folder / "dataset.json").is_file():
-                return DatasetDescription.from_file(folder / "dataset.json")
-        raise TrainingInputError(
-            f"dataset.json of {self.dataset_name} found neither in {self.preprocessed_dir} nor in the raw "
-            f"folder {paths.raw_root() / self.dataset_name}. Rerun nnsam3d_plan_and_preprocess."
-        )
-
     def _checkpoint_to_resume(self) -> tuple[Path, ModelCheckpoint] | None:
         if self.request.validation_only:
             path = self.output_folder / checkpointing.FINAL
@@ -318,43 +271,21 @@ class nnSAM3DTrainer:
             splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, create=False)
         self.fold = fold_cases(splits, self.request.fold, self.case_ids)
 
-    def default_num_workers(self) -> int:
-        """0 on the CPU (the model and the augmentation share the same cores anyway); on a GPU,
-        enough processes that augmentation keeps up with the model."""
-        if self.context.device.type != "cuda":
-            return 0
-        cores = os.cpu_count() or 2
-        return max(1, min(8, cores // self.context.world_size - 1))
-
     def _start_streams(self) -> None:
         ctx = self.context
-        workers = self.request.num_workers if self.request.num_workers is not None else self.default_num_workers()
-        global_foreground = foreground_samples_per_batch(self.plans.batch_size, self.plans.foreground_oversampling)
-        batch, foreground = split_batch(self.plans.batch_size, global_foreground, ctx.world_size, ctx.rank)
-        settings = self.augmentation_settings()
-        folder = self.store.folder
-        train_loader = PatchDataLoader(folder, self.fold.train, batch, settings.patch_size, foreground, read_size_for(settings))
-        val_loader = PatchDataLoader(folder, self.fold.val, batch, settings.patch_size, foreground)
-        stream_seed = self.request.seed + 7919 * ctx.rank + 104729 * self.epochs_completed
-        pin = ctx.device.type == "cuda"
-        self.train_stream = start_batch_stream(train_loader, training_transforms(settings), workers, stream_seed, pin)
-        self.val_stream = start_batch_stream(
-            val_loader, validation_transforms(), max(1, workers // 2) if workers else 0, stream_seed + 1, pin
+        workers = self.request.num_workers if self.request.num_workers is not None else default_num_workers(ctx)
+        self.streams = start_fold_streams(
+            self.store.folder, self.fold.train, self.fold.val, self.plans.batch_size,
+            self.plans.foreground_oversampling, self.augmentation_settings(), workers, ctx,
+            seed=self.request.seed + 7919 * ctx.rank + 104729 * self.epochs_completed,
         )
-        self._streams = [self.train_stream, self.val_stream]
-        per_process = f" ({batch} per process x {ctx.world_size})" if ctx.is_distributed else ""
-        self.log.message(
-            f"{self.name}, fold {self.fold.fold}: {len(self.fold.train)} training / {len(self.fold.val)} validation "
-            f"cases; patch {settings.patch_size}, batch {self.plans.batch_size}{per_process} with "
-            f"{global_foreground} foreground-centred patch(es); augmentation "
-            f"{'in-plane (thin axis ' + str(settings.thin_axis) + ')' if settings.thin_axis is not None else '3D'}; "
-            f"{workers} augmentation worker(s)"
-        )
+        self.train_stream, self.val_stream = self.streams.train, self.streams.validation
+        self.log.message(f"{self.name}, fold {self.fold.fold}: {self.streams.description}")
 
     def _stop_streams(self) -> None:
-        for stream in self._streams:
-            stop_batch_stream(stream)
-        self._streams = []
+        if self.streams is not None:
+            self.streams.stop()
+            self.streams = None
 
     # ----------------------------------------------------------------------------- steps
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,19 +344,12 @@ class nnSAM3DTrainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict:
-        rng = checkpointing.capture_rng_state()
-        if self.context.is_distributed:
-            gathered = [None] * self.context.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng_by_rank = {str(rank): state for rank, state in enumerate(gathered)}
-        else:
-            rng_by_rank = {"0": rng}
         return {
             "optimization": self.optimization.state_dict(),
             "log": self.log.state_dict(),
             "pseudo_dice_ema": self.pseudo_dice_ema.value,
             "best_pseudo_dice_ema": self.best_ema,
-            "rng": rng_by_rank,
+            "rng": self.context.gather_by_rank(checkpointing.capture_rng_state()),
             "seed": self.request.seed,
             "started_from_sam": self.starts_from_sam,
             "peak_learning_rate": self.peak_learning_rate(),
@@ -489,14 +413,10 @@ class nnSAM3DTrainer:
             f"trainable '{self.plans.network.trainable}': {counts}; {self.num_epochs} epochs x "
             f"{self.iterations_per_epoch} iterations, peak lr {self.peak_learning_rate():.1e}"
         )
-        budget = self.request.time_budget_minutes
-        deadline = time.monotonic() + budget * 60 if budget is not None else None
-        epoch_seconds: list[float] = []
-        stopped_by_budget = False
+        budget = TimeBudget(self.request.time_budget_minutes, ctx)
         for epoch in range(self.epochs_completed, self.num_epochs):
             record = self.run_epoch(epoch)
             self.epochs_completed = epoch + 1
-            epoch_seconds.append(record.seconds)
             self.log.record_epoch(record, self.num_epochs, self.class_names)
             if not math.isnan(record.pseudo_dice_ema) and record.pseudo_dice_ema > self.best_ema:
                 self.best_ema = record.pseudo_dice_ema
@@ -504,33 +424,19 @@ class nnSAM3DTrainer:
                 self.log.message(f"new best pseudo-Dice EMA {self.best_ema:.4f}: {checkpointing.BEST} written")
             if self.epochs_completed % self.checkpoint_every == 0 and self.epochs_completed < self.num_epochs:
                 self.save_checkpoint(checkpointing.LATEST)
-            if deadline is not None:
-                remaining = ctx.value_of_main(int(deadline - time.monotonic()))
-                if remaining <= 0 and self.epochs_completed < self.num_epochs:
-                    stopped_by_budget = True
-                    self.log.message(
-                        f"time budget of {budget:g} minutes used up after epoch {self.epochs_completed} of "
-                        f"{self.num_epochs}: training ends here and finishes as if the schedule had ended"
-                    )
-                    break
-                self._fit_schedule_to_budget(remaining, epoch_seconds)
+            if budget.after_epoch(record.seconds, self.epochs_completed, self.num_epochs,
+                                  self.optimization.schedule, self.iterations_per_epoch):
+                self.log.message(
+                    f"time budget of {budget.minutes:g} minutes used up after epoch {self.epochs_completed} of "
+                    f"{self.num_epochs}: training ends here and finishes as if the schedule had ended"
+                )
+                break
         self.save_checkpoint(checkpointing.FINAL)
         self._copy_checkpoint(checkpointing.FINAL, checkpointing.LATEST)
         self.log.message(
-            f"training {'stopped by the time budget' if stopped_by_budget else 'finished'} after "
+            f"training {'stopped by the time budget' if budget.stopped else 'finished'} after "
             f"{self.epochs_completed} epochs; {checkpointing.FINAL} written"
         )
-
-    def _fit_schedule_to_budget(self, remaining_seconds: float, epoch_seconds: list[float]) -> None:
-        """Shorten the learning-rate decay to the epochs expected to fit in the time budget.
-
-        The budget stops training after the epoch in which it runs out; without this, a long
-        nominal schedule would stop with the learning rate still near its peak.
-        """
-        mean_epoch = float(np.mean(epoch_seconds[-5:]))
-        expected = self.epochs_completed + max(1, math.ceil(remaining_seconds / max(mean_epoch, 1e-6)))
-        expected = self.context.value_of_main(min(self.num_epochs, expected))
-        self.optimization.schedule.resize(expected * self.iterations_per_epoch)
 
     def validate(self) -> dict | None:
         """Whole-case validation on rank 0 (the others are done); returns the summary there."""

@@ -66,6 +66,14 @@ class DistributedContext:
         dist.broadcast(shared, src=0)
         return int(shared.item())
 
+    def gather_by_rank(self, value) -> dict[str, object]:
+        """Every rank's ``value`` (any picklable object) by rank number as a string; all ranks take part."""
+        if not self.is_distributed:
+            return {"0": value}
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return {str(rank): item for rank, item in enumerate(gathered)}
+
     def wrap(self, network: nn.Module) -> nn.Module:
         """DistributedDataParallel around ``network`` (which already sits on ``device``).
 

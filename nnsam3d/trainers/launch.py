@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from nnsam3d.trainers.base_trainer import TrainingRequest, nnSAM3DTrainer
+from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.distributed import (
     init_distributed,
     launched_by_torchrun,

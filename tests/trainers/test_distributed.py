@@ -8,7 +8,7 @@ import textwrap
 import torch
 
 from nnsam3d.io.checkpoint_file import load_checkpoint
-from nnsam3d.trainers.base_trainer import TrainingRequest
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import launch_training
 
 # A trainer from "user code" (found through -tr module:Class in the spawned processes) that,

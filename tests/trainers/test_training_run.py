@@ -17,7 +17,8 @@ import torch
 from nnsam3d.commands.train import main
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.schemas.plans import Plans
-from nnsam3d.trainers.base_trainer import TrainingRequest, nnSAM3DTrainer
+from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import train_fold
 
 EPOCHS, ITERATIONS = 2, 10

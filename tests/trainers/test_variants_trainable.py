@@ -7,7 +7,7 @@ import torch
 
 from nnsam3d.model.network import parameter_is_trainable
 from nnsam3d.model.sam_checkpoints import load_sam_encoder_state
-from nnsam3d.trainers.base_trainer import TrainingRequest
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.registry import get_trainer_class
 
 VARIANTS = {

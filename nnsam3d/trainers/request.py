@@ -1,0 +1,48 @@
+"""What a training run is asked to do, and where its inputs come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+
+
+class TrainingInputError(ValueError):
+    """Something the user has to provide or fix before this training can run (message says what)."""
+
+
+@dataclass
+class TrainingRequest:
+    """What ``nnsam3d_train`` was asked to do (one fold of one dataset).
+
+    num_epochs, iterations_per_epoch: override the trainer's schedule (None keeps it).
+    num_workers: augmentation worker processes; None chooses (0 on the CPU, several per GPU).
+    time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
+    """
+
+    dataset: str
+    fold: str
+    plans_name: str = DEFAULT_PLANS_NAME
+    num_epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    continue_training: bool = False
+    validation_only: bool = False
+    save_probabilities: bool = False
+    device: str = "auto"
+    sam_checkpoint: str | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    time_budget_minutes: float | None = None
+
+
+def find_dataset_description(dataset_name: str, preprocessed_dir: Path, raw_dir: Path) -> DatasetDescription:
+    """dataset.json from the preprocessed folder (preprocessing copies it there), else the raw one."""
+    for folder in (preprocessed_dir, raw_dir):
+        if (folder / "dataset.json").is_file():
+            return DatasetDescription.from_file(folder / "dataset.json")
+    raise TrainingInputError(
+        f"dataset.json of {dataset_name} found neither in {preprocessed_dir} nor in the raw "
+        f"folder {raw_dir}. Rerun nnsam3d_plan_and_preprocess."
+    )
