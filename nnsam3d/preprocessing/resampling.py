@@ -126,10 +126,10 @@ def resample_scores_to_label_map(
 ) -> np.ndarray:
     """Class scores (K, z, y, x), probabilities or logits → label map at ``new_shape`` (int16).
 
-    Equivalent to resampling every class channel and taking the argmax, but one class at a time.
+    Equivalent to resampling every class channel and taking the argmax (ties to the lower class),
+    but one class at a time, also when no resampling is needed: ``np.argmax`` over the class axis
+    would first copy the whole score volume into class-last order.
     """
-    if tuple(scores.shape[1:]) == tuple(new_shape):
-        return np.argmax(scores, axis=0).astype(np.int16)
     return _argmax_over_streamed_classes(lambda k: scores[k], scores.shape[0], new_shape, separate_axis)
 
 
