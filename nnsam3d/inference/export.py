@@ -70,7 +70,7 @@ def probabilities_to_label_map(
 
 def save_probabilities_file(probabilities: np.ndarray, properties: CaseProperties, path: str | os.PathLike) -> None:
     """Write the full-image probabilities (float16, canonical) and the properties as ``.npz``."""
-    full = restore_probabilities(probabilities, properties).astype(np.float16)
+    full = restore_probabilities(probabilities, properties, dtype=np.float16)
     save_npz_atomic(
         path,
         **{PROBABILITIES_KEY: full, PROPERTIES_KEY: np.array(json.dumps(properties.to_json()))},

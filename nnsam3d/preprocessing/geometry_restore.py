@@ -13,7 +13,7 @@ from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.cropping import paste_into_box
 from nnsam3d.preprocessing.resampling import (
     resample_label_map,
-    resample_scores,
+    resample_score_channel,
     resample_scores_to_label_map,
     separate_axis_for,
 )
@@ -39,11 +39,22 @@ def restore_scores_to_label_map(scores: np.ndarray, properties: CaseProperties) 
     return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
 
 
-def restore_probabilities(probabilities: np.ndarray, properties: CaseProperties) -> np.ndarray:
-    """Class probabilities (K, z, y, x) → (K, Z, Y, X) of the full image; outside the box is background."""
-    cropped = resample_scores(probabilities, properties.shape_after_cropping, _separate_axis(properties))
-    full = paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0.0)
-    outside = np.ones(properties.shape_before_cropping, dtype=bool)
-    outside[tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)] = False
-    full[0][outside] = 1.0
+def restore_probabilities(
+    probabilities: np.ndarray, properties: CaseProperties, dtype: np.dtype = np.float16
+) -> np.ndarray:
+    """Class probabilities (K, z, y, x) → (K, Z, Y, X) of the full image in ``dtype``; outside the
+    crop box is background.
+
+    Classes are resampled one at a time straight into the output, so memory beyond the result
+    is one class volume, whatever the number of classes.
+    """
+    full_shape = tuple(properties.shape_before_cropping)
+    full = np.zeros((probabilities.shape[0], *full_shape), dtype=dtype)
+    box = tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)
+    separate_axis = _separate_axis(properties)
+    for k, channel in enumerate(probabilities):
+        full[k][box] = resample_score_channel(channel, properties.shape_after_cropping, separate_axis)
+    outside = np.ones(full_shape, dtype=bool)
+    outside[box] = False
+    full[0][outside] = 1
     return full

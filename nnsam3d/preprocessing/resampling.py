@@ -93,7 +93,7 @@ def _argmax_over_streamed_classes(
     best_score = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     labels = np.zeros(tuple(new_shape), dtype=np.int16)
     for k in range(num_classes):
-        resampled = _zoom_volume(class_scores(k).astype(np.float32, copy=False), new_shape, 1, separate_axis)
+        resampled = resample_score_channel(class_scores(k), new_shape, separate_axis)
         better = resampled > best_score
         best_score[better] = resampled[better]
         labels[better] = k
@@ -133,8 +133,15 @@ def resample_scores_to_label_map(
     return _argmax_over_streamed_classes(lambda k: scores[k], scores.shape[0], new_shape, separate_axis)
 
 
+def resample_score_channel(
+    channel: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+) -> np.ndarray:
+    """One class's scores (z, y, x) → ``new_shape`` float32 (linear; nearest across a coarse axis)."""
+    return _zoom_volume(channel.astype(np.float32, copy=False), new_shape, 1, separate_axis)
+
+
 def resample_scores(scores: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None) -> np.ndarray:
     """Class scores (K, z, y, x) → (K, *new_shape) float32 (linear; nearest across a coarse axis)."""
     if tuple(scores.shape[1:]) == tuple(new_shape):
         return scores.astype(np.float32, copy=False)
-    return np.stack([_zoom_volume(s.astype(np.float32, copy=False), new_shape, 1, separate_axis) for s in scores])
+    return np.stack([resample_score_channel(s, new_shape, separate_axis) for s in scores])
