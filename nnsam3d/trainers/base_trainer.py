@@ -1,8 +1,9 @@
 """The default trainer: frozen SAM encoder + 3D adapters, 5-fold cross-validation, one fold per run.
 
-The trainer orchestrates; the work lives in its own modules: splits (``splits``), patches
-(``data_loading``), augmentation (``augmentation``), losses (``losses``), optimiser, schedule and
-precision (``optimization``), checkpoints (``checkpointing``), log and curves
+The trainer orchestrates; the work lives in its own modules: inputs (``request``), splits
+(``splits``), patches and their worker streams (``data_loading``, ``batch_streams``),
+augmentation (``augmentation``), losses (``losses``), optimiser, schedule and precision
+(``optimization``), checkpoints and where a run resumes (``checkpointing``), log and curves
 (``training_log``), pseudo-Dice (``pseudo_dice``), final validation (``validation``) and
 data parallelism (``distributed``).
 
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -34,13 +33,12 @@ from tqdm import tqdm
 
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path
-from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint
+from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
 from nnsam3d.schemas.plans import Plans
-from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.augmentation import AugmentationSettings, settings_for
 from nnsam3d.trainers.batch_streams import FoldStreams, default_num_workers, start_fold_streams
@@ -54,7 +52,7 @@ from nnsam3d.trainers.optimization import (
     precision_for,
 )
 from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
-from nnsam3d.trainers.request import TrainingInputError, TrainingRequest, find_dataset_description
+from nnsam3d.trainers.request import TrainingInputError, TrainingInputs, TrainingRequest
 from nnsam3d.trainers.splits import fold_cases, load_or_create_splits
 from nnsam3d.trainers.time_budget import TimeBudget
 from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
@@ -97,37 +95,27 @@ class nnSAM3DTrainer:
         if self.num_epochs < 1 or self.iterations_per_epoch < 1:
             raise TrainingInputError("--epochs and --iterations-per-epoch must be at least 1.")
 
-        self.dataset_name = paths.resolve_dataset_name(request.dataset)
-        self.preprocessed_dir = paths.preprocessed_root() / self.dataset_name
+        inputs = TrainingInputs.locate(request)
+        self.dataset_name, self.preprocessed_dir = inputs.dataset_name, inputs.preprocessed_dir
+        self.plans, self.description = inputs.plans, inputs.description
+        self.store, self.case_ids = inputs.store, inputs.case_ids
         self.output_folder = paths.fold_dir(self.dataset_name, self.name, request.plans_name, request.fold)
-        self.plans = Plans.load(self.preprocessed_dir / f"{request.plans_name}.json")
-        self.description = find_dataset_description(
-            self.dataset_name, self.preprocessed_dir, paths.raw_root() / self.dataset_name
+        self.resume_from = checkpointing.find_resume_point(
+            self.output_folder, validation_only=request.validation_only, continue_training=request.continue_training
         )
-        self.store = PreprocessedCaseStore(self.preprocessed_dir / self.plans.data_identifier)
-        self.case_ids = self.store.case_ids()
-        if not self.case_ids:
-            raise TrainingInputError(
-                f"{self.store.folder}: no preprocessed cases. Run nnsam3d_plan_and_preprocess "
-                f"{self.dataset_name} first (with the same plans name, '{request.plans_name}')."
-            )
-        self.resume_from = self._checkpoint_to_resume()
-        if self.resume_from is not None:
-            # Resuming keeps the run's own schedule unless the command line changes it.
-            state = self.resume_from[1].training_state
+        if self.resume_from is None:
+            self.pretrained_path = self.pretrained_checkpoint()
+            self._from_sam = self.pretrained_path is not None
+        else:
+            # Resuming and --val load every weight from the checkpoint, which remembers whether the
+            # run started from SAM, and keep the run's own schedule unless the command line changes it.
+            state = self.resume_from.state
+            self.pretrained_path = None
+            self._from_sam = bool(state.get("started_from_sam", False))
             if request.num_epochs is None and "num_epochs" in state:
                 self.num_epochs = int(state["num_epochs"])
             if request.iterations_per_epoch is None and "iterations_per_epoch" in state:
                 self.iterations_per_epoch = int(state["iterations_per_epoch"])
-        # SAM weights are needed only when the network starts fresh; resuming and --val load
-        # every weight from the checkpoint (which remembers whether the run started from SAM).
-        starts_fresh = self.resume_from is None and not request.validation_only
-        self.pretrained_path = self.pretrained_checkpoint() if starts_fresh else None
-        self._from_sam = (
-            self.pretrained_path is not None
-            if self.resume_from is None
-            else bool(self.resume_from[1].training_state.get("started_from_sam", False))
-        )
         self.log = TrainingLog(self.output_folder, enabled=self.context.is_main)
         self.iteration_losses: list[float] = []
         self.streams: FoldStreams | None = None
@@ -173,20 +161,7 @@ class nnSAM3DTrainer:
             self.plans.patch_size, self.plans.target_spacing, self.plans.anisotropic_axis, self.elastic_deformation
         )
 
-    # ----------------------------------------------------------------------------- inputs
-    def _checkpoint_to_resume(self) -> tuple[Path, ModelCheckpoint] | None:
-        if self.request.validation_only:
-            path = self.output_folder / checkpointing.FINAL
-            if not path.is_file():
-                raise TrainingInputError(
-                    f"{path}: not found. --val validates a finished training; train this fold first "
-                    f"(or finish it with --c)."
-                )
-            return path, load_checkpoint(path)
-        if self.request.continue_training:
-            return checkpointing.checkpoint_to_resume(self.output_folder)
-        return None
-
+    # ----------------------------------------------------------------------------- derived
     @property
     def pseudo_dice_iterations(self) -> int:
         if self.validation_iterations is not None:
@@ -202,7 +177,7 @@ class nnSAM3DTrainer:
         """Build network, optimiser, loss and data streams; load the checkpoint when resuming."""
         ctx = self.context
         if self.resume_from is not None:
-            self.plans = Plans.from_json(self.resume_from[1].plans, source=str(self.resume_from[0]))
+            self.plans = Plans.from_json(self.resume_from.checkpoint.plans, source=str(self.resume_from.path))
             config = self.plans.network
         else:
             config = self.configure_network(self.plans.network)
@@ -212,7 +187,7 @@ class nnSAM3DTrainer:
         torch.manual_seed(self.request.seed)  # identical initial weights on every rank
         network = build_network(config, self.pretrained_path)
         if self.resume_from is not None:
-            network.load_state_dict(self.resume_from[1].network_weights)
+            network.load_state_dict(self.resume_from.checkpoint.network_weights)
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.network_module)
         self.loss = self.build_loss()
@@ -222,7 +197,7 @@ class nnSAM3DTrainer:
         self.best_ema = -math.inf
         if self.request.validation_only:
             self._split_cases()
-            self._release_resume_checkpoint()
+            self.resume_from.release_tensors()
             return
 
         total_steps = self.num_epochs * self.iterations_per_epoch
@@ -233,23 +208,12 @@ class nnSAM3DTrainer:
         self.optimization = Optimization(
             self.network_module, optimizer, schedule, precision_for(ctx.device), self.gradient_clip_norm
         )
-        self._seed_generators(self.request.seed + 1000 * ctx.rank)
+        checkpointing.seed_generators(self.request.seed + 1000 * ctx.rank)
         if self.resume_from is not None:
-            self._load_training_state(self.resume_from[1])
-        self._release_resume_checkpoint()
+            self._load_training_state(self.resume_from.checkpoint)
+            self.resume_from.release_tensors()
         self._split_cases()
         self._start_streams()
-
-    def _release_resume_checkpoint(self) -> None:
-        """Weights and optimiser state now live in the network and optimiser; free the copies."""
-        if self.resume_from is not None:
-            self.resume_from[1].network_weights = {}
-            self.resume_from[1].training_state = {}
-
-    def _seed_generators(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
 
     def _load_training_state(self, checkpoint: ModelCheckpoint) -> None:
         state = checkpoint.training_state
@@ -404,7 +368,7 @@ class nnSAM3DTrainer:
         counts = count_parameters(self.network_module)
         source = f"SAM weights ({self.pretrained_path})" if self.starts_from_sam else "random weights"
         if self.resume_from is not None:
-            source = f"{self.resume_from[0].name} (epoch {self.epochs_completed})"
+            source = f"{self.resume_from.path.name} (epoch {self.epochs_completed})"
         elif self.request.continue_training:
             self.log.message(f"--c: no checkpoint in {self.output_folder}; starting a new training")
         self.log.message(

@@ -10,6 +10,7 @@ Python's generator states become lists of ints.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,18 @@ import torch
 from torch import nn
 
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint, save_checkpoint
+from nnsam3d.trainers.request import TrainingInputError
 
 LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_best.pth"
 FINAL = "checkpoint_final.pth"
+
+
+def seed_generators(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:
@@ -75,18 +84,43 @@ def write_training_checkpoint(path: str | Path, *, trainer_name: str, fold: str,
     )
 
 
-def checkpoint_to_resume(fold_folder: str | Path) -> tuple[Path, ModelCheckpoint] | None:
-    """The checkpoint ``--c`` continues from: the one with the most epochs among final and latest.
+@dataclass
+class ResumePoint:
+    """The checkpoint a run continues from (``--c``) or validates (``--val``), and its file."""
+
+    path: Path
+    checkpoint: ModelCheckpoint
+
+    @property
+    def state(self) -> dict:
+        """The trainer-owned training state saved with it."""
+        return self.checkpoint.training_state
+
+    def release_tensors(self) -> None:
+        """Free the weights and optimiser state once the network and optimiser hold them."""
+        self.checkpoint.network_weights = {}
+        self.checkpoint.training_state = {}
+
+
+def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continue_training: bool) -> ResumePoint | None:
+    """``--val``: the final checkpoint, which must exist. ``--c``: the checkpoint with the most epochs
+    among final and latest, None when the fold has none yet. Otherwise None (a new run).
 
     ``checkpoint_best.pth`` is not resumed from: it is older than latest and resuming it would
-    repeat epochs. None when the fold has no checkpoint yet.
+    repeat epochs.
     """
-    loaded = []
-    for name in (LATEST, FINAL):
-        path = Path(fold_folder) / name
-        if path.is_file():
-            loaded.append((path, load_checkpoint(path)))
-    if not loaded:
+    fold_folder = Path(fold_folder)
+    if validation_only:
+        path = fold_folder / FINAL
+        if not path.is_file():
+            raise TrainingInputError(
+                f"{path}: not found. --val validates a finished training; train this fold first "
+                f"(or finish it with --c)."
+            )
+        return ResumePoint(path, load_checkpoint(path))
+    if not continue_training:
         return None
-    # On equal epochs the later entry (final) wins: it is what the finished run left.
-    return max(reversed(loaded), key=lambda entry: entry[1].epoch)
+    found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name))
+             for name in (FINAL, LATEST) if (fold_folder / name).is_file()]
+    # max() keeps the first of equals: on equal epochs final wins, it is what the finished run left.
+    return max(found, key=lambda point: point.checkpoint.epoch, default=None)

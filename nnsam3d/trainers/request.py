@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnsam3d import paths
 from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 
 
 class TrainingInputError(ValueError):
@@ -37,7 +39,35 @@ class TrainingRequest:
     time_budget_minutes: float | None = None
 
 
-def find_dataset_description(dataset_name: str, preprocessed_dir: Path, raw_dir: Path) -> DatasetDescription:
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What ``nnsam3d_plan_and_preprocess`` left for a run: plans, dataset.json and the cases."""
+
+    dataset_name: str
+    preprocessed_dir: Path
+    plans: Plans
+    description: DatasetDescription
+    store: PreprocessedCaseStore
+    case_ids: list[str]
+
+    @classmethod
+    def locate(cls, request: TrainingRequest) -> "TrainingInputs":
+        """Read them for ``request``; a missing piece raises an error that names it and the fix."""
+        dataset_name = paths.resolve_dataset_name(request.dataset)
+        preprocessed_dir = paths.preprocessed_root() / dataset_name
+        plans = Plans.load(preprocessed_dir / f"{request.plans_name}.json")
+        description = _find_dataset_description(dataset_name, preprocessed_dir, paths.raw_root() / dataset_name)
+        store = PreprocessedCaseStore(preprocessed_dir / plans.data_identifier)
+        case_ids = store.case_ids()
+        if not case_ids:
+            raise TrainingInputError(
+                f"{store.folder}: no preprocessed cases. Run nnsam3d_plan_and_preprocess "
+                f"{dataset_name} first (with the same plans name, '{request.plans_name}')."
+            )
+        return cls(dataset_name, preprocessed_dir, plans, description, store, case_ids)
+
+
+def _find_dataset_description(dataset_name: str, preprocessed_dir: Path, raw_dir: Path) -> DatasetDescription:
     """dataset.json from the preprocessed folder (preprocessing copies it there), else the raw one."""
     for folder in (preprocessed_dir, raw_dir):
         if (folder / "dataset.json").is_file():
