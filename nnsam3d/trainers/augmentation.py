@@ -30,8 +30,8 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-ANISOTROPY_THRESHOLD = 3.0
-"""A patch is augmented in-plane only when its largest extent (mm) exceeds its thinnest by this factor."""
+# The factor that makes spacing anisotropic also makes a patch "thin": augmented in-plane only.
+from nnsam3d.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
 
 @dataclass(frozen=True)

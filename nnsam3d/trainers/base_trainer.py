@@ -59,6 +59,7 @@ from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
 from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
 
 DEEP_SUPERVISION_OUTPUTS = 3  # full, 1/2, 1/4 resolution (MedSAM3D's decoder heads)
+LOSS_DISPLAY_EVERY = 10  # iterations between progress-bar loss updates, each of which syncs with the GPU
 
 
 class nnSAM3DTrainer:
@@ -260,12 +261,14 @@ class nnSAM3DTrainer:
             batch["target"].to(device, non_blocking=non_blocking),
         )
 
-    def train_step(self, batch: dict) -> float:
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One optimiser step; returns the detached loss, still on the device (reading it would
+        make the host wait for the GPU every step)."""
         data, target = self._to_device(batch)
         with self.optimization.precision.autocast():
             loss = self.loss(self.network(data), target)
         self.optimization.step(loss)
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> tuple[float, torch.Tensor]:
@@ -283,9 +286,11 @@ class nnSAM3DTrainer:
         losses = []
         bar = tqdm(range(self.iterations_per_epoch), desc=f"epoch {epoch + 1}/{self.num_epochs}",
                    disable=not self.context.is_main, leave=False, mininterval=1.0, unit="it")
-        for _ in bar:
+        for iteration in bar:
             losses.append(self.train_step(next(self.train_stream)))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if iteration % LOSS_DISPLAY_EVERY == 0:
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
+        losses = torch.stack(losses).float().tolist()
         self.iteration_losses.extend(losses)
 
         self.network.eval()
@@ -301,7 +306,7 @@ class nnSAM3DTrainer:
             train_loss=self.context.mean(float(np.mean(losses))),
             val_loss=self.context.mean(float(np.mean(val_losses))) if val_losses else math.nan,
             pseudo_dice=dice,
-            pseudo_dice_ema=ema if ema is not None else math.nan,
+            pseudo_dice_ema=ema,
             learning_rate=learning_rate,
             seconds=time.perf_counter() - started,
         )

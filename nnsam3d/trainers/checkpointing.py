@@ -56,20 +56,10 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def bare_module(network: nn.Module) -> nn.Module:
-    """The network inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(network, "module") and isinstance(network.module, nn.Module):
-            network = network.module
-        elif hasattr(network, "_orig_mod"):
-            network = network._orig_mod
-        else:
-            return network
-
-
 def write_training_checkpoint(path: str | Path, *, trainer_name: str, fold: str, epoch: int, plans: dict,
                               dataset_json: dict, network: nn.Module, training_state: dict) -> None:
-    """Write atomically (a crash mid-write leaves the previous file as it was)."""
+    """Write atomically (a crash mid-write leaves the previous file as it was). ``network`` is the
+    bare module, not its DistributedDataParallel wrapper, so that keys carry no ``module.``."""
     save_checkpoint(
         ModelCheckpoint(
             trainer_name=trainer_name,
@@ -77,7 +67,7 @@ def write_training_checkpoint(path: str | Path, *, trainer_name: str, fold: str,
             epoch=epoch,
             plans=plans,
             dataset_json=dataset_json,
-            network_weights=bare_module(network).state_dict(),
+            network_weights=network.state_dict(),
             training_state=training_state,
         ),
         path,

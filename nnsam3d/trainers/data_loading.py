@@ -109,7 +109,8 @@ class PatchDataLoader(SlimDataLoaderBase):
         self._store = PreprocessedCaseStore(self.data_folder)
 
     def sample(self, case_id: str, centre_on_foreground: bool, rng) -> tuple[np.ndarray, np.ndarray, int]:
-        """One patch of a case: (data (C, *patch), seg (1, *patch), centre class)."""
+        """One block of a case: (data (C, *read_size), seg (1, *read_size), centre class); the
+        augmentation crops it to the patch after rotating and scaling."""
         data = self._store.load_data(case_id)
         segmentation = self._store.load_segmentation(case_id)
         centre, centre_class = None, RANDOM_CENTRE

@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch import nn
 
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
-"""Long enough for rank 0's final validation while the other ranks wait at the barrier."""
+"""Long enough for a slow collective (e.g. rank 0 writing a checkpoint while the others wait in the
+next all-reduce)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class DistributedContext:
             dist.barrier()
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum of ``tensor`` over all ranks (a copy; float64 counts stay exact)."""
+        """Sum of ``tensor`` over all ranks (a new tensor when distributed, ``tensor`` itself when
+        alone; float64 counts stay exact)."""
         if not self.is_distributed:
             return tensor
         total = tensor.detach().clone().to(self.device)

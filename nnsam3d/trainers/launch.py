@@ -31,10 +31,6 @@ def train_fold(trainer_name: str, request: TrainingRequest) -> nnSAM3DTrainer:
     return trainer
 
 
-def _train_fold_in_spawned_process(trainer_name: str, request: TrainingRequest) -> None:
-    train_fold(trainer_name, request)
-
-
 def launch_training(trainer_name: str, request: TrainingRequest, num_processes: int = 1) -> None:
     """``num_processes`` > 1 (``--num-gpus``): one process per GPU on this node (or per CPU process
     with ``--device cpu``), unless torchrun already started them.
@@ -44,11 +40,8 @@ def launch_training(trainer_name: str, request: TrainingRequest, num_processes: 
     """
     if num_processes < 1:
         raise ValueError("--num-gpus must be at least 1")
-    if num_processes == 1 or launched_by_torchrun():
-        train_fold(trainer_name, request)
-        return
-    if request.validation_only:
-        # Validation runs on rank 0 only; more processes would just wait.
+    # Validation runs on rank 0 only; more processes would just wait.
+    if num_processes == 1 or launched_by_torchrun() or request.validation_only:
         train_fold(trainer_name, request)
         return
     if request.device != "cpu":
@@ -60,4 +53,4 @@ def launch_training(trainer_name: str, request: TrainingRequest, num_processes: 
                 f"add --device cpu to run {num_processes} CPU processes."
             )
     get_trainer_class(trainer_name)(request)  # fail early, in this process, on user errors
-    spawn_on_this_node(num_processes, _train_fold_in_spawned_process, trainer_name, request)
+    spawn_on_this_node(num_processes, train_fold, trainer_name, request)

@@ -48,7 +48,8 @@ class DiceCrossEntropyLoss(nn.Module):
         labels = target[:, 0].long()
         cross_entropy = F.cross_entropy(logits, labels)
         probabilities = torch.softmax(logits, dim=1)
-        one_hot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+        # scatter_ straight into float: F.one_hot would first build an int64 (B, z, y, x, K) copy.
+        one_hot = torch.zeros_like(probabilities).scatter_(1, labels[:, None], 1.0)
         dice = soft_dice_per_class(probabilities[:, 1:], one_hot[:, 1:], self.smooth)
         return self.ce_weight * cross_entropy + self.dice_weight * (1 - dice.mean())
 

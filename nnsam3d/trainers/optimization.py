@@ -1,8 +1,8 @@
 """Optimiser, learning-rate schedule and mixed precision for one training run.
 
 * AdamW over the trainable parameters only (frozen SAM weights get no optimiser state, which
-  saves two fp32 copies of the encoder). Biases, norms and position embeddings (1-D tensors)
-  get no weight decay, as is usual for ViTs.
+  saves two fp32 copies of the encoder). Biases and norms (1-D tensors) and the position
+  embeddings (matched by name: they are 4-D and 5-D here) get no weight decay, as is usual for ViTs.
 * Linear warm-up, then poly decay (nnU-Net's ``(1 - t)^0.9``) or cosine decay to zero, stepped
   per iteration so that short schedules warm up properly.
 * Precision: bf16 autocast on GPUs that support it (no scaler needed: bf16 has fp32's range),

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -58,15 +57,15 @@ def validate_cases(
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_predictions(output_folder, case_ids, description.file_ending)
-    # The predictor puts the network into eval mode without deep supervision; training resumes
-    # afterwards in some callers, so the flags are restored.
+    # The predictor puts the network into eval mode without deep supervision; the caller's
+    # network is handed back as it came, so that validating mid-training is safe.
     deep_supervision = getattr(network, "deep_supervision", False)
     was_training = network.training
     try:
         predictor = Predictor([network], plans, description, device, step_size=0.5, use_mirroring=True)
         for index, case_id in enumerate(case_ids, start=1):
             started = time.perf_counter()
-            data = np.asarray(store.load_data(case_id, mmap=False))
+            data = store.load_data(case_id, mmap=False)
             probabilities = predictor.predict_preprocessed(data)
             export_prediction(
                 probabilities,

@@ -68,3 +68,9 @@ def test_training_pipeline_outputs_patch_tensors_and_keeps_slices_apart_in_plane
             values = [next(iter(s)) for s in labels if s]
             assert all(len(s) <= 1 for s in labels)
             assert len(values) >= 1
+            present = {z: next(iter(s)) for z, s in enumerate(labels) if s}
+            last = len(labels) - 1
+            assert any(
+                all(value == order(z) % 3 for z, value in present.items())
+                for order in (lambda z: z, lambda z: last - z)
+            ), present

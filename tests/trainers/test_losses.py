@@ -78,8 +78,9 @@ def test_pseudo_dice_from_counts():
     logits = _logits_for(target)
     assert dice_from_counts(confusion_counts(logits, target)) == pytest.approx([1.0, 1.0])
     half = target.clone()
-    half[:, :, :, :, 8:] = 0  # predict only half of class 1 and none of class 2's right part
+    half[:, :, :, :, 8:] = 0  # predict only the left half of class 1; class 2 (x 6:8) stays whole
     dice = dice_from_counts(confusion_counts(_logits_for(half), target))
     assert 0.5 < dice[0] < 1.0
+    assert dice[1] == pytest.approx(1.0)
     empty = torch.zeros_like(target)
     assert all(d != d for d in dice_from_counts(confusion_counts(_logits_for(empty), empty)))  # NaN: never seen
