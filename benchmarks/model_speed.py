@@ -13,22 +13,17 @@ after warm-up steps; one step is forward, a stand-in loss on every output, backw
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 
-from benchmark_support import cpu_model
-
-RESULTS = Path(__file__).with_name("results")
+from benchmark_support import environment, write_result
 
 CPU_CONFIG = NetworkConfig(
     backbone="vit_tiny", patch_size=(64, 64, 64), token_size=(4, 16, 16), num_classes=4,
@@ -37,8 +32,6 @@ CPU_CONFIG = NetworkConfig(
 CPU_BATCH = 2
 CUDA_CONFIG = NetworkConfig(backbone="vit_b", num_classes=14, adapter_blocks=tuple(range(12)))
 CUDA_BATCH = 2
-
-
 
 
 def time_steps(config: NetworkConfig, batch: int, device: str, warmup: int, steps: int) -> dict:
@@ -61,10 +54,11 @@ def time_steps(config: NetworkConfig, batch: int, device: str, warmup: int, step
     for _ in range(warmup):
         step()
     times = [step() for _ in range(steps)]
+    counts = count_parameters(network)
     return {
         "config": config.to_json(),
         "batch_size": batch,
-        "parameters": {"trainable": count_parameters(network).trainable, "total": count_parameters(network).total},
+        "parameters": {"trainable": counts.trainable, "total": counts.total},
         "forward_backward_s": {
             "median": statistics.median(times),
             "min": min(times),
@@ -83,17 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    machine = {**environment(), "platform": platform.platform()}
     result = {"machine": machine, **time_steps(CPU_CONFIG, CPU_BATCH, "cpu", args.warmup, args.steps)}
-    (RESULTS / "model_speed_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("model_speed_cpu.json", result)
     print(f"CPU ({machine['cpu']}, {machine['torch_threads']} threads): vit_tiny {CPU_CONFIG.patch_size} x{CPU_BATCH}: "
           f"{result['forward_backward_s']['median']:.3f} s per forward+backward")
 
@@ -102,7 +88,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         timing = time_steps(CUDA_CONFIG, CUDA_BATCH, "cuda", args.warmup, args.steps)
         result = {"machine": gpu, "precision": "bf16", **timing}
-        (RESULTS / "model_speed_cuda.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_result("model_speed_cuda.json", result)
         print(f"CUDA ({gpu['gpu']}): vit_b {CUDA_CONFIG.patch_size} x{CUDA_BATCH}: "
               f"{result['forward_backward_s']['median']:.3f} s per forward+backward")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.layout import token_grid
 
 NETWORK_CONFIG_SCHEMA_VERSION = 1
 
@@ -19,7 +20,8 @@ TRAINABLE_MODES = ("adapters", "full", "frozen_encoder")
   embedding and depth relative-position tables, the adapters (and norms if ``train_norms``)
   train. The default when SAM weights are loaded.
 * ``full``: everything trains (fine-tuning, and training from scratch).
-* ``frozen_encoder``: like ``adapters`` but the network is built without adapters (ablation).
+* ``frozen_encoder``: like ``adapters`` but without adapters (ablation): ``adapter_blocks`` is
+  emptied whatever it was given.
 The decoder always trains.
 """
 
@@ -42,7 +44,8 @@ class NetworkConfig:
     token_size: voxels per token (z, y, x). In-plane 16 reuses SAM's kernel as is; 8 is finer.
     window_size: tokens per attention window (z, y, x) in SAM's window blocks; global blocks
         attend over all tokens.
-    adapter_blocks: zero-based encoder blocks that carry a 3D adapter.
+    adapter_blocks: zero-based encoder blocks that carry a 3D adapter; always empty with
+        ``trainable="frozen_encoder"``.
     adapter_dim: bottleneck width of the adapters.
     activation_checkpointing: recompute encoder blocks in backward instead of storing them.
     decoder_channels: channels of the decoder stages at full, 1/2, 1/4 and 1/8 resolution...,
@@ -74,22 +77,21 @@ class NetworkConfig:
         object.__setattr__(self, "adapter_blocks", tuple(sorted(int(b) for b in self.adapter_blocks)))
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         spec = get_backbone(self.backbone)
-        for axis, (patch, token) in enumerate(zip(self.patch_size, self.token_size)):
-            if patch % token:
-                raise ValueError(
-                    f"patch_size {self.patch_size} is not a multiple of token_size {self.token_size} "
-                    f"along axis {axis}"
-                )
+        token_grid(self.patch_size, self.token_size, "patch_size", "change patch_size or token_size")
         bad = [b for b in self.adapter_blocks if not 0 <= b < spec.depth]
         if bad:
             raise ValueError(f"adapter_blocks {bad} outside 0..{spec.depth - 1} for {self.backbone}")
         if self.trainable not in TRAINABLE_MODES:
             raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
+        if self.trainable == "frozen_encoder":
+            # The ablation is defined by the absence of adapters; enforcing it here keeps the
+            # network, the memory model and the saved plans from each having to remember it.
+            object.__setattr__(self, "adapter_blocks", ())
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
         """Tokens per axis (z, y, x) for one patch."""
-        return tuple(p // t for p, t in zip(self.patch_size, self.token_size))
+        return token_grid(self.patch_size, self.token_size)
 
     @property
     def num_tokens(self) -> int:

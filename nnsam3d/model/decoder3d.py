@@ -36,10 +36,9 @@ from nnsam3d.model.layout import (
     Shape3,
     convs_per_level,
     decoder_level_shapes,
+    decoder_widths,
     feature_levels,
     integer_upsampling_factor,
-    level_channels,
-    token_grid,
 )
 
 LEAKY_RELU_SLOPE = 1e-2
@@ -88,19 +87,18 @@ def upsampling_convolution(in_channels: int, out_channels: int, factor: Shape3) 
 class Decoder3D(nn.Module):
     """embed_dim: encoder width D; num_features: encoder feature blocks; config: sizes.
 
-    forward(x, features, deep_supervision): x ``(B, C, Z, Y, X)`` the network input, features
-    the encoder tokens (shallow to deep) -> logits ``(B, K, Z, Y, X)``, or with deep supervision
-    a tuple of logits at levels 0, 1, 2.
+    forward(x, features, grid, deep_supervision): x ``(B, C, Z, Y, X)`` the network input,
+    features the encoder tokens (shallow to deep), grid their token grid ``(Z', H, W)`` ->
+    logits ``(B, K, Z, Y, X)``, or with deep supervision a tuple of logits at levels 0, 1, 2.
     """
 
     def __init__(self, embed_dim: int, num_features: int, config: NetworkConfig):
         super().__init__()
-        self.token_size = config.token_size
-        shapes = decoder_level_shapes(config.patch_size, config.token_grid)
-        self.num_levels = len(shapes)
-        channels = [level_channels(config.decoder_channels, level) for level in range(self.num_levels)]
-        neck_width = config.decoder_channels[-1]
         grid = config.token_grid
+        shapes = decoder_level_shapes(config.patch_size, grid)
+        self.num_levels = len(shapes)
+        widths = decoder_widths(config.decoder_channels, config.in_channels, self.num_levels)
+        channels, neck_width = widths.levels, widths.neck
 
         self.feature_levels = feature_levels(num_features, self.num_levels)
         self.necks = nn.ModuleList(TokenNeck(embed_dim, neck_width) for _ in range(num_features))
@@ -108,9 +106,8 @@ class Decoder3D(nn.Module):
             upsampling_convolution(neck_width, channels[level], integer_upsampling_factor(shapes[level], grid))
             for level in self.feature_levels
         )
-        stem_widths = [config.in_channels] + channels[:STEM_LEVELS]
         self.stem = nn.ModuleList(
-            ConvNormAct(stem_widths[level], stem_widths[level + 1], stride=1 if level == 0 else 2)
+            ConvNormAct(widths.stem[level], widths.stem[level + 1], stride=1 if level == 0 else 2)
             for level in range(STEM_LEVELS)
         )
         self.upsamplers = nn.ModuleList(
@@ -128,9 +125,11 @@ class Decoder3D(nn.Module):
         )
         self.apply(_init_he)
 
-    def forward(self, x: Tensor, features: list[Tensor], deep_supervision: bool) -> Tensor | tuple[Tensor, ...]:
+    def forward(
+        self, x: Tensor, features: list[Tensor], grid: Shape3, deep_supervision: bool
+    ) -> Tensor | tuple[Tensor, ...]:
         spatial = tuple(x.shape[2:])
-        shapes = decoder_level_shapes(spatial, token_grid(spatial, self.token_size))
+        shapes = decoder_level_shapes(spatial, grid)
         if len(shapes) != self.num_levels:
             raise ValueError(
                 f"input of {spatial} voxels needs {len(shapes)} decoder levels, but this network was "

@@ -16,7 +16,12 @@ from nnsam3d.model.adapters import Adapter3D
 from nnsam3d.model.attention3d import Attention3D, window_partition_3d, window_unpartition_3d
 from nnsam3d.model.backbones import BackboneSpec
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.model.layout import Shape3, depth_relative_position_length, window_layout
+from nnsam3d.model.layout import (
+    Shape3,
+    depth_relative_position_length,
+    hw_relative_position_length,
+    window_layout,
+)
 from nnsam3d.model.patch_embedding import PatchEmbedding3D
 from nnsam3d.model.weight_adaptation import resize_absolute_position_embedding, resize_table_1d
 
@@ -94,18 +99,16 @@ class Encoder3D(nn.Module):
     (``BackboneSpec.feature_blocks``, shallow to deep).
     """
 
-    def __init__(self, spec: BackboneSpec, config: NetworkConfig, build_adapters: bool):
+    def __init__(self, spec: BackboneSpec, config: NetworkConfig):
         super().__init__()
         dim = spec.embed_dim
         grid = config.token_grid
         sam_grid = spec.sam_grid_size
-        self.token_size = config.token_size
         self.feature_blocks = tuple(spec.feature_blocks)
         self.activation_checkpointing = config.activation_checkpointing
         self.patch_embed = PatchEmbedding3D(config.in_channels, dim, config.token_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, sam_grid, sam_grid, dim))
         self.depth_pos_embed = nn.Parameter(torch.zeros(1, grid[0], 1, 1, dim))
-        adapter_blocks = set(config.adapter_blocks) if build_adapters else set()
         self.blocks = nn.ModuleList()
         for index in range(spec.depth):
             is_global = index in spec.global_attn_indexes
@@ -116,11 +119,11 @@ class Encoder3D(nn.Module):
                     num_heads=spec.num_heads,
                     mlp_ratio=spec.mlp_ratio,
                     window=window,
-                    rel_pos_length_hw=2 * (sam_grid if is_global else spec.sam_window_size) - 1,
+                    rel_pos_length_hw=hw_relative_position_length(sam_grid, spec.sam_window_size, is_global),
                     rel_pos_length_depth=depth_relative_position_length(
                         grid[0], None if is_global else window[0]
                     ),
-                    adapter_dim=config.adapter_dim if index in adapter_blocks else None,
+                    adapter_dim=config.adapter_dim if index in config.adapter_blocks else None,
                 )
             )
 

@@ -23,13 +23,21 @@ from math import ceil, prod
 Shape3 = tuple[int, int, int]
 
 
-def token_grid(spatial_shape: Shape3, token_size: Shape3) -> Shape3:
-    """Tokens per axis for a volume of ``spatial_shape`` voxels; raises unless divisible."""
+def token_grid(
+    spatial_shape: Shape3,
+    token_size: Shape3,
+    what: str = "input size",
+    remedy: str = "pad or crop the volume",
+) -> Shape3:
+    """Tokens per axis for a volume of ``spatial_shape`` voxels; raises unless divisible.
+
+    ``what`` names ``spatial_shape`` in the error and ``remedy`` says how to fix it, so that the
+    same check reads right for a network input and for a configured patch size."""
     for axis, (size, token) in enumerate(zip(spatial_shape, token_size)):
         if size % token:
             raise ValueError(
-                f"input size {tuple(spatial_shape)} is not a multiple of the token size "
-                f"{tuple(token_size)} along axis {axis} (z, y, x); pad or crop the volume"
+                f"{what} {tuple(spatial_shape)} is not a multiple of the token size "
+                f"{tuple(token_size)} along axis {axis} (z, y, x); {remedy}"
             )
     return tuple(size // token for size, token in zip(spatial_shape, token_size))
 
@@ -81,6 +89,13 @@ def depth_relative_position_length(grid_z: int, window_z: int | None) -> int:
     return 2 * extent - 1
 
 
+def hw_relative_position_length(sam_grid: int, sam_window: int, is_global: bool) -> int:
+    """Entries of a block's height/width relative-position table: SAM's own length, ``2 * n - 1``
+    for its in-plane token grid (global blocks) or window (window blocks). Unlike the depth
+    table it does not depend on the configured grid: SAM's table is resized at run time."""
+    return 2 * (sam_grid if is_global else sam_window) - 1
+
+
 def decoder_level_shapes(spatial_shape: Shape3, grid: Shape3) -> list[Shape3]:
     """Voxel shape of every decoder level, from the input resolution to the coarsest.
 
@@ -125,6 +140,27 @@ def level_channels(decoder_channels: tuple[int, ...], level: int) -> int:
 
 STEM_LEVELS = 3
 """The convolutional stem on the input gives skips at levels 0, 1, 2 (full, 1/2, 1/4)."""
+
+
+@dataclass(frozen=True)
+class DecoderWidths:
+    """Channel widths of the decoder.
+
+    levels: width of every decoder level, finest first.
+    stem: widths along the stem, from the input channels to level ``STEM_LEVELS - 1``
+        (stem convolution ``i`` maps ``stem[i]`` to ``stem[i + 1]`` channels).
+    neck: width of the necks on the encoder tokens (the last ``decoder_channels`` entry).
+    """
+
+    levels: tuple[int, ...]
+    stem: tuple[int, ...]
+    neck: int
+
+
+def decoder_widths(decoder_channels: tuple[int, ...], in_channels: int, num_levels: int) -> DecoderWidths:
+    levels = tuple(level_channels(decoder_channels, level) for level in range(num_levels))
+    return DecoderWidths(levels=levels, stem=(in_channels, *levels[:STEM_LEVELS]), neck=decoder_channels[-1])
+
 
 DEEP_SUPERVISION_LEVELS = (0, 1, 2)
 """Levels with a logits head: full resolution, then the 1/2 and 1/4 deep-supervision outputs."""

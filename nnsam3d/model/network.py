@@ -37,7 +37,7 @@ class MedSAM3D(nn.Module):
         spec = get_backbone(config.backbone)
         self.config = config
         self.deep_supervision = config.deep_supervision
-        self.encoder = Encoder3D(spec, config, build_adapters=config.trainable != "frozen_encoder")
+        self.encoder = Encoder3D(spec, config)
         self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
@@ -45,9 +45,9 @@ class MedSAM3D(nn.Module):
             raise ValueError(
                 f"expected input (B, {self.config.in_channels}, z, y, x), got {tuple(x.shape)}"
             )
-        token_grid(tuple(x.shape[2:]), self.config.token_size)  # clear error if not divisible
+        grid = token_grid(tuple(x.shape[2:]), self.config.token_size)
         features = self.encoder(x)
-        return self.decoder(x, features, self.deep_supervision)
+        return self.decoder(x, features, grid, self.deep_supervision)
 
 
 def parameter_is_trainable(name: str, config: NetworkConfig) -> bool:

@@ -252,7 +252,7 @@ def expected_sam_encoder_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
     """
     spec = get_backbone(backbone)
     with torch.device("meta"):
-        encoder = Encoder3D(spec, NetworkConfig(backbone=backbone), build_adapters=False)
+        encoder = Encoder3D(spec, NetworkConfig(backbone=backbone))
     shapes = {name: tuple(t.shape) for name, t in encoder.state_dict().items() if not is_new_3d_parameter(name)}
     shapes["patch_embed.proj.weight"] = (spec.embed_dim, 3, spec.sam_patch_size, spec.sam_patch_size)
     shapes["patch_embed.proj.bias"] = (spec.embed_dim,)

@@ -8,9 +8,9 @@ than the whole buffer count the whole buffer, which is what stays allocated.
 
 Parameters saved for backward (a frozen linear layer saves its weight to pass the gradient to
 its input) are not activations: they are allocated anyway and the memory model counts them
-under ``parameters``. Saved tensors whose storage is a parameter's storage are therefore
-reported separately, not as activations. Casts of parameters (autocast's bf16 weight copies)
-are new storages and do count as activations.
+under ``parameters``. Saved tensors whose storage is a parameter's storage are therefore left
+out. Casts of parameters (autocast's bf16 weight copies) are new storages and do count as
+activations.
 
 Works on the meta device too (storages are told apart by identity, not by address), which
 measures large configurations without computing anything.
@@ -18,50 +18,34 @@ measures large configurations without computing anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 
-@dataclass
-class SavedTensors:
-    """activation_bytes: bytes of distinct non-parameter storages saved for backward.
-    parameter_bytes: bytes of parameter storages saved (already counted as parameters).
-    storages: number of distinct activation storages."""
-
-    activation_bytes: int = 0
-    parameter_bytes: int = 0
-    storages: int = 0
-    _seen: dict = field(default_factory=dict, repr=False)
-
-
 def _storage_identity(tensor: Tensor) -> int:
     return tensor.untyped_storage()._cdata
 
 
-def measure_saved_tensors(module: nn.Module, forward: Callable[[], object]) -> tuple[SavedTensors, object]:
-    """Run ``forward()`` (which calls ``module``) under a pack hook; returns the measurement and
-    whatever ``forward`` returned (keep it alive until you are done: the saved tensors live as
-    long as the graph does)."""
+def measure_saved_tensors(module: nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the distinct non-parameter storages that autograd saves while ``forward()``
+    (which calls ``module``) runs. ``forward``'s result is dropped, and with it the graph."""
     parameter_storages = {_storage_identity(p) for p in module.parameters()}
-    measurement = SavedTensors()
+    seen: set[int] = set()
     kept = []  # keeps every saved storage alive, so an identity is never reused meanwhile
+    activation_bytes = 0
 
     def pack(tensor: Tensor) -> Tensor:
+        nonlocal activation_bytes
         identity = _storage_identity(tensor)
-        if identity not in measurement._seen:
-            nbytes = tensor.untyped_storage().nbytes()
-            measurement._seen[identity] = nbytes
+        if identity not in seen:
+            seen.add(identity)
             kept.append(tensor)
-            if identity in parameter_storages:
-                measurement.parameter_bytes += nbytes
-            else:
-                measurement.activation_bytes += nbytes
-                measurement.storages += 1
+            if identity not in parameter_storages:
+                activation_bytes += tensor.untyped_storage().nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        result = forward()
-    return measurement, result
+        forward()
+    return activation_bytes

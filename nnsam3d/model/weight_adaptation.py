@@ -19,8 +19,9 @@ normalisation is not replicated: the network sees the intensities as normalised 
 preprocessing.
 
 **Positions.** SAM's absolute position embedding (a 64x64 grid of 1024/16) is resized in-plane
-to the token grid with bicubic interpolation, as ViTDet and SAM do for other image sizes
-(identity when the grid is 64x64). A depth position embedding is added, initialised to zero.
+to the token grid with bicubic interpolation, as ViTDet does for other image sizes (SAM itself
+only runs at 1024x1024 and adds its embedding unchanged; the resize is the identity when the
+grid is 64x64). A depth position embedding is added, initialised to zero.
 SAM's relative-position tables for height and width are resized to the length a window needs
 with linear interpolation, as ``segment_anything``'s ``get_rel_pos`` does; the depth table is
 new and starts at zero. With zero depth terms and zero-initialised adapters, a volume of

@@ -12,7 +12,9 @@ from nnsam3d.model.memory_model import activation_breakdown, estimate_training_m
 from nnsam3d.model.network import MedSAM3D, apply_trainable_mode, build_network, count_parameters
 from nnsam3d.model.saved_tensors import measure_saved_tensors
 
-TOLERANCE = 0.15
+TOLERANCE = 0.01
+"""Relative error allowed between the fp32 estimate and the measurement; the estimate currently
+matches to the byte, so this only leaves room for harmless changes in what PyTorch saves."""
 TINY = dict(
     backbone="vit_tiny", patch_size=(16, 64, 64), token_size=(4, 16, 16), window_size=(2, 2, 2),
     num_classes=3, adapter_dim=16,
@@ -44,14 +46,14 @@ def test_activations_match_saved_tensors_on_cpu(name):
     network = build_network(config)
     x = torch.randn(batch, config.in_channels, *config.patch_size)
 
-    measured, _ = measure_saved_tensors(network, lambda: network(x))
-    encoder_measured, _ = measure_saved_tensors(network.encoder, lambda: network.encoder(x))
+    measured = measure_saved_tensors(network, lambda: network(x))
+    encoder_measured = measure_saved_tensors(network.encoder, lambda: network.encoder(x))
     estimate = estimate_training_memory(config, batch, "fp32")
     encoder_estimate = encoder_share(activation_breakdown(config, batch, "fp32"))
 
-    error = estimate.activations / measured.activation_bytes - 1
-    encoder_error = encoder_estimate / encoder_measured.activation_bytes - 1
-    print(f"{name}: measured {measured.activation_bytes / 2**20:.2f} MiB, relative error {error:+.2%} "
+    error = estimate.activations / measured - 1
+    encoder_error = encoder_estimate / encoder_measured - 1
+    print(f"{name}: measured {measured / 2**20:.2f} MiB, relative error {error:+.2%} "
           f"(encoder alone {encoder_error:+.2%})")
     assert abs(error) < TOLERANCE
     assert abs(encoder_error) < TOLERANCE  # the decoder's share must not hide encoder errors
@@ -77,10 +79,10 @@ def test_activations_match_saved_tensors_for_vit_b_on_the_meta_device(extra):
         network = MedSAM3D(config)
         apply_trainable_mode(network)
         x = torch.empty(2, 1, *config.patch_size)
-        measured, _ = measure_saved_tensors(network, lambda: network(x))
+        measured = measure_saved_tensors(network, lambda: network(x))
     estimate = estimate_training_memory(config, 2, "fp32")
-    error = estimate.activations / measured.activation_bytes - 1
-    print(f"vit_b {extra}: measured {measured.activation_bytes / 2**30:.2f} GiB, relative error {error:+.2%}")
+    error = estimate.activations / measured - 1
+    print(f"vit_b {extra}: measured {measured / 2**30:.2f} GiB, relative error {error:+.2%}")
     assert abs(error) < TOLERANCE
     assert estimate.parameters == 4 * count_parameters(network).total
 
@@ -92,9 +94,16 @@ def test_estimate_is_fast_and_consistent():
         estimate = estimate_training_memory(config, 2, "bf16")
     per_call = (time.perf_counter() - start) / 50
     assert per_call < 0.005, per_call
-    breakdown = estimate.breakdown()
-    assert breakdown["total"] == estimate.total == sum(v for k, v in breakdown.items() if k != "total")
     assert estimate.activations == sum(activation_breakdown(config, 2, "bf16").values())
+    # The parameter-driven terms against the real network (meta device: no memory), for a
+    # backbone and precision the CPU comparisons do not cover.
+    with torch.device("meta"):
+        network = MedSAM3D(config)
+    apply_trainable_mode(network)
+    counts = count_parameters(network)
+    assert (estimate.parameters, estimate.gradients, estimate.optimizer_state) == (
+        4 * counts.total, 4 * counts.trainable, 8 * counts.trainable
+    )
 
 
 def test_estimate_grows_with_batch_and_shrinks_with_checkpointing():

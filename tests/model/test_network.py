@@ -122,6 +122,13 @@ def test_input_errors_are_clear():
         network(torch.randn(1, 2, 8, 40, 32))
 
 
+def test_configuration_rules():
+    with pytest.raises(ValueError, match=r"patch_size \(8, 40, 32\) is not a multiple of the token size"):
+        NetworkConfig(patch_size=(8, 40, 32), **TINY)
+    assert NetworkConfig(trainable="frozen_encoder", adapter_blocks=(0, 1), backbone="vit_tiny").adapter_blocks == ()
+    assert NetworkConfig(trainable="adapters", adapter_blocks=(1, 0), backbone="vit_tiny").adapter_blocks == (0, 1)
+
+
 def test_parameter_counts_read_well():
     counts = count_parameters(torch.nn.Linear(1000, 1000))
     assert counts.trainable == counts.total == 1_001_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def no_checkpoint_variable(monkeypatch):
 def test_official_hashes_are_filled_in():
     for name in ("vit_b", "vit_l", "vit_h"):
         digest = backbones.BACKBONES[name].checkpoint_sha256
-        assert digest is not None and len(digest) == 64 and int(digest, 16) >= 0
+        assert digest is not None and re.fullmatch("[0-9a-f]{64}", digest), digest
 
 
 def test_search_order_explicit_then_variable_then_folders(tmp_path, monkeypatch):

@@ -82,6 +82,12 @@ def test_resize_table_1d():
     assert resize_table_1d(table, 5) is table
     ramp = torch.arange(4.0)[:, None].expand(4, 2)
     assert resize_table_1d(ramp, 8).shape == (8, 2)
+    # Linear interpolation with half-pixel centres (get_rel_pos's align_corners=False): output
+    # i samples the ramp at (i + 0.5) * 4 / 8 - 0.5, clamped to the ends of the table.
+    positions = ((torch.arange(8.0) + 0.5) * 4 / 8 - 0.5).clamp(0, 3)
+    torch.testing.assert_close(resize_table_1d(ramp, 8), positions[:, None].expand(8, 2))
+    shrunk = ((torch.arange(3.0) + 0.5) * 4 / 3 - 0.5).clamp(0, 3)
+    torch.testing.assert_close(resize_table_1d(ramp, 3), shrunk[:, None].expand(3, 2))
     torch.testing.assert_close(resize_table_1d(torch.ones(3, 2), 6), torch.ones(6, 2))
 
 
