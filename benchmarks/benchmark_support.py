@@ -1,4 +1,5 @@
-"""Pieces the benchmark scripts share: what machine they ran on, and a typical CT plan.
+"""Pieces the benchmark scripts share: what machine they ran on, a typical CT plan, and model
+folders of random-weight folds.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``.
 """
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import torch
 
+from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.network import build_network
 from nnsam3d.schemas.plans import Plans
 
 
 RESULTS = Path(__file__).with_name("results")
+TRAINER, PLANS = "nnSAM3DTrainer", "nnsam3d_plans"
+"""The trainer and plans names of the benchmarks' model folders (``nnsam3d_predict``'s defaults)."""
 
 
 def environment() -> dict:
@@ -50,6 +55,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def write_random_folds(plans: Plans, description: DatasetDescription, model_dir: Path, num_folds: int) -> None:
+    """fold_K/checkpoint_final.pth with random weights (seed K), laid out as the trainer does;
+    speed and memory do not depend on the weights."""
+    for fold in range(num_folds):
+        torch.manual_seed(fold)
+        network = build_network(plans.network.replace(deep_supervision=False))
+        checkpoint = ModelCheckpoint(TRAINER, str(fold), 0, plans.to_json(), description.to_json(), network.state_dict())
+        save_checkpoint(checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth")
 
 
 def typical_abdominal_ct_plans(slices: int, gpu_memory_gb: float = 24.0) -> tuple[Plans, DatasetDescription]:

@@ -21,7 +21,6 @@ Results go to ``benchmarks/results/predict_memory_cpu.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,12 +31,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from nnsam3d import paths
 from nnsam3d.io.atomic import write_json_atomic
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
 
-RESULTS = Path(__file__).with_name("results")
+from benchmark_support import PLANS, TRAINER, environment, write_random_folds, write_result
+
 DATASET = "Dataset901_MemoryCT"
 SHAPE_IJK = (512, 512, 300)
 SPACING_IJK = (0.78, 0.78, 2.5)
@@ -60,14 +61,10 @@ def write_ct(path: Path, seed: int) -> None:
     nib.save(image, str(path))
 
 
-def prepare(root: Path, num_cases: int) -> Path:
-    """Raw dataset with ``num_cases`` test CTs and a model folder with one random-weight fold."""
-    import torch
-
-    from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
-    from nnsam3d.model.network import build_network
-
-    raw = root / "raw" / DATASET
+def prepare(num_cases: int) -> Path:
+    """Raw dataset with ``num_cases`` test CTs and a model folder with one random-weight fold,
+    in the folders the nnSAM3D variables point at."""
+    raw = paths.raw_root() / DATASET
     labels = {"background": 0, **{f"organ_{k}": k for k in range(1, NUM_CLASSES)}}
     write_json_atomic(raw / "dataset.json", {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 0,
                                              "file_ending": ".nii.gz"})
@@ -87,18 +84,13 @@ def prepare(root: Path, num_cases: int) -> Path:
         batch_size=2,
         memory=MemoryBudget(target_bytes=2**30, estimate_bytes=2**29, precision="fp32"),
     )
-    torch.manual_seed(0)
-    network = build_network(plans.network)
-    model_dir = root / "results" / DATASET / "nnSAM3DTrainer__nnsam3d_plans"
-    save_checkpoint(ModelCheckpoint("nnSAM3DTrainer", "0", 0, plans.to_json(), description.to_json(),
-                                    network.state_dict()), model_dir / "fold_0" / "checkpoint_final.pth")
+    write_random_folds(plans, description, paths.training_output_dir(DATASET, TRAINER, PLANS), num_folds=1)
     return raw / "imagesTs"
 
 
-def peak_rss_of_predict(root: Path, images: Path, output: Path, extra: list[str]) -> tuple[int, float]:
-    """Run ``nnsam3d_predict`` in a child process; (its peak RSS in bytes, wall seconds)."""
-    environment = dict(os.environ, nnSAM3D_raw=str(root / "raw"), nnSAM3D_results=str(root / "results"),
-                       nnSAM3D_preprocessed=str(root / "preprocessed"))
+def peak_rss_of_predict(images: Path, output: Path, extra: list[str]) -> tuple[int, float]:
+    """Run ``nnsam3d_predict`` in a child process (it inherits the nnSAM3D folder variables);
+    (its peak RSS in bytes, wall seconds)."""
     command = [sys.executable, "-m", "nnsam3d.commands.predict", "-i", str(images), "-o", str(output), "-d", DATASET,
                "--device", "cpu", "--disable-tta", "--step-size", "1", "--no-progress", *extra]
     started = time.perf_counter()
@@ -107,7 +99,7 @@ def peak_rss_of_predict(root: Path, images: Path, output: Path, extra: list[str]
         "import resource, subprocess, sys; "
         f"code = subprocess.run({command!r}).returncode; "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")],
-        env=environment, capture_output=True, text=True)
+        capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"nnsam3d_predict failed:\n{completed.stderr[-3000:]}")
@@ -120,21 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-probabilities", action="store_true", help="also measure --save-probabilities")
     parser.add_argument("--note", default="")
     arguments = parser.parse_args(argv)
+
+    from nnsam3d.demo.run_demo import use_work_folders
+
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        images = prepare(root, arguments.num_cases)
+        use_work_folders(root)
+        images = prepare(arguments.num_cases)
         runs = {"default": []}
         if arguments.with_probabilities:
             runs["save_probabilities"] = ["--save-probabilities"]
         measured = {}
         for name, extra in runs.items():
-            peak, seconds = peak_rss_of_predict(root, images, root / f"out_{name}", extra)
+            peak, seconds = peak_rss_of_predict(images, root / f"out_{name}", extra)
             measured[name] = {"peak_rss_gb": round(peak / 1e9, 2), "within_16_gb": peak < LIMIT_BYTES,
                               "seconds": round(seconds, 1), "options": ["--disable-tta", "--step-size", "1", *extra]}
         written = nib.load(str(root / "out_default" / "ct_000.nii.gz"))
         assert written.shape == SHAPE_IJK
     result = {
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **environment(),  # spread, so that "measured_at" stays where earlier results have it
         "note": arguments.note,
         "machine_memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "cases": arguments.num_cases,
@@ -145,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "score_volume_gb_float16": round(NUM_CLASSES * int(np.prod(SHAPE_IJK)) * 2 / 1e9, 2),
         "runs": measured,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "predict_memory_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("predict_memory_cpu.json", result)
     return 0 if all(run["within_16_gb"] for run in measured.values()) else 1
 
 

@@ -40,42 +40,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnsam3d.inference.model_folders import model_folder
+from nnsam3d import paths
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription, find_cases_in_folder
 from nnsam3d.model.network import build_network
-from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
-from benchmark_support import environment, typical_abdominal_ct_plans, write_result
-
-TRAINER, PLANS = "nnSAM3DTrainer", "nnsam3d_plans"
-
-
-
-def write_random_folds(plans: Plans, description: DatasetDescription, model_dir: Path, num_folds: int) -> None:
-    """fold_K/checkpoint_final.pth with random weights, laid out as the trainer does."""
-    for fold in range(num_folds):
-        torch.manual_seed(fold)
-        network = build_network(plans.network.replace(deep_supervision=False))
-        checkpoint = ModelCheckpoint(TRAINER, str(fold), 0, plans.to_json(), description.to_json(), network.state_dict())
-        save_checkpoint(checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth")
+from benchmark_support import PLANS, TRAINER, environment, typical_abdominal_ct_plans, write_random_folds, write_result
 
 
 def demo_model(root: Path, num_cases: int, num_folds: int):
     """Demo dataset with ``num_cases`` test cases, its vit_tiny plan, random folds; (predictor, test folder)."""
+    from nnsam3d.demo.run_demo import use_work_folders
     from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
     from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
-    for variable, name in (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
-                           ("nnSAM3D_results", "results")):
-        os.environ[variable] = str(root / name)
+    folders = use_work_folders(root)
     spec = SyntheticDatasetSpec(num_test=num_cases)
-    raw_dir = generate_synthetic_dataset(root / "raw", spec)
+    raw_dir = generate_synthetic_dataset(folders[paths.RAW_VARIABLE], spec)
     plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
     description = DatasetDescription.from_file(raw_dir / "dataset.json")
-    model_dir = model_folder(spec.folder_name, TRAINER, PLANS)
+    model_dir = paths.training_output_dir(spec.folder_name, TRAINER, PLANS)
     write_random_folds(plans, description, model_dir, num_folds)
     return Predictor.from_model_folder(model_dir, device="cpu"), raw_dir / "imagesTs"
 

@@ -25,7 +25,6 @@ with SAM's encoder frozen and adapters trainable as in the default trainer. Resu
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -85,16 +84,16 @@ def model_step(config: NetworkConfig, batch_size: int, device: torch.device):
 
 def demo_plan(root: Path):
     """Generate, plan (vit_tiny) and preprocess the demo dataset under ``root``; (plans, data folder)."""
+    from nnsam3d import paths
+    from nnsam3d.demo.run_demo import use_work_folders
     from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
     from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
-    for variable, name in (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
-                           ("nnSAM3D_results", "results")):
-        os.environ[variable] = str(root / name)
+    folders = use_work_folders(root)
     spec = SyntheticDatasetSpec()
-    generate_synthetic_dataset(root / "raw", spec)
+    generate_synthetic_dataset(folders[paths.RAW_VARIABLE], spec)
     plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
-    return plans, root / "preprocessed" / spec.folder_name / plans.data_identifier
+    return plans, folders[paths.PREPROCESSED_VARIABLE] / spec.folder_name / plans.data_identifier
 
 
 def cpu_benchmark(seconds: float) -> dict:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnsam3d import paths
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.model.sam_checkpoints import SAM_CHECKPOINT_VARIABLE
 
 # CI has two cores; more threads only add contention.
 torch.set_num_threads(2)
@@ -35,25 +37,39 @@ class Folders:
     sam_checkpoints: Path
 
 
+FOLDER_VARIABLES = (
+    (paths.RAW_VARIABLE, "raw"),
+    (paths.PREPROCESSED_VARIABLE, "preprocessed"),
+    (paths.RESULTS_VARIABLE, "results"),
+    (paths.SAM_CHECKPOINT_DIR_VARIABLE, "sam_checkpoints"),
+)
+
+
+def point_folders_at(root: Path, patch: pytest.MonkeyPatch) -> Folders:
+    """Point the nnSAM3D folder variables (and the SAM cache) at ``root/raw``, ``root/preprocessed``,
+    ... (created), until ``patch`` is undone."""
+    for variable, name in FOLDER_VARIABLES:
+        (root / name).mkdir(exist_ok=True)
+        patch.setenv(variable, str(root / name))
+    # Either would reach past ``root``: nnUNet_raw stands in for an unset raw folder, and the
+    # SAM checkpoint variable names a file anywhere.
+    patch.delenv(paths.RAW_FALLBACK_VARIABLE, raising=False)
+    patch.delenv(SAM_CHECKPOINT_VARIABLE, raising=False)
+    return Folders(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results",
+                   sam_checkpoints=root / "sam_checkpoints")
+
+
+@pytest.fixture(scope="session")
+def point_folders():
+    """:func:`point_folders_at`, for the fixtures of any scope (test modules and conftests cannot
+    import this conftest under --import-mode=importlib)."""
+    return point_folders_at
+
+
 @pytest.fixture
 def nnsam3d_folders(tmp_path, monkeypatch) -> Folders:
     """Point nnSAM3D_raw / _preprocessed / _results (and the SAM cache) at fresh temporary folders."""
-    folders = Folders(
-        raw=tmp_path / "raw",
-        preprocessed=tmp_path / "preprocessed",
-        results=tmp_path / "results",
-        sam_checkpoints=tmp_path / "sam_checkpoints",
-    )
-    for variable, folder in (
-        ("nnSAM3D_raw", folders.raw),
-        ("nnSAM3D_preprocessed", folders.preprocessed),
-        ("nnSAM3D_results", folders.results),
-        ("nnSAM3D_sam_checkpoints", folders.sam_checkpoints),
-    ):
-        folder.mkdir()
-        monkeypatch.setenv(variable, str(folder))
-    monkeypatch.delenv("nnUNet_raw", raising=False)
-    return folders
+    return point_folders_at(tmp_path, monkeypatch)
 
 
 @pytest.fixture

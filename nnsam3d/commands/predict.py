@@ -8,10 +8,10 @@ import sys
 import torch
 
 from nnsam3d.inference.case_inputs import CaseInputError
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder, model_folder
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
-from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name
+from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=arguments.batch_size,
             progress=not arguments.no_progress,
         )
-        model_dirs = [model_folder(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
+        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
         if len(model_dirs) == 1:
             predictor = Predictor.from_model_folder(model_dirs[0], **options)
         else:
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             part_id=arguments.part_id,
             save_overlays=arguments.save_overlays,
         )
-    except USER_ERRORS as error:
-        print(f"nnsam3d_predict: error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # bad option values (device, step size, malformed files)
+    except (*USER_ERRORS, ValueError) as error:  # ValueError: bad option values (device, step size), malformed files
         print(f"nnsam3d_predict: error: {error}", file=sys.stderr)
         return 1
     except torch.cuda.OutOfMemoryError as error:

@@ -67,8 +67,9 @@ def _stage(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def _use_work_folders(workdir: Path) -> dict[str, Path]:
-    """Point the nnSAM3D folders at the work directory, for this process and its workers."""
+def use_work_folders(workdir: Path) -> dict[str, Path]:
+    """Point the nnSAM3D folders at ``workdir/raw``, ``preprocessed`` and ``results`` (created),
+    for this process and its workers; returns variable → folder."""
     folders = {
         paths.RAW_VARIABLE: workdir / "raw",
         paths.PREPROCESSED_VARIABLE: workdir / "preprocessed",
@@ -83,7 +84,7 @@ def _use_work_folders(workdir: Path) -> dict[str, Path]:
 def run_demo(options: DemoOptions) -> DemoResult:
     started = time.monotonic()
     workdir = Path(options.workdir).resolve()
-    folders = _use_work_folders(workdir)
+    folders = use_work_folders(workdir)
     spec = SyntheticDatasetSpec()
     dataset_dir = folders[paths.RAW_VARIABLE] / spec.folder_name
 

@@ -122,9 +122,10 @@ def surface_distances(
     reference, prediction = np.asarray(reference, bool), np.asarray(prediction, bool)
     if not reference.any() or not prediction.any():
         raise ValueError("surface distances need two non-empty masks")
-    # Surfaces on the full grid first (the image border counts as outside), then cropped.
+    # Both masks are empty outside the box, and surface() counts what lies beyond its input as
+    # outside, so surfaces of the cropped masks equal the full grid's surfaces cropped.
     box = _joint_box(reference, prediction)
-    surface_r, surface_p = surface(reference)[box], surface(prediction)[box]
+    surface_r, surface_p = surface(reference[box]), surface(prediction[box])
     spacing = tuple(float(s) for s in spacing)
     distance_to_r = ndimage.distance_transform_edt(~surface_r, sampling=spacing)
     distance_to_p = ndimage.distance_transform_edt(~surface_p, sampling=spacing)

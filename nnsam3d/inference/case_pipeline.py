@@ -15,9 +15,8 @@ preempted one of them would stall every parallel operation of the network until 
 scheduled again. With the lower priority, loading and saving use the cycles the network
 leaves (while it waits for the GPU, for the GIL, for memory).
 
-Memory: at most ``prefetch`` loaded cases wait for the network, and at most
-``max_pending_saves`` score volumes wait for (or are in) the writer, besides the one the
-network is filling.
+Memory: one loaded case waits for the network, and one score volume waits for (or is in)
+the writer, besides the one the network is filling.
 
 A case whose stage raises is reported with its message and skipped; the others go on.
 """
@@ -70,7 +69,9 @@ class PipelineReport:
 
     completed: identifiers written, in order. failures: cases that raised, with their message.
     skipped: identifiers not predicted because their output existed (``--continue``).
-    wall_seconds: the pipeline's wall-clock time. network_seconds: time spent in the predict stage.
+    wall_seconds: the pipeline's wall-clock time.
+    network_seconds: time inside the networks, filled in by whoever runs them
+        (``Predictor.predict_folder``); the pipeline cannot tell it from the rest of its predict stage.
     """
 
     completed: list[str] = field(default_factory=list)
@@ -116,21 +117,17 @@ class CaseStages(Generic[Case, Loaded, Result]):
 def run_case_pipeline(
     cases: Sequence[Case],
     stages: CaseStages[Case, Loaded, Result],
-    prefetch: int = 1,
-    num_loaders: int = 1,
-    max_pending_saves: int = 1,
     progress: bool = False,
     report: PipelineReport | None = None,
 ) -> PipelineReport:
     """Run every case through load → predict → save with loading and saving in the background.
 
-    prefetch: cases loaded ahead of the network (>= 1). num_loaders: loader threads.
-    max_pending_saves: score volumes allowed to wait for the writer before the network waits.
+    The next case is loaded while the network works on the current one; the network waits for
+    the writer when a score volume is still being saved (see the module's memory note).
     report: an existing report to add to (its skipped/failures from case selection are kept).
     """
     report = report or PipelineReport()
     started = time.perf_counter()
-    prefetch = max(1, int(prefetch))
     loads: deque[tuple[Case, Future]] = deque()
     saves: deque[tuple[str, Future]] = deque()
     upcoming = iter(cases)
@@ -149,13 +146,11 @@ def run_case_pipeline(
             report.add_failure(case_id, error)
         bar.update(1)
 
-    loader_pool = ThreadPoolExecutor(max_workers=max(1, num_loaders), thread_name_prefix="nnsam3d-load",
-                                     initializer=lower_thread_priority)
+    loader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnsam3d-load", initializer=lower_thread_priority)
     saver_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnsam3d-save", initializer=lower_thread_priority)
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress)
     try:
-        for _ in range(prefetch):
-            submit_next_load(loader_pool)
+        submit_next_load(loader_pool)
         while loads:
             case, future = loads.popleft()
             submit_next_load(loader_pool)
@@ -163,9 +158,7 @@ def run_case_pipeline(
             bar.set_postfix_str(case_id)
             try:
                 loaded = future.result()
-                network_started = time.perf_counter()
                 result = stages.predict(loaded)
-                report.network_seconds += time.perf_counter() - network_started
             except Exception as error:
                 report.add_failure(case_id, error)
                 bar.update(1)
@@ -174,7 +167,7 @@ def run_case_pipeline(
                 # The future holds the loaded case too; drop both so that the input image is
                 # freed before waiting for the writer.
                 loaded = future = None
-            while len(saves) >= max(1, max_pending_saves):
+            while saves:
                 finish_oldest_save()
             saves.append((case_id, saver_pool.submit(stages.save, case, result)))
             result = None  # the writer holds the only reference now

@@ -24,34 +24,30 @@ window centre is near, because there the centre's weight dominates."""
 
 
 @lru_cache(maxsize=8)
-def _cached_importance_map(patch_size: tuple[int, int, int], sigma_scale: float, min_weight: float) -> np.ndarray:
+def _cached_importance_map(patch_size: tuple[int, int, int]) -> np.ndarray:
     profiles = []
     for size in patch_size:
         # Centre between the two middle voxels for even sizes, so that the map is symmetric and
         # a mirrored window gets the same weights as the original.
         centre = (size - 1) / 2.0
-        sigma = max(size * sigma_scale, 1e-6)
+        sigma = max(size * SIGMA_SCALE, 1e-6)
         positions = np.arange(size, dtype=np.float64)
         profiles.append(np.exp(-0.5 * ((positions - centre) / sigma) ** 2))
     weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
     weights /= weights.max()
-    weights = np.maximum(weights, min_weight).astype(np.float32)
+    weights = np.maximum(weights, MIN_WEIGHT).astype(np.float32)
     weights.flags.writeable = False  # shared by every caller through the cache
     return weights
 
 
-def gaussian_importance_map(
-    patch_size: Sequence[int], sigma_scale: float = SIGMA_SCALE, min_weight: float = MIN_WEIGHT
-) -> np.ndarray:
+def gaussian_importance_map(patch_size: Sequence[int]) -> np.ndarray:
     """Weights (z, y, x) float32 for a window of ``patch_size`` voxels.
 
-    The Gaussian is separable, has its maximum 1 at the window centre, is symmetric under
-    mirroring along every axis, and is floored at ``min_weight`` (> 0) so that every voxel of a
-    window has a positive weight. The returned array is read-only (it is cached).
+    The Gaussian (``SIGMA_SCALE``) is separable, has its maximum 1 at the window centre, is
+    symmetric under mirroring along every axis, and is floored at ``MIN_WEIGHT`` so that every
+    voxel of a window has a positive weight. The returned array is read-only (it is cached).
     """
     patch_size = tuple(int(v) for v in patch_size)
     if len(patch_size) != 3 or min(patch_size) < 1:
         raise ValueError(f"patch_size must be three positive sizes (z, y, x), got {patch_size}")
-    if not 0.0 < min_weight <= 1.0:
-        raise ValueError(f"min_weight must be in (0, 1], got {min_weight}")
-    return _cached_importance_map(patch_size, float(sigma_scale), float(min_weight))
+    return _cached_importance_map(patch_size)

@@ -83,11 +83,6 @@ def fold_checkpoints(
     return checkpoints
 
 
-def model_folder(dataset: str | int, trainer: str, plans_name: str) -> Path:
-    """``$nnSAM3D_results/DatasetXXX_Name/TRAINER__PLANS``."""
-    return paths.training_output_dir(dataset, trainer, plans_name)
-
-
 def ensemble_name(trainers: Sequence[str], plans_name: str) -> str:
     """Order-independent name of an ensemble of trainers: ``ensemble__A__B__PLANS``."""
     return "__".join(["ensemble", *sorted(set(trainers)), plans_name])

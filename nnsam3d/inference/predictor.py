@@ -110,8 +110,6 @@ class Predictor:
         ``postprocessing.json`` when present).
     accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
     progress: progress bars over cases and windows.
-    num_loaders: background threads reading and preprocessing upcoming cases (also the
-        number of cases read ahead).
     """
 
     def __init__(
@@ -127,7 +125,6 @@ class Predictor:
         postprocessing: PostprocessingRules | None = None,
         accumulator_dtype: torch.dtype = torch.float16,
         progress: bool = False,
-        num_loaders: int = 1,
     ):
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -142,7 +139,6 @@ class Predictor:
         self.postprocessing = postprocessing
         self.accumulator_dtype = accumulator_dtype
         self.progress = progress
-        self.num_loaders = max(1, int(num_loaders))
         self.checkpoint_files: list[Path] = []  # filled by from_model_folders, for reporting
         self.networks = []
         for network in networks:
@@ -253,6 +249,8 @@ class Predictor:
                 compute_device=self.device,
                 progress=self.progress,
             )
+        # Once per case, so that a GPU's timing events neither pile up nor stall every window.
+        self.window_ensemble.settle_timings()
         return scores.cpu().numpy()
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
@@ -382,10 +380,7 @@ class Predictor:
                 output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
             ),
         )
-        report = run_case_pipeline(
-            selection.cases, stages, prefetch=self.num_loaders, num_loaders=self.num_loaders,
-            progress=self.progress, report=report,
-        )
+        report = run_case_pipeline(selection.cases, stages, progress=self.progress, report=report)
         # Time in the networks themselves, not in the sliding window's bookkeeping.
         report.network_seconds = self.window_ensemble.network_seconds - network_seconds_before
         return report

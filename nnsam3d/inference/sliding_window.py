@@ -87,7 +87,8 @@ def sliding_window_predict(
 
     data: (C, z, y, x) normalised image (any device; windows are copied to ``compute_device``).
     predict_windows: (B, C, *patch_size) → (B, K, *patch_size) class probabilities (or any
-        score to be averaged) on the compute device.
+        score to be averaged) on the compute device, in a new tensor of its own: a float32
+        result is weighted in place.
     num_classes: K.
     batch_size: windows per network call. The result does not depend on it.
     accumulator_dtype, accumulator_device: where the (K, z, y, x) sums live. float16 halves the
@@ -122,7 +123,9 @@ def sliding_window_predict(
                 f"the network returned {tuple(predictions.shape)} for windows {tuple(inputs.shape)}; "
                 f"expected ({len(batch)}, {num_classes}, {', '.join(map(str, patch_size))})"
             )
-        weighted = (predictions.float() * weights).to(accumulator_device, accumulator_dtype)
+        # In place: the predictions are ours (see predict_windows), and a product would allocate
+        # another (B, K, patch) float32 tensor per batch.
+        weighted = predictions.float().mul_(weights).to(accumulator_device, accumulator_dtype)
         for index, window in enumerate(batch):
             scores[(slice(None), *window)] += weighted[index]
             weight_sum[window] += accumulated_weights

@@ -33,7 +33,9 @@ class WindowEnsemble:
     mirror_axes: axes of the batch to mirror (2, 3, 4 = z, y, x); empty for no mirroring.
     autocast_dtype: run the networks under autocast in this dtype (bfloat16/float16 on a GPU);
         None for full precision. The average stays float32.
-    ``network_seconds`` adds up the time spent in the networks (synchronised on CUDA).
+    ``network_seconds`` adds up the time spent in the networks. On a GPU every call records a
+    pair of CUDA events instead of waiting for the kernels; the pairs are read (one synchronize)
+    by :meth:`settle_timings`, which ``network_seconds`` calls.
     """
 
     def __init__(
@@ -47,14 +49,36 @@ class WindowEnsemble:
         self.networks = list(networks)
         self.mirrorings = mirror_combinations(mirror_axes)
         self.autocast_dtype = autocast_dtype
-        self.network_seconds = 0.0
+        self._settled_seconds = 0.0
+        self._pending_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     @property
     def passes_per_window(self) -> int:
         return len(self.networks) * len(self.mirrorings)
 
+    @property
+    def network_seconds(self) -> float:
+        self.settle_timings()
+        return self._settled_seconds
+
+    def settle_timings(self) -> None:
+        """Add the recorded CUDA event pairs to ``network_seconds``; waits for the last one."""
+        if not self._pending_events:
+            return
+        self._pending_events[-1][1].synchronize()
+        self._settled_seconds += sum(start.elapsed_time(end) for start, end in self._pending_events) / 1000.0
+        self._pending_events.clear()
+
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        started = time.perf_counter()
+        on_gpu = windows.device.type == "cuda"
+        if on_gpu:
+            # Timed on the GPU's own clock: a host clock would need a synchronize per call to see
+            # the kernels end, and that would stall the queue of the next windows.
+            stream = torch.cuda.current_stream(windows.device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+        else:
+            started = time.perf_counter()
         context = (
             torch.autocast(windows.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
@@ -73,7 +97,9 @@ class WindowEnsemble:
                         probabilities = torch.flip(probabilities, axes)
                     total = probabilities if total is None else total.add_(probabilities)
         total.div_(self.passes_per_window)
-        if windows.device.type == "cuda":
-            torch.cuda.synchronize(windows.device)
-        self.network_seconds += time.perf_counter() - started
+        if on_gpu:
+            end.record(stream)
+            self._pending_events.append((start, end))
+        else:
+            self._settled_seconds += time.perf_counter() - started
         return total

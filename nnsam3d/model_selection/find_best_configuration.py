@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnsam3d import paths
-from nnsam3d.evaluation.evaluate_folder import evaluate_folders, foreground_labels, read_label_pair
+from nnsam3d.evaluation.evaluate_folder import evaluate_folders, foreground_labels, prediction_files, read_label_pair
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.export import load_probabilities_file
-from nnsam3d.inference.model_folders import ensemble_folder, model_folder
+from nnsam3d.inference.model_folders import available_folds, ensemble_folder
 from nnsam3d.inference.postprocessing import (
     POSTPROCESSING_FILENAME,
     PostprocessingRules,
@@ -76,15 +76,17 @@ def _folds_text(folds: Sequence[str]) -> str:
 
 def validation_folds(model_dir: Path) -> list[str]:
     """Folds of a model folder that have validation predictions, sorted numerically."""
-    if not model_dir.is_dir():
-        return []
-    folds = [
-        entry.name[len("fold_"):]
-        for entry in model_dir.iterdir()
-        if entry.is_dir() and entry.name.startswith("fold_") and entry.name[len("fold_"):].isdigit()
-        and (entry / VALIDATION_FOLDER).is_dir()
+    # fold_all trains on every case: its validation cases overlap those of the other folds.
+    return [
+        fold for fold in available_folds(model_dir)
+        if fold != "all" and (model_dir / f"fold_{fold}" / VALIDATION_FOLDER).is_dir()
     ]
-    return sorted(folds, key=int)
+
+
+def _validation_files(model_dir: Path, fold: str, file_ending: str) -> list[Path]:
+    """A fold's validation label maps; none when the fold has no validation folder."""
+    folder = model_dir / f"fold_{fold}" / VALIDATION_FOLDER
+    return prediction_files(folder, file_ending) if folder.is_dir() else []
 
 
 def gather_cross_validation(
@@ -101,7 +103,7 @@ def gather_cross_validation(
     seen: dict[str, str] = {}
     for fold in folds:
         folder = model_dir / f"fold_{fold}" / VALIDATION_FOLDER
-        files = sorted(p for p in folder.glob(f"*{file_ending}") if not p.name.startswith(".")) if folder.is_dir() else []
+        files = _validation_files(model_dir, fold, file_ending)
         if not files:
             raise ConfigurationError(
                 f"{folder}: no validation predictions. Train fold {fold} (nnsam3d_train DATASET {fold} -tr "
@@ -131,12 +133,11 @@ def gather_cross_validation(
 
 def has_probabilities(model_dir: Path, folds: Sequence[str], file_ending: str) -> bool:
     """Whether every validation prediction of the folds has its ``.npz``."""
-    for fold in folds:
-        folder = model_dir / f"fold_{fold}" / VALIDATION_FOLDER
-        for file in folder.glob(f"*{file_ending}"):
-            if not (folder / f"{file.name[: -len(file_ending)]}.npz").is_file():
-                return False
-    return True
+    return all(
+        file.with_name(f"{file.name[: -len(file_ending)]}.npz").is_file()
+        for fold in folds
+        for file in _validation_files(model_dir, fold, file_ending)
+    )
 
 
 def ensemble_predictions(member_folders: Sequence[Path], case_ids: Sequence[str], file_ending: str, target: Path) -> None:
@@ -162,10 +163,15 @@ def ensemble_predictions(member_folders: Sequence[Path], case_ids: Sequence[str]
 
 
 def decide_postprocessing(
-    reference_dir: Path, prediction_dir: Path, case_ids: Sequence[str], labels: dict[str, int], file_ending: str
+    reference_dir: Path, candidate: Candidate, case_ids: Sequence[str], labels: dict[str, int], file_ending: str
 ) -> PostprocessingRules:
     """Per foreground class: keep only the largest connected component when that raises the
-    class's mean Dice over the cases (undefined Dice, both masks empty, left out)."""
+    class's mean Dice over the cases (undefined Dice, both masks empty, left out).
+
+    The Dice without postprocessing comes from the candidate's evaluation (``summary``).
+    """
+    prediction_dir = candidate.predictions
+    evaluated = {case["case_id"]: case["metrics"] for case in candidate.summary["per_case"]}
     before: dict[str, list[float]] = {name: [] for name in foreground_labels(labels)}
     after: dict[str, list[float]] = {name: [] for name in foreground_labels(labels)}
     for case_id in case_ids:
@@ -173,9 +179,9 @@ def decide_postprocessing(
             reference_dir / f"{case_id}{file_ending}", prediction_dir / f"{case_id}{file_ending}"
         )
         for name, value in foreground_labels(labels).items():
-            truth, predicted = reference == value, prediction == value
-            before[name].append(dice(truth, predicted))
-            after[name].append(dice(truth, largest_component(predicted)))
+            recorded = evaluated[case_id][name]["Dice"]
+            before[name].append(float("nan") if recorded is None else recorded)
+            after[name].append(dice(reference == value, largest_component(prediction == value)))
     keep, evidence = [], {}
     for name, value in foreground_labels(labels).items():
         mean_before = float(np.nanmean(before[name])) if not np.all(np.isnan(before[name])) else None
@@ -220,7 +226,7 @@ def find_best_configuration(
     reference_dir = raw_dir / "labelsTr"
     ending = description.file_ending
     trainers = list(dict.fromkeys(trainers))
-    model_dirs = {trainer: model_folder(dataset_name, trainer, plans_name) for trainer in trainers}
+    model_dirs = {trainer: paths.training_output_dir(dataset_name, trainer, plans_name) for trainer in trainers}
     if folds is None:
         folds = validation_folds(model_dirs[trainers[0]])
         if not folds:
@@ -233,9 +239,12 @@ def find_best_configuration(
 
     candidates: list[Candidate] = []
     case_ids: list[str] = []
+    with_npz: list[str] = []
     for trainer, model_dir in model_dirs.items():
         target = model_dir / collected
-        ensemble_member = allow_ensembles and len(trainers) > 1 and has_probabilities(model_dir, folds, ending)
+        if allow_ensembles and has_probabilities(model_dir, folds, ending):
+            with_npz.append(trainer)
+        ensemble_member = len(trainers) > 1 and trainer in with_npz
         trainer_cases = gather_cross_validation(model_dir, folds, ending, target, with_probabilities=ensemble_member)
         if case_ids and trainer_cases != case_ids:
             raise ConfigurationError(
@@ -249,7 +258,6 @@ def find_best_configuration(
         message(f"{trainer}: mean foreground Dice {candidates[-1].foreground_dice:.4f} on folds {', '.join(folds)}")
 
     if allow_ensembles:
-        with_npz = [t for t in trainers if has_probabilities(model_dirs[t], folds, ending)]
         for missing in sorted(set(trainers) - set(with_npz)):
             if len(trainers) > 1:
                 message(f"{missing}: left out of ensembles (no validation .npz; train with --npz or rerun --val --npz)")
@@ -264,7 +272,7 @@ def find_best_configuration(
                 message(f"{folder.name}: mean foreground Dice {candidates[-1].foreground_dice:.4f}")
 
     best = max(candidates, key=lambda c: c.foreground_dice)  # max keeps the first of equals
-    rules = decide_postprocessing(reference_dir, best.predictions, case_ids, description.labels, ending)
+    rules = decide_postprocessing(reference_dir, best, case_ids, description.labels, ending)
     rules.save(best.folder / POSTPROCESSING_FILENAME)
     names = {v: k for k, v in description.labels.items()}
     command = predict_command(dataset_name, best.trainers, plans_name, folds)

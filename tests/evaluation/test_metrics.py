@@ -118,3 +118,23 @@ def test_empty_mask_conventions(reference_empty, prediction_empty, expected):
     np.testing.assert_equal(got, expected)  # NaN == NaN here
     assert set(metrics.to_json()) == {"Dice", "IoU", "NSD", "HD95_mm", "reference_voxels", "prediction_voxels"}
     assert metrics.to_json()["HD95_mm"] is None  # JSON has no NaN: undefined is null
+
+
+def test_surface_distances_in_the_joint_box_equal_brute_force_on_the_full_grid():
+    # Masks touching the image border and not: surfaces are computed on the cropped box, where
+    # a border of the box must count as outside exactly when the full image says so.
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    spacing = (2.5, 0.8, 1.1)
+    for trial in range(20):
+        shape = (9, 11, 10)
+        reference, prediction = (cube(shape, tuple(rng.integers(0, 5, 3)), tuple(rng.integers(2, 6, 3)))
+                                 & (rng.random(shape) < 0.8) for _ in range(2))
+        if not reference.any() or not prediction.any():
+            continue
+        r_to_p, p_to_r = surface_distances(reference, prediction, spacing)
+        points_r, points_p = np.argwhere(surface(reference)) * spacing, np.argwhere(surface(prediction)) * spacing
+        between = cdist(points_r, points_p)
+        np.testing.assert_allclose(r_to_p, between.min(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(p_to_r, between.min(axis=0), rtol=1e-12, atol=1e-12)

@@ -24,9 +24,6 @@ TINY_NETWORK = {"patch_size": (8, 32, 32), "token_size": (2, 8, 8), "window_size
                 "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}
 """A vit_tiny network small enough that a window takes milliseconds on the CPU."""
 
-FOLDER_VARIABLES = (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"), ("nnSAM3D_results", "results"))
-
-
 def hand_made_plans(
     target_spacing=(3.0, 1.0, 1.0), num_channels: int = 1, num_classes: int = 4, dataset_name: str = "Dataset990_SyntheticCT"
 ) -> Plans:
@@ -71,15 +68,12 @@ class RandomModel:
 
 
 @pytest.fixture(scope="module")
-def mri_model(tmp_path_factory) -> RandomModel:
+def mri_model(tmp_path_factory, point_folders) -> RandomModel:
     """Two-channel MRI-like phantoms (so that a case can miss a channel), 4 test cases, with the
     nnsam3d folder variables pointing into the fixture's root while the module runs."""
     root = tmp_path_factory.mktemp("mri_model")
     with pytest.MonkeyPatch.context() as patch:
-        for variable, name in FOLDER_VARIABLES:
-            (root / name).mkdir()
-            patch.setenv(variable, str(root / name))
-        patch.delenv("nnUNet_raw", raising=False)
+        point_folders(root, patch)
         spec = SyntheticDatasetSpec(dataset_id=991, name="SyntheticMRI", modality="MRI", num_channels=2,
                                     num_training=1, num_test=4, shape=(12, 36, 36))
         raw_dir = generate_synthetic_dataset(root / "raw", spec)

@@ -24,21 +24,16 @@ from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthe
 from nnsam3d.io.nifti import read_segmentation, write_segmentation
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess, plans_path
 
-FOLDER_VARIABLES = (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"), ("nnSAM3D_results", "results"),
-                    ("nnSAM3D_sam_checkpoints", "sam_checkpoints"))
 SHRINK = {"patch_size": (16, 32, 32), "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}
 """Shrinks the planner's vit_tiny network so that the two folds train and validate in seconds."""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, point_folders):
     """(root, dataset name, raw dataset folder) after planning, preprocessing and training folds 0 and 1."""
     root = tmp_path_factory.mktemp("end_to_end")
     with pytest.MonkeyPatch.context() as patch:
-        for variable, name in FOLDER_VARIABLES:
-            (root / name).mkdir()
-            patch.setenv(variable, str(root / name))
-        patch.delenv("nnUNet_raw", raising=False)
+        point_folders(root, patch)
         # Test cases 6 and 7 come out oblique and LPS; training cases cycle through the rest.
         spec = SyntheticDatasetSpec(num_training=6, num_test=2, shape=(16, 48, 48),
                                     orientations=("RAS", "LPS", "ASL", "PIR", "LAS", "RAS", "oblique", "LPS"))

@@ -144,3 +144,14 @@ def test_python_api_accepts_voxel_sizes_instead_of_an_affine(make_plans, make_ra
     labels = predictor.predict_volume(volume, (1.0, 1.0, 3.0))
     assert labels.shape == volume.shape and labels.dtype == np.int16
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_the_network_time_of_a_folder_is_the_networks_share_of_the_wall_time(mri_model, tmp_path):
+    predictor = Predictor.from_model_folder(mri_model.model_dir, device="cpu", use_mirroring=False, step_size=1.0)
+    inputs = tmp_path / "in"
+    copy_cases(mri_model, inputs, count=2)
+    before = predictor.window_ensemble.network_seconds
+    report = predictor.predict_folder(inputs, tmp_path / "out")
+    assert report.ok and len(report.completed) == 2
+    assert 0.0 < report.network_seconds < report.wall_seconds
+    assert report.network_seconds == pytest.approx(predictor.window_ensemble.network_seconds - before)

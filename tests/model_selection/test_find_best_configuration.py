@@ -10,6 +10,7 @@ what both predict, i.e. B's organ: A must win, with postprocessing for the organ
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,21 @@ def test_command_and_missing_fold(cross_validation, capsys):
     assert "fold_2/validation: no validation predictions" in capsys.readouterr().err
     with pytest.raises(ConfigurationError, match="no fold_K/validation"):
         find_best_configuration(DATASET, ["Missing"], "nnsam3d_plans")
+
+
+def test_leftover_temporary_files_and_fold_all_are_ignored(cross_validation):
+    # A crashed atomic write leaves ".tmp-<id>-CASE<ending>" without its .npz; it must neither be
+    # evaluated nor cost the trainer its place in the ensembles.
+    for trainer in ("TrainerA", "TrainerB"):
+        validation = cross_validation / f"{trainer}__nnsam3d_plans" / "fold_0" / "validation"
+        (validation / ".tmp-0123456789ab-case_0.nii.gz").write_bytes(b"half a file")
+    # fold_all trains on every case, so its validation would overlap the other folds'.
+    fold_all = cross_validation / "TrainerA__nnsam3d_plans" / "fold_all" / "validation"
+    write_segmentation(trainer_a(reference_labels(0)), GEOMETRY, fold_all / "case_0.nii.gz")
+
+    result = find_best_configuration(DATASET, ["TrainerA", "TrainerB"], "nnsam3d_plans", message=lambda _: None)
+    assert result["folds"] == ["0", "1"]
+    assert [c["name"] for c in result["candidates"]][-1] == "ensemble__TrainerA__TrainerB__nnsam3d_plans"
+    for candidate in result["candidates"]:
+        summary = json.loads(Path(candidate["summary"]).read_text())
+        assert [case["case_id"] for case in summary["per_case"]] == CASES

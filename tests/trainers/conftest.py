@@ -15,27 +15,16 @@ DATASET = "Dataset990_SyntheticCT"
 TINY_NETWORK = {"patch_size": (16, 32, 32), "adapter_dim": 32, "decoder_channels": (8, 16, 32, 64)}
 """Shrinks the planner's vit_tiny network so that a training step takes tens of milliseconds."""
 
-FOLDER_VARIABLES = (("nnSAM3D_raw", "raw"), ("nnSAM3D_preprocessed", "preprocessed"),
-                    ("nnSAM3D_results", "results"), ("nnSAM3D_sam_checkpoints", "sam_checkpoints"))
-
-
-def point_folders_at(root: Path, patch: pytest.MonkeyPatch) -> None:
-    for variable, name in FOLDER_VARIABLES:
-        (root / name).mkdir(exist_ok=True)
-        patch.setenv(variable, str(root / name))
-    patch.delenv("nnUNet_raw", raising=False)
-    patch.delenv("nnSAM3D_sam_checkpoint", raising=False)
-
 
 @pytest.fixture(scope="session")
-def _dataset_template(tmp_path_factory) -> Path:
+def _dataset_template(tmp_path_factory, point_folders) -> Path:
     """Raw and preprocessed tiny phantom dataset, planned and preprocessed once per session with
     the real pipeline (vit_tiny); the network then shrunk to ``TINY_NETWORK``."""
     from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("dataset_template")
     with pytest.MonkeyPatch.context() as patch:
-        point_folders_at(root, patch)
+        point_folders(root, patch)
         spec = SyntheticDatasetSpec(num_training=6, num_test=0, shape=(16, 48, 48))
         generate_synthetic_dataset(root / "raw", spec)
         plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
@@ -58,14 +47,14 @@ def tiny_dataset(nnsam3d_folders, _dataset_template) -> str:
 
 
 @pytest.fixture(scope="module")
-def module_dataset(tmp_path_factory, _dataset_template):
+def module_dataset(tmp_path_factory, _dataset_template, point_folders):
     """Like ``tiny_dataset`` but shared by a test module: (dataset name, root folder).
 
     The nnsam3d folder variables point into the root for as long as the module runs.
     """
     root = tmp_path_factory.mktemp("module_folders")
     with pytest.MonkeyPatch.context() as patch:
-        point_folders_at(root, patch)
+        point_folders(root, patch)
         yield install_tiny_dataset(_dataset_template, root), root
 
 
