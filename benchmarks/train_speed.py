@@ -63,23 +63,23 @@ def _rate(function, seconds: float, minimum: int = 5) -> dict:
 
 
 def model_step(config: NetworkConfig, batch_size: int, device: torch.device):
-    """A closure doing one training iteration of ``config`` on a fixed random batch, as the trainer does."""
+    """Closures doing one training iteration of ``config`` as the trainer does: ``step_on(data,
+    target)`` on a given batch, ``step()`` on a fixed random batch; with the network and optimisation."""
     network = build_network(config).to(device).train()
     optimizer = build_optimizer(network, 1e-4, 1e-2)
-    optimization = Optimization(network, optimizer, WarmupDecaySchedule(optimizer, 1e-4, 10**6, 0.0),
-                                precision_for(device))
+    optimization = Optimization(optimizer, WarmupDecaySchedule(optimizer, 1e-4, 10**6, 0.0), precision_for(device))
     loss_function = DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
     data = torch.randn(batch_size, config.in_channels, *config.patch_size, device=device)
     target = torch.randint(0, config.num_classes, (batch_size, 1, *config.patch_size), device=device, dtype=torch.int16)
 
-    def step() -> None:
+    def step_on(batch_data: torch.Tensor, batch_target: torch.Tensor) -> None:
         with optimization.precision.autocast():
-            loss = loss_function(network(data), target)
+            loss = loss_function(network(batch_data.to(device)), batch_target.to(device))
         optimization.step(loss)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return step, network, optimization, loss_function
+    return (lambda: step_on(data, target)), step_on, network, optimization
 
 
 def demo_plan(root: Path):
@@ -111,7 +111,7 @@ def cpu_benchmark(seconds: float) -> dict:
         np.random.seed(0)
         plain = loader(None)
         augmented = start_batch_stream(loader(read_size_for(settings)), training_transforms(settings), 0, seed=0)
-        step, network, optimization, loss_function = model_step(config, plans.batch_size, device)
+        step, step_on, network, _ = model_step(config, plans.batch_size, device)
         for _ in range(WARMUP_STEPS):
             step()
         model = _rate(step, seconds)
@@ -121,9 +121,7 @@ def cpu_benchmark(seconds: float) -> dict:
         def training_rate(stream) -> float:
             def iteration() -> None:
                 batch = next(stream)
-                with optimization.precision.autocast():
-                    loss = loss_function(network(batch["data"]), batch["target"])
-                optimization.step(loss)
+                step_on(batch["data"], batch["target"])
 
             return _rate(iteration, seconds)["per_second"]
 
@@ -154,7 +152,7 @@ def cuda_benchmark(seconds: float) -> dict:
     config = plans.network.replace(trainable="adapters", deep_supervision=True)
     device = torch.device("cuda")
     torch.cuda.empty_cache()
-    step, network, optimization, _ = model_step(config, plans.batch_size, device)
+    step, _, network, optimization = model_step(config, plans.batch_size, device)
     for _ in range(WARMUP_STEPS):
         step()
     torch.cuda.reset_peak_memory_stats()

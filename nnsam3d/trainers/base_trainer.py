@@ -206,9 +206,7 @@ class nnSAM3DTrainer:
         schedule = WarmupDecaySchedule(
             optimizer, self.peak_learning_rate(), total_steps, self.warmup_fraction, self.lr_schedule
         )
-        self.optimization = Optimization(
-            self.network_module, optimizer, schedule, precision_for(ctx.device), self.gradient_clip_norm
-        )
+        self.optimization = Optimization(optimizer, schedule, precision_for(ctx.device), self.gradient_clip_norm)
         checkpointing.seed_generators(self.request.seed + 1000 * ctx.rank)
         if self.resume_from is not None:
             self._load_training_state(self.resume_from.checkpoint)

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nnsam3d.inference import predictor
+
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 """Long enough for a slow collective (e.g. rank 0 writing a checkpoint while the others wait in the
 next all-reduce)."""
@@ -92,14 +94,10 @@ class DistributedContext:
 
 
 def resolve_device(request: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    if request not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got '{request}'")
-    if request == "cpu" or (request == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was given but torch sees no CUDA GPU; use --device cpu or auto.")
-    return torch.device("cuda", local_rank)
+    """The predictor's rule (``auto``: CUDA when available; ``cuda`` without a GPU is a
+    ValueError), on this rank's GPU."""
+    device = predictor.resolve_device(request)
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 def launched_by_torchrun() -> bool:

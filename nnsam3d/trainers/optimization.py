@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nnsam3d.inference.predictor import autocast_dtype_for
+
 DEFAULT_GRADIENT_CLIP_NORM = 12.0
 SCHEDULE_KINDS = ("poly", "cosine")
 
@@ -127,20 +129,18 @@ class Precision:
 
 
 def precision_for(device: torch.device) -> Precision:
-    """bf16 on GPUs that support it, else fp16 with a scaler; fp32 on the CPU."""
-    if device.type != "cuda":
-        return Precision(device.type, None, None)
-    if torch.cuda.is_bf16_supported():
-        return Precision("cuda", torch.bfloat16, None)
-    return Precision("cuda", torch.float16, torch.amp.GradScaler("cuda"))
+    """The predictor's autocast rule (bf16 on GPUs that support it, else fp16; fp32 on the CPU),
+    with a gradient scaler for fp16, whose range is too small for raw gradients."""
+    dtype = autocast_dtype_for(device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return Precision(device.type, dtype, scaler)
 
 
 class Optimization:
     """Optimiser + schedule + precision: one call per iteration does backward and update."""
 
-    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupDecaySchedule,
-                 precision: Precision, clip_norm: float | None = DEFAULT_GRADIENT_CLIP_NORM):
-        self.network = network
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: WarmupDecaySchedule, precision: Precision,
+                 clip_norm: float | None = DEFAULT_GRADIENT_CLIP_NORM):
         self.optimizer = optimizer
         self.schedule = schedule
         self.precision = precision

@@ -54,7 +54,7 @@ def test_one_step_changes_trainable_weights_only_and_advances_the_schedule():
     frozen = network[0].weight.clone()
     trained = network[2].weight.clone()
     optimizer = build_optimizer(network, 1e-2, 0.01)
-    optimization = Optimization(network, optimizer, WarmupDecaySchedule(optimizer, 1e-2, 10, 0.0),
+    optimization = Optimization(optimizer, WarmupDecaySchedule(optimizer, 1e-2, 10, 0.0),
                                 precision_for(torch.device("cpu")))
     loss = network(torch.randn(2, 1, 5, 5, 5)).square().mean()
     optimization.step(loss)
@@ -67,7 +67,7 @@ def test_one_step_changes_trainable_weights_only_and_advances_the_schedule():
 def test_gradients_are_clipped_to_the_configured_norm():
     network = nn.Linear(4, 1, bias=False)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-    optimization = Optimization(network, optimizer, WarmupDecaySchedule(optimizer, 0.0, 10, 0.0),
+    optimization = Optimization(optimizer, WarmupDecaySchedule(optimizer, 0.0, 10, 0.0),
                                 precision_for(torch.device("cpu")), clip_norm=1.0)
     optimization.step(1e6 * network(torch.ones(1, 4)).sum())
     assert network.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-4)

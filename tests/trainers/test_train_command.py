@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from nnsam3d.commands.train import build_parser, main
 from nnsam3d.schemas.plans import Plans
@@ -46,6 +47,13 @@ def test_unknown_trainer_and_missing_plans_are_user_errors(tiny_dataset, nnsam3d
     assert "other_plans.json: plans not found" in capsys.readouterr().err
     assert main([tiny_dataset, "0", "--val"]) != 0
     assert "checkpoint_final.pth: not found" in capsys.readouterr().err
+    assert _nothing_written(nnsam3d_folders, tiny_dataset)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_requested_without_a_gpu_is_a_user_error(tiny_dataset, nnsam3d_folders, capsys):
+    assert main([tiny_dataset, "0", "--device", "cuda"]) != 0
+    assert "--device cuda was requested but PyTorch sees no CUDA GPU" in capsys.readouterr().err
     assert _nothing_written(nnsam3d_folders, tiny_dataset)
 
 
