@@ -34,22 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-import numpy as np  # noqa: E402
-
 from benchmark_support import cpu_model  # noqa: E402
-from nnsam3d.demo.synthetic_dataset import (  # noqa: E402
-    SyntheticDatasetSpec,
-    generate_synthetic_dataset,
-    phantom_case,
-    write_case,
-)
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset  # noqa: E402
 
 GOAL_RATIO = 0.5
 DATASET_IDS = {"uniform_spacing": 980, "mixed_spacing": 981}
@@ -60,41 +53,16 @@ MIXED_SPACINGS = ((2.5, 0.8, 0.8), (3.0, 0.7, 0.7), (2.0, 0.9, 0.9), (2.5, 0.75,
 """Spacings (mm, z, y, x) cycled over the cases of the mixed-spacing dataset."""
 
 
-def generate_dataset(raw_root: Path, spec: SyntheticDatasetSpec, spacings: tuple | None) -> None:
-    """The demo's phantom dataset; with ``spacings``, case i gets ``spacings[i % len(spacings)]``."""
-    if spacings is None:
-        generate_synthetic_dataset(raw_root, spec)
-        return
-    rng = np.random.default_rng(spec.seed)
-    dataset = raw_root / spec.folder_name
-    for folder in ("imagesTr", "labelsTr"):
-        (dataset / folder).mkdir(parents=True)
-    for index in range(spec.num_training):
-        case_spec = replace(spec, spacing=spacings[index % len(spacings)])
-        image, label, spacing = phantom_case(rng, case_spec)
-        write_case(
-            dataset / "imagesTr", dataset / "labelsTr", f"{spec.name.lower()}_{index:03d}", np.rint(image), label,
-            spacing, spec.orientations[index % len(spec.orientations)],
-        )
-    (dataset / "dataset.json").write_text(json.dumps({
-        "name": spec.name,
-        "channel_names": spec.channel_names(),
-        "labels": {"background": 0, **spec.labels},
-        "numTraining": spec.num_training,
-        "file_ending": ".nii.gz",
-    }, indent=2))
-
-
-def generate_once(raw_root: Path, spec: SyntheticDatasetSpec, spacings: tuple | None) -> Path:
+def generate_once(raw_root: Path, spec: SyntheticDatasetSpec) -> Path:
     """Generate the dataset unless the same one was generated there before."""
     dataset = raw_root / spec.folder_name
     marker = dataset / ".benchmark_spec.json"
-    wanted = json.dumps({"spec": asdict(spec), "spacings": spacings}, sort_keys=True)
+    wanted = json.dumps({"spec": asdict(spec)}, sort_keys=True)
     if marker.is_file() and marker.read_text() == wanted:
         return dataset
     shutil.rmtree(dataset, ignore_errors=True)
     started = time.perf_counter()
-    generate_dataset(raw_root, spec, spacings)
+    generate_synthetic_dataset(raw_root, spec)
     marker.write_text(wanted)
     print(f"generated {spec.folder_name} in {time.perf_counter() - started:.0f} s", flush=True)
     return dataset
@@ -138,7 +106,7 @@ def nnunet_version(nnunet_bin: Path) -> str:
 
 
 def run_scenario(
-    spec: SyntheticDatasetSpec, spacings, raw: Path, work: Path, base: dict, np_text: str, nnunet_bin: Path | None
+    spec: SyntheticDatasetSpec, raw: Path, work: Path, base: dict, np_text: str, nnunet_bin: Path | None
 ) -> dict:
     """Time nnsam3d and (if available) nnU-Net on one dataset."""
     dataset_id = str(spec.dataset_id)
@@ -153,7 +121,7 @@ def run_scenario(
     ours = timed(command, environment, work / f"nnsam3d_{spec.dataset_id}.log")
     result = {
         "dataset": {
-            "spacings_zyx_mm": [list(s) for s in spacings] if spacings else [list(spec.spacing)],
+            "spacings_zyx_mm": [list(s) for s in spec.case_spacings or (spec.spacing,)],
             "shape_jitter": spec.shape_jitter,
             "orientations": list(spec.orientations),
             "modality": spec.modality,
@@ -221,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             num_test=0,
             shape=tuple(args.shape),
             spacing=tuple(args.spacing),
+            case_spacings=spacings,
         )
-        generate_once(raw, spec, spacings)
+        generate_once(raw, spec)
         print(f"== {scenario}", flush=True)
-        scenarios[scenario] = run_scenario(spec, spacings, raw, work, base, np_text, nnunet_bin)
+        scenarios[scenario] = run_scenario(spec, raw, work, base, np_text, nnunet_bin)
 
     result = {
         "benchmark": "plan_and_preprocess wall time, nnsam3d vs nnU-Net v2",

@@ -14,7 +14,7 @@ orientation is.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -44,6 +44,8 @@ class SyntheticDatasetSpec:
 
     shape: canonical voxel shape (z, y, x) of each case before jitter.
     spacing: mm along (z, y, x); z coarse by default (anisotropic CT).
+    case_spacings: when given, case i has spacing ``case_spacings[i % len(case_spacings)]``
+        instead of ``spacing``, as in real cohorts (so preprocessing must resample).
     modality: "CT" (one channel, Hounsfield units) or "MRI" (``num_channels`` channels).
     orientations: file orientations cycled over cases.
     shape_jitter: each axis of each case varies by up to this fraction.
@@ -62,10 +64,17 @@ class SyntheticDatasetSpec:
     noise_std: float = 20.0
     seed: int = 0
     labels: dict[str, int] = field(default_factory=lambda: dict(CT_ORGANS))
+    case_spacings: tuple[tuple[float, float, float], ...] | None = None
 
     @property
     def folder_name(self) -> str:
         return dataset_folder_name(self.dataset_id, self.name)
+
+    def spacing_of_case(self, index: int) -> tuple[float, float, float]:
+        """Spacing (mm, z, y, x) of case ``index``."""
+        if self.case_spacings:
+            return tuple(self.case_spacings[index % len(self.case_spacings)])
+        return tuple(self.spacing)
 
     def channel_names(self) -> dict[str, str]:
         if self.modality == "CT":
@@ -203,7 +212,7 @@ def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatas
     prefix = spec.name.lower()
     total = spec.num_training + spec.num_test
     for index in range(total):
-        image, label, spacing = phantom_case(rng, spec)
+        image, label, spacing = phantom_case(rng, replace(spec, spacing=spec.spacing_of_case(index)))
         if spec.modality == "CT":
             image = np.rint(image)
         training = index < spec.num_training

@@ -8,12 +8,11 @@ single case; for a one-channel dataset any single image file is accepted as a ca
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from nnsam3d.io.raw_dataset import RawCase, find_cases_in_folder
+from nnsam3d.io.raw_dataset import RawCase, channel_pattern, find_cases_in_folder
 
 
 class CaseInputError(ValueError):
@@ -35,14 +34,10 @@ class CaseSelection:
     skipped: list[str] = field(default_factory=list)
 
 
-def _channel_pattern(file_ending: str) -> re.Pattern:
-    return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + r"$")
-
-
 def find_input_cases(input_path: str | os.PathLike, file_ending: str, num_channels: int) -> CaseSelection:
     """Cases in a folder, or the single case a file belongs to."""
     input_path = Path(input_path)
-    pattern = _channel_pattern(file_ending)
+    pattern = channel_pattern(file_ending)
     if input_path.is_dir():
         cases, problems = find_cases_in_folder(input_path, file_ending, num_channels)
         for entry in sorted(input_path.iterdir()):

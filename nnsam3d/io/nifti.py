@@ -52,22 +52,13 @@ class ImageGeometry:
         return np.asarray(self.affine, dtype=np.float64)
 
     @property
-    def file_spacing(self) -> tuple[float, float, float]:
-        """Voxel size (mm) along the file's axes (i, j, k)."""
-        return tuple(float(v) for v in np.sqrt((self.affine_array[:3, :3] ** 2).sum(axis=0)))
-
-    @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the canonical axes (z, y, x)."""
         return canonical_spacing(self.affine_array)
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
-        ornt = orientations.io_orientation(self.affine_array)
-        shape_ras = [0, 0, 0]
-        for file_axis, (ras_axis, _flip) in enumerate(ornt):
-            shape_ras[int(ras_axis)] = self.shape[file_axis]
-        return tuple(shape_ras[a] for a in _RAS_TO_ZYX)
+        return tuple(int(n) for n in _in_canonical_order(self.shape, self.affine_array))
 
     @property
     def canonical_affine(self) -> np.ndarray:
@@ -121,15 +112,19 @@ def _to_ras_transform(affine: np.ndarray) -> np.ndarray:
     return orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
 
 
+def _in_canonical_order(per_file_axis: Sequence, affine: np.ndarray) -> tuple:
+    """Values given per file axis (i, j, k), reordered to the canonical axes (z, y, x)."""
+    per_ras_axis = [None, None, None]
+    for file_axis, (ras_axis, _flip) in enumerate(orientations.io_orientation(affine)):
+        per_ras_axis[int(ras_axis)] = per_file_axis[file_axis]
+    return tuple(per_ras_axis[a] for a in _RAS_TO_ZYX)
+
+
 def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along canonical (z, y, x) for a file with this affine."""
     affine = np.asarray(affine, dtype=np.float64)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    ornt = orientations.io_orientation(affine)
-    spacing_ras = [0.0, 0.0, 0.0]
-    for file_axis, (ras_axis, _flip) in enumerate(ornt):
-        spacing_ras[int(ras_axis)] = float(zooms[file_axis])
-    return tuple(spacing_ras[a] for a in _RAS_TO_ZYX)
+    return tuple(float(v) for v in _in_canonical_order(zooms, affine))
 
 
 def to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -171,12 +166,16 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     return image
 
 
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
-    """One NIfTI file → (canonical float32 array (z, y, x), geometry of the file)."""
+def read_volume_in_file_order(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
+    """One NIfTI file → (float32 array in the file's voxel order (i, j, k), geometry of the file)."""
     image = load_nifti(path)
     data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"))
-    data = data.reshape(image.shape[:3])
-    geometry = ImageGeometry.from_image(image)
+    return data.reshape(image.shape[:3]), ImageGeometry.from_image(image)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
+    """One NIfTI file → (canonical float32 array (z, y, x), geometry of the file)."""
+    data, geometry = read_volume_in_file_order(path)
     return to_canonical(data, geometry.affine_array), geometry
 
 

@@ -81,9 +81,31 @@ class DatasetDescription:
 
     @classmethod
     def from_json(cls, content: dict, source: str = "dataset.json") -> "DatasetDescription":
+        """Parse ``dataset.json`` content; anything malformed raises DatasetFormatError naming ``source``."""
+        if not isinstance(content, dict):
+            raise DatasetFormatError(f"{source}: must hold a JSON object with the keys {', '.join(REQUIRED_KEYS)}.")
         missing = [key for key in REQUIRED_KEYS if key not in content]
         if missing:
-            raise DatasetFormatError(f"{source}: missing required key(s) {', '.join(missing)}.")
+            raise DatasetFormatError(
+                f"{source}: missing required key(s) {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)}; "
+                f"present: {', '.join(content) or 'none'})."
+            )
+        for key, example in (("channel_names", '{"0": "CT"}'), ("labels", '{"background": 0, "liver": 1}')):
+            if not isinstance(content[key], dict):
+                raise DatasetFormatError(
+                    f"{source}: {key} must be a JSON object such as {example}, "
+                    f"found {type(content[key]).__name__} {content[key]!r}."
+                )
+        try:
+            return cls._from_checked_json(content, source)
+        except DatasetFormatError:
+            raise
+        except (TypeError, ValueError) as error:
+            # e.g. a label value or numTraining that is not a number: int() raises without the file's name
+            raise DatasetFormatError(f"{source}: malformed content ({type(error).__name__}: {error}).") from error
+
+    @classmethod
+    def _from_checked_json(cls, content: dict, source: str) -> "DatasetDescription":
         channel_names = {str(k): str(v) for k, v in content["channel_names"].items()}
         expected_channels = [str(i) for i in range(len(channel_names))]
         if sorted(channel_names, key=int) != expected_channels:
@@ -133,8 +155,23 @@ class RawCase:
     label_file: Path | None = None
 
 
-def _channel_pattern(file_ending: str) -> re.Pattern:
+def channel_pattern(file_ending: str) -> re.Pattern:
+    """Matches a channel file name ``CASE_XXXX<file_ending>``; groups ``case`` and ``channel``."""
     return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + r"$")
+
+
+def label_path(dataset_dir: str | os.PathLike, case_id: str, file_ending: str) -> Path:
+    """Where a training case's label file belongs: ``labelsTr/CASE<file_ending>``."""
+    return Path(dataset_dir) / "labelsTr" / f"{case_id}{file_ending}"
+
+
+def with_labels(dataset_dir: str | os.PathLike, cases: list[RawCase], file_ending: str) -> list[RawCase]:
+    """``cases`` with their label file from ``labelsTr`` attached (label_file None where absent)."""
+    result = []
+    for case in cases:
+        label = label_path(dataset_dir, case.case_id, file_ending)
+        result.append(RawCase(case.case_id, case.image_files, label if label.is_file() else None))
+    return result
 
 
 def find_cases_in_folder(
@@ -146,7 +183,7 @@ def find_cases_in_folder(
     case identifier naming the missing channel files.
     """
     folder = Path(folder)
-    pattern = _channel_pattern(file_ending)
+    pattern = channel_pattern(file_ending)
     channels_by_case: dict[str, dict[int, Path]] = {}
     for entry in sorted(folder.iterdir()):
         match = pattern.match(entry.name)
@@ -179,11 +216,7 @@ def training_cases(dataset_dir: str | os.PathLike, description: DatasetDescripti
     cases, _problems = find_cases_in_folder(
         dataset_dir / "imagesTr", description.file_ending, description.num_channels
     )
-    result = []
-    for case in cases:
-        label = dataset_dir / "labelsTr" / f"{case.case_id}{description.file_ending}"
-        result.append(RawCase(case.case_id, case.image_files, label if label.is_file() else None))
-    return result
+    return with_labels(dataset_dir, cases, description.file_ending)
 
 
 def labelled_training_cases(dataset_dir: str | os.PathLike, description: DatasetDescription) -> list[RawCase]:
@@ -202,11 +235,11 @@ def labelled_training_cases(dataset_dir: str | os.PathLike, description: Dataset
     cases, problems = find_cases_in_folder(images_dir, description.file_ending, description.num_channels)
     messages = list(problems.values())
     result = []
-    for case in cases:
-        label = dataset_dir / "labelsTr" / f"{case.case_id}{description.file_ending}"
-        if label.is_file():
-            result.append(RawCase(case.case_id, case.image_files, label))
+    for case in with_labels(dataset_dir, cases, description.file_ending):
+        if case.label_file is not None:
+            result.append(case)
         else:
+            label = label_path(dataset_dir, case.case_id, description.file_ending)
             messages.append(f"{label}: label file missing for training case '{case.case_id}'.")
     if not result and not messages:
         messages.append(

@@ -29,7 +29,6 @@ from nnsam3d.planners.network_search import (
     SAFETY_MARGIN,
     MemoryEstimator,
     SearchResult,
-    max_batch_size,
     order_by_size,
     search_network,
 )
@@ -39,8 +38,7 @@ from nnsam3d.planners.normalization_rules import (
     median_relative_size_after_cropping,
 )
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, ChannelNormalization, MemoryBudget, Plans
-from nnsam3d.planners.spacing import coarse_axis_needing_finer_target, median_shape_at_spacing, target_spacing
-from nnsam3d.preprocessing.resampling import anisotropic_axis
+from nnsam3d.planners.spacing import median_shape_at_spacing, target_spacing_and_coarse_axis
 
 CPU_BACKBONE = "vit_tiny"
 DEFAULT_SAM_BACKBONE = "vit_b"
@@ -129,8 +127,9 @@ def plan_experiment(
 ) -> Plans:
     """Plans for a dataset, for ``--gpu-memory-gb`` (GiB) or the visible GPU or CPU training.
 
-    ``backbone`` forces one backbone; ``sam_checkpoint_dirs`` are searched (with the default
-    locations) for SAM checkpoints, which decide the candidate backbones.
+    ``backbone`` forces one backbone; SAM checkpoints found in ``sam_checkpoint_dirs`` (or named
+    by ``nnSAM3D_sam_checkpoint``) decide the candidate backbones. Only the folders given are
+    searched: ``plan_and_preprocess`` passes ``paths.sam_checkpoint_dir()``.
     """
     target = memory_target(gpu_memory_gb)
     candidates = backbone_candidates(backbone, backbones_with_checkpoint(sam_checkpoint_dirs), target.on_gpu)
@@ -147,13 +146,18 @@ def plan_for_target(
     estimate: MemoryEstimator = estimate_training_memory,
 ) -> Plans:
     """:func:`plan_experiment` with the memory target and backbone candidates decided: pure."""
-    spacing = target_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping)
+    spacing, coarse_axis = target_spacing_and_coarse_axis(fingerprint.spacings, fingerprint.shapes_after_cropping)
     median_shape = median_shape_at_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping, spacing)
     relative_size = median_relative_size_after_cropping(
         fingerprint.shapes_before_cropping, fingerprint.shapes_after_cropping
     )
     # dataset.json may ask for the mask explicitly, as in nnU-Net.
-    use_nonzero_mask = cropping_shrank_images(relative_size) or bool(description.extra.get("use_mask_for_norm"))
+    mask_reasons = []
+    if cropping_shrank_images(relative_size):
+        mask_reasons.append("cropping removed at least 25% of the median image")
+    if description.extra.get("use_mask_for_norm"):
+        mask_reasons.append("dataset.json sets use_mask_for_norm")
+    use_nonzero_mask = bool(mask_reasons)
     normalization = channel_normalizations(
         description.channel_names, fingerprint.intensity_statistics, use_nonzero_mask
     )
@@ -182,7 +186,6 @@ def plan_for_target(
         dataset_name=fingerprint.dataset_name,
         plans_name=plans_name,
         target_spacing=spacing,
-        anisotropic_axis=anisotropic_axis(spacing),
         median_shape=median_shape,
         normalization=normalization,
         network=result.config,
@@ -193,8 +196,8 @@ def plan_for_target(
         plans,
         result,
         candidates,
-        coarse_axis=coarse_axis_needing_finer_target(fingerprint.spacings, fingerprint.shapes_after_cropping),
-        num_cases=len(fingerprint.case_ids),
+        coarse_axis=coarse_axis,
+        mask_reason="; ".join(mask_reasons),
     )
     return plans
 
@@ -207,8 +210,11 @@ def _gib(num_bytes: float) -> str:
     return f"{num_bytes / BYTES_PER_GB:.1f} GiB"
 
 
-def _describe_normalization(normalization: Sequence[ChannelNormalization]) -> str:
-    """CT channels one by one (their clipping range matters), the others grouped by scheme."""
+def _describe_normalization(normalization: Sequence[ChannelNormalization], mask_reason: str) -> str:
+    """CT channels one by one (their clipping range matters), the others grouped by scheme.
+
+    ``mask_reason``: why the non-zero mask is used, for channels that use it.
+    """
     parts, channels_by_scheme = [], {}
     for n in normalization:
         if n.scheme == "CTNormalization":
@@ -221,7 +227,7 @@ def _describe_normalization(normalization: Sequence[ChannelNormalization]) -> st
     for (scheme, masked), names in channels_by_scheme.items():
         text = f"{', '.join(names)} → {scheme}"
         if masked:
-            text += " inside the non-zero mask (cropping removed at least 25% of the median image)"
+            text += f" inside the non-zero mask ({mask_reason})"
         parts.append(text)
     return "; ".join(parts)
 
@@ -237,9 +243,13 @@ def explain_plan(
     result: SearchResult,
     candidates: BackboneCandidates,
     coarse_axis: int | None,
-    num_cases: int,
+    mask_reason: str = "",
 ) -> str:
-    """One paragraph saying what the planner chose and why, with the key numbers."""
+    """One paragraph saying what the planner chose and why, with the key numbers.
+
+    ``coarse_axis``: the axis whose target spacing is not the median (``spacing``), or None.
+    ``mask_reason``: why z-scored channels use the non-zero mask, if they do.
+    """
     network = plans.network
     spacing, median_shape = plans.target_spacing, plans.median_shape
     spec = get_backbone(network.backbone)
@@ -280,14 +290,13 @@ def explain_plan(
         checkpointing = "off (it may buy context, never just a larger batch)"
     else:
         checkpointing = "off (not needed to fit)"
-    batch_cap = max_batch_size(network.patch_size, median_shape, num_cases)
     batch_text = f"batch size {plans.batch_size}"
-    if plans.batch_size >= batch_cap and plans.batch_size > 2:
+    if plans.batch_size >= result.batch_cap and plans.batch_size > 2:
         batch_text += f" (capped so that a batch sees at most {MAX_DATASET_SHARE_PER_BATCH:.0%} of the dataset)"
 
     sentences = [
         f"{plans.dataset_name}: {spacing_text}; median image {_dims(median_shape)} voxels at that spacing.",
-        f"Normalisation: {_describe_normalization(plans.normalization)}.",
+        f"Normalisation: {_describe_normalization(plans.normalization, mask_reason)}.",
         f"Backbone {network.backbone} ({spec.depth} blocks, width {spec.embed_dim}, trainable: {network.trainable}), "
         f"because {candidates.reason}.",
         f"Tokens of {_dims(network.token_size)} voxels ({_dims(token_mm, 1)} mm): {in_plane_text}; depth chosen "

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -154,13 +155,18 @@ def extract_fingerprint(
     dataset_name: str,
     num_processes: int = 2,
     samples_per_case: int = FOREGROUND_SAMPLES_PER_CASE,
+    *,
+    cases: Sequence[RawCase] | None = None,
 ) -> DatasetFingerprint:
     """Fingerprint of the training cases in ``dataset_dir`` (``imagesTr``/``labelsTr``).
 
+    ``cases``: the labelled training cases when the caller has listed them already
+    (``labelled_training_cases``); default: listed here.
     Raises ``DatasetFormatError`` naming the files when a case lacks a channel or its label,
     and ``ImageReadError`` naming an unreadable file.
     """
-    cases = labelled_training_cases(Path(dataset_dir), description)
+    if cases is None:
+        cases = labelled_training_cases(Path(dataset_dir), description)
     summaries = map_cases(
         partial(
             case_fingerprint,

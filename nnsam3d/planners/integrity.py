@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from nnsam3d.io.atomic import read_json
-from nnsam3d.io.nifti import ImageGeometry, ImageReadError, load_nifti
+from nnsam3d.io.nifti import ImageGeometry, ImageReadError, read_volume_in_file_order
 from nnsam3d.io.raw_dataset import (
-    REQUIRED_KEYS,
     DatasetDescription,
-    DatasetFormatError,
     RawCase,
     find_cases_in_folder,
+    label_path,
+    with_labels,
 )
 from nnsam3d.planners.normalization_rules import normalization_scheme_for
 from nnsam3d.preprocessing.parallel_cases import map_cases
@@ -91,24 +91,9 @@ def _description_problems(dataset_dir: Path) -> tuple[DatasetDescription | None,
     if not path.is_file():
         return None, [IntegrityProblem(path, "not found; every dataset needs a dataset.json (nnU-Net v2 format).")]
     try:
-        content = read_json(path)
+        # read_json and from_json both raise ValueError (DatasetFormatError is one) naming the file
+        description = DatasetDescription.from_json(read_json(path), source=str(path))
     except ValueError as error:
-        return None, [IntegrityProblem(path, str(error).removeprefix(f"{path}: "))]
-    if not isinstance(content, dict):
-        expected = ", ".join(REQUIRED_KEYS)
-        return None, [IntegrityProblem(path, f"must hold a JSON object with the keys {expected}.")]
-    missing = [key for key in REQUIRED_KEYS if key not in content]
-    if missing:
-        return None, [
-            IntegrityProblem(
-                path,
-                f"missing required key(s) {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)}; "
-                f"present: {', '.join(content) or 'none'}).",
-            )
-        ]
-    try:
-        description = DatasetDescription.from_json(content, source=str(path))
-    except (DatasetFormatError, ValueError, TypeError, AttributeError) as error:
         return None, [IntegrityProblem(path, str(error).removeprefix(f"{path}: "))]
     if description.file_ending not in SUPPORTED_FILE_ENDINGS:
         return None, [
@@ -161,6 +146,10 @@ def _layout_problems(
     )
 
     case_ids = sorted({case.case_id for case in complete} | set(incomplete))
+    if not case_ids:
+        problems.append(
+            IntegrityProblem(images_dir, f"no training images named CASE_XXXX{ending} (file_ending from dataset.json).")
+        )
     if len(case_ids) != description.num_training:
         problems.append(
             IntegrityProblem(
@@ -169,17 +158,14 @@ def _layout_problems(
             )
         )
 
-    cases = []
     if labels_dir.is_dir():
         label_names = {f"{case_id}{ending}" for case_id in case_ids}
         for case_id in case_ids:
-            label = labels_dir / f"{case_id}{ending}"
+            label = label_path(dataset_dir, case_id, ending)
             if not label.is_file():
                 problems.append(IntegrityProblem(label, f"label file missing for training case '{case_id}'."))
         problems += _unaccounted_files(labels_dir, ending, label_names, f"label file without images in {images_dir}.")
-    for case in complete:
-        label = labels_dir / f"{case.case_id}{ending}"
-        cases.append(RawCase(case.case_id, case.image_files, label if label.is_file() else None))
+    cases = with_labels(dataset_dir, complete, ending)
 
     test_dir = dataset_dir / "imagesTs"
     if test_dir.is_dir():
@@ -195,16 +181,16 @@ def _layout_problems(
 
 def _read(path: Path) -> tuple[np.ndarray, ImageGeometry] | IntegrityProblem:
     """File-order voxels (i, j, k) as float32 and the geometry, or the reason it cannot be read."""
+    # File order, not canonical: every check here is per voxel or per file, so the reorienting
+    # copy would buy nothing.
     try:
-        image = load_nifti(path)
+        return read_volume_in_file_order(path)
     except ImageReadError as error:
         return IntegrityProblem(path, str(error).removeprefix(f"{path}: "))
-    data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged")).reshape(image.shape[:3])
-    return data, ImageGeometry.from_image(image)
 
 
-def _non_finite_problem(path: Path, data: np.ndarray) -> IntegrityProblem | None:
-    if np.isfinite(data).all():
+def _non_finite_problem(path: Path, data: np.ndarray, all_finite: bool) -> IntegrityProblem | None:
+    if all_finite:
         return None
     nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
     return IntegrityProblem(
@@ -214,18 +200,11 @@ def _non_finite_problem(path: Path, data: np.ndarray) -> IntegrityProblem | None
     )
 
 
-def _finite_range(data: np.ndarray) -> tuple[float, float] | None:
-    finite = data if np.isfinite(data).all() else data[np.isfinite(data)]
+def _hounsfield_problem(path: Path, finite: np.ndarray) -> IntegrityProblem | None:
+    """``finite``: the file's finite voxel values."""
     if finite.size == 0:
         return None
-    return float(finite.min()), float(finite.max())
-
-
-def _hounsfield_problem(path: Path, data: np.ndarray) -> IntegrityProblem | None:
-    value_range = _finite_range(data)
-    if value_range is None:
-        return None
-    low, high = value_range
+    low, high = float(finite.min()), float(finite.max())
     plausible_low, plausible_high = HOUNSFIELD_PLAUSIBLE_RANGE
     if low < plausible_low or high > plausible_high:
         return IntegrityProblem(
@@ -245,8 +224,8 @@ def _hounsfield_problem(path: Path, data: np.ndarray) -> IntegrityProblem | None
     return None
 
 
-def _label_value_problems(path: Path, data: np.ndarray, description: DatasetDescription) -> list[IntegrityProblem]:
-    finite = data if np.isfinite(data).all() else data[np.isfinite(data)]
+def _label_value_problems(path: Path, finite: np.ndarray, description: DatasetDescription) -> list[IntegrityProblem]:
+    """``finite``: the label file's finite voxel values."""
     rounded = np.rint(finite)
     problems = []
     if not np.array_equal(rounded, finite):
@@ -340,16 +319,36 @@ def check_case(case: RawCase, description: DatasetDescription) -> list[Integrity
             reference = (path, geometry)
         else:
             problems.append(_grid_problem(path, geometry, *reference))
-        problems.append(_non_finite_problem(path, data))
+        # One isfinite pass per file serves every check below.
+        is_finite = np.isfinite(data)
+        all_finite = bool(is_finite.all())
+        finite = data if all_finite else data[is_finite]
+        del is_finite
+        problems.append(_non_finite_problem(path, data, all_finite))
         if modality is None:
-            problems += _label_value_problems(path, data, description)
+            problems += _label_value_problems(path, finite, description)
         elif normalization_scheme_for(modality) == "CTNormalization":
-            problems.append(_hounsfield_problem(path, data))
-        del data
+            problems.append(_hounsfield_problem(path, finite))
+        del data, finite
     return [problem for problem in problems if problem is not None]
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _verify(
+    dataset_dir: Path, num_processes: int
+) -> tuple[DatasetDescription | None, list[RawCase], list[IntegrityProblem]]:
+    description, problems = _description_problems(dataset_dir)
+    if description is None:
+        return None, [], problems
+    cases, problems = _layout_problems(dataset_dir, description)
+    per_case = map_cases(
+        partial(check_case, description=description), cases, num_processes, f"Verifying {dataset_dir.name}"
+    )
+    for case_problems in per_case:
+        problems += case_problems
+    return description, cases, problems
 
 
 def verify_dataset_integrity(dataset_dir: str | os.PathLike, num_processes: int = 2) -> list[IntegrityProblem]:
@@ -358,22 +357,20 @@ def verify_dataset_integrity(dataset_dir: str | os.PathLike, num_processes: int 
     dataset.json problems that make the files uninterpretable (missing, broken, missing keys)
     stop the check there; otherwise every case is read, ``num_processes`` at a time.
     """
-    dataset_dir = Path(dataset_dir)
-    description, problems = _description_problems(dataset_dir)
-    if description is None:
-        return problems
-    cases, problems = _layout_problems(dataset_dir, description)
-    per_case = map_cases(
-        partial(check_case, description=description), cases, num_processes, f"Verifying {dataset_dir.name}"
-    )
-    for case_problems in per_case:
-        problems += case_problems
+    _description, _cases, problems = _verify(Path(dataset_dir), num_processes)
     return problems
 
 
-def check_dataset_integrity(dataset_dir: str | os.PathLike, num_processes: int = 2) -> None:
-    """Verify the dataset; raise :class:`DatasetIntegrityError` listing every problem, if any."""
-    problems = verify_dataset_integrity(dataset_dir, num_processes)
+def check_dataset_integrity(
+    dataset_dir: str | os.PathLike, num_processes: int = 2
+) -> tuple[DatasetDescription, list[RawCase]]:
+    """Verify the dataset; raise :class:`DatasetIntegrityError` listing every problem, if any.
+
+    Returns the parsed ``dataset.json`` and the training cases (every one with all its channels
+    and its label), so that the caller need not read and list them again.
+    """
+    description, cases, problems = _verify(Path(dataset_dir), num_processes)
     if problems:
         raise DatasetIntegrityError(dataset_dir, problems)
     print(format_integrity_report(dataset_dir, problems))
+    return description, cases

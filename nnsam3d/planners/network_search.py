@@ -101,6 +101,7 @@ class SearchResult:
     usable_bytes: the budget after the safety margin.
     reasonable_patch: the patch at which larger backbones enter the ladder.
     larger_backbones_left: candidates larger than the chosen backbone (they did not fit).
+    batch_cap: the largest batch the ladder offers (:func:`max_batch_size` of the full patch).
     """
 
     config: NetworkConfig
@@ -112,6 +113,7 @@ class SearchResult:
     stage: str
     reasonable_patch: tuple[int, int, int]
     larger_backbones_left: tuple[str, ...]
+    batch_cap: int
 
 
 class PlanDoesNotFitError(ValueError):
@@ -248,7 +250,8 @@ def search_network(
     usable = int(SAFETY_MARGIN * target_bytes)
     path = patch_size_path(spacing, token_size, median_shape)
     reasonable = reasonable_patch_index(path, spacing)
-    ladder = build_ladder(backbones, path, reasonable, max_batch_size(path[-1], median_shape, num_cases))
+    batch_cap = max_batch_size(path[-1], median_shape, num_cases)
+    ladder = build_ladder(backbones, path, reasonable, batch_cap)
 
     best: tuple[int, NetworkConfig, MemoryEstimateLike] | None = None
     for index, rung in enumerate(ladder):
@@ -270,7 +273,8 @@ def search_network(
             f"--gpu-memory-gb or a smaller --backbone."
         )
     index, config, estimated = best
-    candidates = order_by_size(backbones)
+    # The ladder enters the backbones smallest first, so its order is order_by_size's.
+    candidates = list(dict.fromkeys(rung.backbone for rung in ladder))
     return SearchResult(
         config=config,
         batch_size=ladder[index].batch_size,
@@ -281,4 +285,5 @@ def search_network(
         stage=ladder[index].stage,
         reasonable_patch=path[reasonable],
         larger_backbones_left=tuple(candidates[candidates.index(config.backbone) + 1 :]),
+        batch_cap=batch_cap,
     )

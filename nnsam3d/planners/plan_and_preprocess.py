@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from nnsam3d import paths
-from nnsam3d.io.raw_dataset import DatasetDescription, labelled_training_cases
+from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
 from nnsam3d.planners.experiment_planner import plan_experiment
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.planners.fingerprint_extraction import extract_fingerprint
@@ -43,7 +44,7 @@ def _reusable_fingerprint(path: Path, case_ids: list[str]) -> DatasetFingerprint
         return None
     try:
         fingerprint = DatasetFingerprint.load(path)
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         print(f"nnsam3d: {path} cannot be reused ({error}); extracting it again.", file=sys.stderr)
         return None
     if fingerprint.case_ids != case_ids:
@@ -53,20 +54,31 @@ def _reusable_fingerprint(path: Path, case_ids: list[str]) -> DatasetFingerprint
 
 
 def dataset_fingerprint(
-    dataset: str | int, *, num_processes: int = 2, clean: bool = False
+    dataset: str | int,
+    *,
+    num_processes: int = 2,
+    clean: bool = False,
+    description: DatasetDescription | None = None,
+    cases: Sequence[RawCase] | None = None,
 ) -> DatasetFingerprint:
     """The dataset's fingerprint: the stored one when still valid (and not ``clean``), else a new
-    one, which is then stored."""
+    one, which is then stored.
+
+    ``description``, ``cases``: the raw dataset's ``dataset.json`` and labelled training cases
+    when the caller has them already; default: read here.
+    """
     dataset_name = paths.resolve_dataset_name(dataset)
-    raw_dir = paths.raw_root() / dataset_name
-    description = DatasetDescription.from_file(raw_dir / "dataset.json")
+    raw_dir = paths.raw_dataset_dir(dataset_name)
+    if description is None:
+        description = DatasetDescription.from_file(raw_dir / "dataset.json")
+    if cases is None:
+        cases = labelled_training_cases(raw_dir, description)
     path = fingerprint_path(dataset_name)
     if not clean:
-        case_ids = [case.case_id for case in labelled_training_cases(raw_dir, description)]
-        fingerprint = _reusable_fingerprint(path, case_ids)
+        fingerprint = _reusable_fingerprint(path, [case.case_id for case in cases])
         if fingerprint is not None:
             return fingerprint
-    fingerprint = extract_fingerprint(raw_dir, description, dataset_name, num_processes)
+    fingerprint = extract_fingerprint(raw_dir, description, dataset_name, num_processes, cases=cases)
     fingerprint.save(path)
     return fingerprint
 
@@ -96,17 +108,22 @@ def plan_and_preprocess(
     ``io.nifti.ImageReadError`` (each naming the file) for problems with the raw dataset.
     """
     dataset_name = paths.resolve_dataset_name(dataset)
-    raw_dir = paths.raw_root() / dataset_name
+    raw_dir = paths.raw_dataset_dir(dataset_name)
     if not raw_dir.is_dir():
         raise paths.DatasetNotFoundError(
             f"{raw_dir}: raw dataset not found (only preprocessed or trained files exist for "
             f"{dataset_name}). Put the raw dataset there or set {paths.RAW_VARIABLE}."
         )
+    # Read once and handed down, so that fingerprint and preprocessing work on the same case list.
     if verify:
-        check_dataset_integrity(raw_dir, num_processes)
-    description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        description, cases = check_dataset_integrity(raw_dir, num_processes)
+    else:
+        description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        cases = labelled_training_cases(raw_dir, description)
 
-    fingerprint = dataset_fingerprint(dataset_name, num_processes=num_processes, clean=clean)
+    fingerprint = dataset_fingerprint(
+        dataset_name, num_processes=num_processes, clean=clean, description=description, cases=cases
+    )
     plans = plan_experiment(
         fingerprint,
         description,
@@ -118,5 +135,5 @@ def plan_and_preprocess(
     plans.save(plans_path(dataset_name, plans_name))
     print(plans.explanation, flush=True)
 
-    preprocess_dataset(dataset_name, plans, num_processes=num_processes, clean=clean)
+    preprocess_dataset(dataset_name, plans, num_processes=num_processes, clean=clean, cases=cases)
     return plans

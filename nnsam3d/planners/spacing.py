@@ -43,7 +43,7 @@ def coarse_axis_needing_finer_target(
     after cropping, at the original spacing) is less than the smallest other median size
     divided by ``threshold``: few thick slices.
     """
-    median = np.median(np.asarray(spacings, dtype=float), axis=0)
+    median = np.asarray(median_spacing(spacings))
     median_size = np.median(np.asarray(shapes, dtype=float), axis=0)
     coarse = int(np.argmax(median))
     others = [axis for axis in range(len(median)) if axis != coarse]
@@ -64,16 +64,26 @@ def target_spacing(
     :func:`coarse_axis_needing_finer_target`), which takes the 10th percentile of its spacings,
     kept just above the coarsest other axis so that it stays the coarse axis.
     """
-    spacings_array = np.asarray(spacings, dtype=float)
-    target = np.median(spacings_array, axis=0)
-    coarse = coarse_axis_needing_finer_target(spacings_array, shapes, threshold)
+    return target_spacing_and_coarse_axis(spacings, shapes, threshold)[0]
+
+
+def target_spacing_and_coarse_axis(
+    spacings: Sequence[Sequence[float]],
+    shapes: Sequence[Sequence[int]],
+    threshold: float = ANISOTROPY_THRESHOLD,
+) -> tuple[tuple[float, float, float], int | None]:
+    """:func:`target_spacing` and the axis that did not take the median
+    (:func:`coarse_axis_needing_finer_target`), for a planner that explains the choice."""
+    target = list(median_spacing(spacings))
+    coarse = coarse_axis_needing_finer_target(spacings, shapes, threshold)
     if coarse is not None:
-        coarse_target = float(np.percentile(spacings_array[:, coarse], COARSE_AXIS_PERCENTILE))
-        in_plane = max(float(target[axis]) for axis in range(len(target)) if axis != coarse)
+        coarse_spacings = np.asarray(spacings, dtype=float)[:, coarse]
+        coarse_target = float(np.percentile(coarse_spacings, COARSE_AXIS_PERCENTILE))
+        in_plane = max(target[axis] for axis in range(len(target)) if axis != coarse)
         if coarse_target < in_plane:
             coarse_target = in_plane + _KEEP_COARSER_MARGIN_MM
         target[coarse] = coarse_target
-    return tuple(float(v) for v in target)
+    return tuple(float(v) for v in target), coarse
 
 
 def median_shape_at_spacing(

@@ -54,12 +54,15 @@ def crop_case(
     *,
     segmentation: np.ndarray | None = None,
     case_id: str,
+    label_file: str | os.PathLike | None = None,
 ) -> CroppedCase:
     """Crop a canonical case to the box of voxels non-zero in any channel.
 
     images: (C, z, y, x) float32 in canonical order (``io.nifti.read_channels``).
     geometry: grid of the files the images came from; its canonical shape must be (z, y, x).
     segmentation: (z, y, x) integer label map on the same grid, or None.
+    label_file: the file ``segmentation`` was read from, if any; a label map on another grid
+        then raises ``ImageReadError`` naming it (else ValueError).
     """
     if images.ndim != 4:
         raise ValueError(f"case '{case_id}': images must be (C, z, y, x), got shape {images.shape}")
@@ -69,6 +72,11 @@ def crop_case(
             f"{geometry.canonical_shape} of its geometry"
         )
     if segmentation is not None and tuple(segmentation.shape) != tuple(images.shape[1:]):
+        if label_file is not None:
+            raise ImageReadError(
+                f"{label_file}: label shape {tuple(segmentation.shape)} (z, y, x) differs from the image's "
+                f"{tuple(images.shape[1:])}. Run with --verify_dataset_integrity for a full check."
+            )
         raise ValueError(
             f"case '{case_id}': label map shape {segmentation.shape} differs from the image's {images.shape[1:]}"
         )
@@ -95,12 +103,5 @@ def read_cropped_case(
     naming the file.
     """
     images, geometry = read_channels(image_files)
-    segmentation = None
-    if label_file is not None:
-        segmentation, label_geometry = read_segmentation(label_file)
-        if segmentation.shape != images.shape[1:]:
-            raise ImageReadError(
-                f"{label_file}: label shape {label_geometry.shape} differs from the image "
-                f"{image_files[0]} ({geometry.shape}). Run with --verify_dataset_integrity for a full check."
-            )
-    return crop_case(images, geometry, segmentation=segmentation, case_id=case_id)
+    segmentation = None if label_file is None else read_segmentation(label_file)[0]
+    return crop_case(images, geometry, segmentation=segmentation, case_id=case_id, label_file=label_file)

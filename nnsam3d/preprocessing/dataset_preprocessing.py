@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
@@ -81,19 +82,22 @@ def preprocess_dataset(
     *,
     num_processes: int = 2,
     clean: bool = False,
+    cases: Sequence[RawCase] | None = None,
 ) -> PreprocessingSummary:
     """Preprocess every training case of ``dataset`` (number or ``DatasetXXX_Name``) with ``plans``.
 
     Cases already complete with the same preprocessing settings are skipped unless ``clean``;
     cases no longer in the raw dataset are removed from the store. Cases run in
     ``num_processes`` worker processes, one case per worker at a time.
+    ``cases``: the labelled training cases when the caller has listed them already
+    (``io.raw_dataset.labelled_training_cases``); default: listed here.
     """
     dataset_name = paths.resolve_dataset_name(dataset)
-    raw_dir = paths.raw_root() / dataset_name
-    description = DatasetDescription.from_file(raw_dir / "dataset.json")
-    cases = labelled_training_cases(raw_dir, description)
+    raw_dir = paths.raw_dataset_dir(dataset_name)
+    if cases is None:
+        cases = labelled_training_cases(raw_dir, DatasetDescription.from_file(raw_dir / "dataset.json"))
 
-    output_dir = paths.preprocessed_root() / dataset_name
+    output_dir = paths.preprocessed_dataset_dir(dataset_name)
     store = PreprocessedCaseStore(output_dir / plans.data_identifier)
     settings = preprocessing_settings(plans)
     stored_settings = None if clean else _stored_settings(store.folder)

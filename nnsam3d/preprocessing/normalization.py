@@ -1,6 +1,6 @@
 """Intensity normalisation of each input channel, as the plans say (``ChannelNormalization``).
 
-The schemes and when the planner picks them are described in ``planners.plans`` and
+The schemes and when the planner picks them are described in ``schemas.plans`` and
 ``planners.normalization_rules``; this module only applies them. Channels are normalised in
 place (float32) to keep memory at one copy of the image.
 """

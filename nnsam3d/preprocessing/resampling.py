@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-ANISOTROPY_THRESHOLD = 3.0
+# The rule lives with the plans, which derive their anisotropic axis from it; resampling applies
+# it per case, and the planner's spacing rules and the augmentation import the threshold from here.
+from nnsam3d.schemas.plans import ANISOTROPY_THRESHOLD, anisotropic_axis  # noqa: F401
 
 
 def compute_new_shape(
@@ -29,15 +31,6 @@ def compute_new_shape(
     return tuple(
         max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing)
     )
-
-
-def anisotropic_axis(spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
-    """The axis whose spacing exceeds ``threshold`` times the finest spacing, if exactly one does."""
-    spacing = np.asarray(spacing, dtype=float)
-    if spacing.max() / spacing.min() <= threshold:
-        return None
-    coarse = np.flatnonzero(spacing / spacing.min() > threshold)
-    return int(coarse[0]) if len(coarse) == 1 else None
 
 
 def separate_axis_for(spacing_from: Sequence[float], spacing_to: Sequence[float]) -> int | None:
@@ -104,15 +97,14 @@ def resample_label_map(
     segmentation: np.ndarray,
     new_shape: Sequence[int],
     separate_axis: int | None = None,
-    labels: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Resample an integer label map (z, y, x) to ``new_shape`` without mixing classes; int16 out.
 
-    ``labels`` lists the values to consider (default: those present).
+    The classes competing for each voxel are the values present in ``segmentation``.
     """
     if tuple(segmentation.shape) == tuple(new_shape):
         return segmentation.astype(np.int16, copy=False)
-    values = list(labels) if labels is not None else [int(v) for v in np.unique(segmentation)]
+    values = [int(v) for v in np.unique(segmentation)]
     if not values:
         return np.zeros(tuple(new_shape), dtype=np.int16)
     winners = _argmax_over_streamed_classes(

@@ -82,21 +82,28 @@ class DatasetFingerprint:
 
     @classmethod
     def from_json(cls, content: dict, source: str = "fingerprint") -> "DatasetFingerprint":
+        """Parse the content of ``dataset_fingerprint.json``; anything malformed raises ValueError
+        naming ``source``."""
+        if not isinstance(content, dict):
+            raise ValueError(f"{source}: malformed fingerprint (a JSON object was expected).")
         version = require_schema_version(content, FINGERPRINT_SCHEMA_VERSION, what="fingerprint", source=source,
                                          advice="Rerun nnsam3d_plan_and_preprocess with --clean.")
-        return cls(
-            dataset_name=content["dataset_name"],
-            case_ids=list(content["case_ids"]),
-            spacings=[tuple(float(v) for v in s) for s in content["spacings"]],
-            shapes_before_cropping=[tuple(int(v) for v in s) for s in content["shapes_before_cropping"]],
-            shapes_after_cropping=[tuple(int(v) for v in s) for s in content["shapes_after_cropping"]],
-            modalities=dict(content["modalities"]),
-            intensity_statistics={
-                k: IntensityStatistics(**v) for k, v in content["intensity_statistics"].items()
-            },
-            class_statistics={k: ClassStatistics(**v) for k, v in content.get("class_statistics", {}).items()},
-            schema_version=version,
-        )
+        try:
+            return cls(
+                dataset_name=content["dataset_name"],
+                case_ids=list(content["case_ids"]),
+                spacings=[tuple(float(v) for v in s) for s in content["spacings"]],
+                shapes_before_cropping=[tuple(int(v) for v in s) for s in content["shapes_before_cropping"]],
+                shapes_after_cropping=[tuple(int(v) for v in s) for s in content["shapes_after_cropping"]],
+                modalities=dict(content["modalities"]),
+                intensity_statistics={
+                    k: IntensityStatistics(**v) for k, v in content["intensity_statistics"].items()
+                },
+                class_statistics={k: ClassStatistics(**v) for k, v in content.get("class_statistics", {}).items()},
+                schema_version=version,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{source}: malformed fingerprint ({type(error).__name__}: {error}).") from error
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_json())

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from nnsam3d.io.atomic import read_json, write_json_atomic
 from nnsam3d.io.schema_version import require_schema_version
@@ -16,6 +19,21 @@ from nnsam3d.model.config import NetworkConfig
 
 PLANS_SCHEMA_VERSION = 1
 DEFAULT_PLANS_NAME = "nnsam3d_plans"
+
+ANISOTROPY_THRESHOLD = 3.0
+"""An axis whose spacing exceeds this many times the finest is anisotropic (nnU-Net's rule)."""
+
+
+def anisotropic_axis(spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
+    """The axis whose spacing exceeds ``threshold`` times the finest spacing, if exactly one does.
+
+    Defined here, with the plans, because :attr:`Plans.anisotropic_axis` derives from it;
+    resampling applies the same rule per case (``preprocessing.resampling``).
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    coarse = np.flatnonzero(spacing / spacing.min() > threshold)
+    return int(coarse[0]) if len(coarse) == 1 else None
+
 
 NORMALIZATION_SCHEMES = (
     "CTNormalization",
@@ -72,8 +90,10 @@ class Plans:
     """Everything later stages need to preprocess, train and predict like the planner intended.
 
     target_spacing: voxel size (mm) along canonical (z, y, x) after resampling.
-    anisotropic_axis: axis whose spacing is more than 3x the others; it is resampled separately
-        (nearest neighbour for images, as nnU-Net does) to avoid interpolation across slices.
+    anisotropic_axis (derived from target_spacing): the axis whose target spacing is more than
+        3x the finest, or None. Augmentation keeps it out of its spatial transforms (in-plane only).
+        Preprocessing does not read it: it picks the axis to resample separately per case, from
+        the case's own spacing and the target (``preprocessing.resampling.separate_axis_for``).
     normalization: one entry per input channel.
     median_shape: median case shape (voxels, z, y, x) after cropping and resampling.
     network: the 3DMedSAM configuration (patch size, backbone, token size, window, adapters...).
@@ -91,7 +111,6 @@ class Plans:
     batch_size: int
     memory: MemoryBudget
     plans_name: str = DEFAULT_PLANS_NAME
-    anisotropic_axis: int | None = None
     image_resampling_order: int = 3
     foreground_oversampling: float = 0.33
     explanation: str = ""
@@ -100,6 +119,10 @@ class Plans:
     def __post_init__(self) -> None:
         self.target_spacing = tuple(float(v) for v in self.target_spacing)
         self.median_shape = tuple(int(v) for v in self.median_shape)
+
+    @property
+    def anisotropic_axis(self) -> int | None:
+        return anisotropic_axis(self.target_spacing)
 
     @property
     def data_identifier(self) -> str:
@@ -142,8 +165,8 @@ class Plans:
             return cls(
                 dataset_name=content["dataset_name"],
                 plans_name=content.get("plans_name", DEFAULT_PLANS_NAME),
+                # "anisotropic_axis" is written for readers of the file but derived, so not read back
                 target_spacing=tuple(content["target_spacing"]),
-                anisotropic_axis=content.get("anisotropic_axis"),
                 image_resampling_order=int(content.get("image_resampling_order", 3)),
                 median_shape=tuple(content["median_shape"]),
                 normalization=[ChannelNormalization(**n) for n in content["normalization"]],

@@ -227,8 +227,11 @@ def test_dataset_json_can_ask_for_the_nonzero_mask():
     shapes = [(64, 160, 160)] * 4
     fingerprint = make_fingerprint("Dataset903_Masked", [(1.0, 1.0, 1.0)] * 4, shapes, shapes, {"0": "T2"})
     description = DatasetDescription({"0": "T2"}, {"background": 0, "a": 1}, 4, ".nii.gz", extra={"use_mask_for_norm": True})
-    [normalization] = gpu_plan(fingerprint, description, 8).normalization
+    plan = gpu_plan(fingerprint, description, 8)
+    [normalization] = plan.normalization
     assert normalization.use_nonzero_mask
+    assert "inside the non-zero mask (dataset.json sets use_mask_for_norm)" in plan.explanation
+    assert "cropping removed" not in plan.explanation
 
 
 def test_ct_plan_has_ct_normalisation_and_anisotropic_axis(ct_fingerprint, ct_description):
@@ -338,6 +341,8 @@ def test_plans_round_trip_through_json(ct_fingerprint, ct_description):
     again = Plans.from_json(json.loads(text))
     assert again == plan
     assert again.to_json() == plan.to_json()
+    # Written for readers of the file, derived from the target spacing when read back.
+    assert json.loads(text)["anisotropic_axis"] == again.anisotropic_axis == 0
 
 
 def test_explanation_names_the_key_numbers(ct_fingerprint, ct_description):

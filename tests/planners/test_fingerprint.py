@@ -85,6 +85,21 @@ def test_json_round_trip(small_ct_dataset, tmp_path):
     assert DatasetFingerprint.load(tmp_path / "dataset_fingerprint.json") == fingerprint
 
 
+@pytest.mark.parametrize(
+    "change",
+    [lambda c: c.pop("spacings"), lambda c: c.update(intensity_statistics={"0": {"mean": 1.0}})],
+    ids=["missing key", "incomplete statistics"],
+)
+def test_malformed_fingerprint_file_is_a_value_error_naming_it(small_ct_dataset, tmp_path, change):
+    path = tmp_path / "dataset_fingerprint.json"
+    fingerprint_of(small_ct_dataset).save(path)
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"{path}: malformed fingerprint"):
+        DatasetFingerprint.load(path)
+
+
 def test_multichannel_mri_crops_the_zero_background(nnsam3d_folders):
     spec = SyntheticDatasetSpec(
         dataset_id=993, name="MRI", modality="MRI", num_channels=2, num_training=3, num_test=0, shape=(12, 32, 32)

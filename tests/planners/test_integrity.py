@@ -226,6 +226,15 @@ def test_missing_channel_of_a_multichannel_dataset(nnsam3d_folders):
             {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 1, "file_ending": ".mha"},
             r"file_ending '\.mha' is not supported",
         ),
+        (
+            {"channel_names": ["CT"], "labels": {"background": 0}, "numTraining": 1, "file_ending": ".nii.gz"},
+            r"channel_names must be a JSON object",
+        ),
+        (
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": "six", "file_ending": ".nii.gz"},
+            r"malformed content \(ValueError",
+        ),
+        ([{"channel_names": {"0": "CT"}}], r"must hold a JSON object"),
     ],
 )
 def test_dataset_json_problems_name_the_file(small_ct_dataset, content, pattern):

@@ -7,7 +7,7 @@ import pytest
 
 from nnsam3d.commands.plan_and_preprocess import main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-from nnsam3d.io.atomic import write_json_atomic
+from nnsam3d.io.atomic import read_json, write_json_atomic
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
@@ -91,6 +91,11 @@ def test_command_with_custom_plans_name(small_ct_dataset, nnsam3d_folders):
             "dataset.json: missing required key(s) channel_names, numTraining, file_ending",
         ),
         (
+            lambda d: write_json_atomic(d / "dataset.json", {**read_json(d / "dataset.json"), "channel_names": ["CT"]}),
+            ["-d", "990"],
+            "dataset.json: channel_names must be a JSON object",
+        ),
+        (
             lambda d: (d / "labelsTr" / "syntheticct_002.nii.gz").unlink(),
             ["-d", "990"],
             "syntheticct_002.nii.gz: label file missing",
@@ -101,7 +106,7 @@ def test_command_with_custom_plans_name(small_ct_dataset, nnsam3d_folders):
             "syntheticct_001_0000.nii.gz: cannot be read as NIfTI",
         ),
     ],
-    ids=["unknown dataset", "bad dataset.json", "missing label", "unreadable image"],
+    ids=["unknown dataset", "bad dataset.json", "channel_names as a list", "missing label", "unreadable image"],
 )
 def test_user_errors_exit_with_a_message_and_write_nothing(
     small_ct_dataset, nnsam3d_folders, capsys, break_dataset, argv, expected

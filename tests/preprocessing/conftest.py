@@ -6,6 +6,7 @@ preprocessing does not read, is a fixed small configuration.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,25 @@ from nnsam3d.planners.normalization_rules import channel_normalizations
 from nnsam3d.schemas.plans import MemoryBudget, Plans
 
 
-def make_plans(dataset: Path, target_spacing=None, use_nonzero_mask: bool = False) -> Plans:
-    """Plans for ``dataset`` with ``target_spacing`` (default: the first case's spacing)."""
+def _dataset_state(dataset: Path) -> tuple:
+    """Name, size and modification time of every file of the dataset: changes when a test edits it."""
+    files = sorted(path for path in dataset.rglob("*") if path.is_file())
+    return tuple((str(path.relative_to(dataset)), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+
+
+def make_plans(
+    dataset: Path, target_spacing=None, use_nonzero_mask: bool = False, *, fingerprints: dict | None = None
+) -> Plans:
+    """Plans for ``dataset`` with ``target_spacing`` (default: the first case's spacing).
+
+    ``fingerprints``: a cache of extracted fingerprints, reused while the dataset's files are unchanged.
+    """
     description = DatasetDescription.from_file(dataset / "dataset.json")
-    fingerprint = extract_fingerprint(dataset, description, dataset.name, num_processes=1)
+    fingerprints = {} if fingerprints is None else fingerprints
+    key = (dataset, _dataset_state(dataset))
+    if key not in fingerprints:
+        fingerprints[key] = extract_fingerprint(dataset, description, dataset.name, num_processes=1)
+    fingerprint = fingerprints[key]
     return Plans(
         dataset_name=dataset.name,
         target_spacing=target_spacing or fingerprint.spacings[0],
@@ -43,5 +59,8 @@ def make_plans(dataset: Path, target_spacing=None, use_nonzero_mask: bool = Fals
 
 @pytest.fixture
 def plans_for():
-    """``plans_for(dataset_dir, target_spacing=None, use_nonzero_mask=False) -> Plans``."""
-    return make_plans
+    """``plans_for(dataset_dir, target_spacing=None, use_nonzero_mask=False) -> Plans``.
+
+    Extracting the fingerprint reads every case, so it is done once per dataset and test.
+    """
+    return partial(make_plans, fingerprints={})

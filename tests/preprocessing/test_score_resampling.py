@@ -36,22 +36,44 @@ def test_probabilities_are_restored_class_by_class_into_the_full_image():
     from nnsam3d.preprocessing.cropping import paste_into_box
     from nnsam3d.preprocessing.geometry_restore import restore_probabilities
 
-    rng = np.random.default_rng(2)
-    probabilities = rng.dirichlet(np.ones(3), size=(4, 10, 9)).transpose(3, 0, 1, 2).astype(np.float32)
+    # File axes (i, j, k) = (x, y, z) with 4 mm slices: canonical (z, y, x) shape (12, 30, 25) at 4 x 1 x 1 mm.
+    geometry = ImageGeometry(shape=(25, 30, 12), affine=tuple(map(tuple, np.diag([1.0, 1.0, 4.0, 1.0]))))
+    assert geometry.canonical_shape == (12, 30, 25) and geometry.spacing == (4.0, 1.0, 1.0)
     properties = CaseProperties(
-        case_id="case", geometry=ImageGeometry(shape=(12, 30, 25), affine=tuple(map(tuple, np.eye(4)))),
-        original_spacing=(4.0, 1.0, 1.0), shape_before_cropping=(12, 30, 25),
+        case_id="case", geometry=geometry,
+        original_spacing=geometry.spacing, shape_before_cropping=geometry.canonical_shape,
         crop_bbox=((2, 10), (5, 25), (3, 21)), shape_after_cropping=(8, 20, 18),
         spacing_after_resampling=(8.0, 2.0, 2.0), shape_after_resampling=(4, 10, 9),
     )
+    # Each class affine in the voxel coordinates: linear interpolation in-plane reproduces it
+    # exactly (at the clamped coordinate near the edges), and 8 mm → 4 mm slices (the anisotropic
+    # axis, nearest neighbour) repeats every slice twice.
+    z, y, x = np.meshgrid(np.arange(4), np.arange(10), np.arange(9), indexing="ij")
+    class_1 = 0.1 + 0.05 * z + 0.02 * x
+    class_2 = 0.2 + 0.03 * y
+    probabilities = np.stack([1 - class_1 - class_2, class_1, class_2]).astype(np.float32)
+
     restored = restore_probabilities(probabilities, properties)
     assert restored.dtype == np.float16 and restored.shape == (3, 12, 30, 25)
 
-    expected = paste_into_box(resample_scores(probabilities, (8, 20, 18), separate_axis=0), properties.crop_bbox,
-                              (12, 30, 25), fill=0.0)
+    # grid_mode sampling: output voxel j of a 2x zoom reads input coordinate j / 2 - 1/4
+    z_source = np.arange(8) // 2
+    y_source = np.clip(np.arange(20) / 2 - 0.25, 0, 9)
+    x_source = np.clip(np.arange(18) / 2 - 0.25, 0, 8)
+    z, y, x = np.meshgrid(z_source, y_source, x_source, indexing="ij")
+    class_1 = 0.1 + 0.05 * z + 0.02 * x
+    class_2 = 0.2 + 0.03 * y
+    in_box = np.stack([1 - class_1 - class_2, class_1, class_2])
+    expected = np.zeros((3, 12, 30, 25))
+    expected[0] = 1.0  # background outside the box
+    expected[:, 2:10, 5:25, 3:21] = in_box
+    np.testing.assert_allclose(restored, expected, atol=1e-3)
+
+    all_at_once = paste_into_box(resample_scores(probabilities, (8, 20, 18), separate_axis=0), properties.crop_bbox,
+                                 (12, 30, 25), fill=0.0)
     outside = np.ones((12, 30, 25), dtype=bool)
     outside[2:10, 5:25, 3:21] = False
-    expected[0][outside] = 1.0  # background outside the box
-    np.testing.assert_allclose(restored, expected, atol=1e-3)
+    all_at_once[0][outside] = 1.0
+    np.testing.assert_allclose(restored, all_at_once, atol=1e-3)
     assert np.all(restored[0, :2] == 1) and np.all(restored[1:, :2] == 0)
     np.testing.assert_allclose(restored[:, 2:10, 5:25, 3:21].astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
