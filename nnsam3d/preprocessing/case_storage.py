@@ -16,6 +16,7 @@ interrupted run is resumed by skipping cases whose ``CASE.json`` exists.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,12 @@ class PreprocessedCaseStore:
             if segmentation.ndim == 3:
                 segmentation = segmentation[None]
             save_npy_atomic(self._path(case_id, "_seg.npy"), np.ascontiguousarray(segmentation, dtype=np.int16))
+        # Only classes with locations are stored, so a stored class can be drawn from without
+        # reading its array first (see ClassLocations).
         locations = {
             f"class_{int(k)}": np.asarray(v, dtype=np.int32).reshape(-1, 3)
             for k, v in (class_locations or {}).items()
+            if len(v)
         }
         save_npz_atomic(self._path(case_id, "_fg.npz"), **locations)
         write_json_atomic(self._path(case_id, ".json"), properties.to_json())
@@ -85,14 +89,36 @@ class PreprocessedCaseStore:
     def load_properties(self, case_id: str) -> CaseProperties:
         return CaseProperties.from_json(read_json(self._path(case_id, ".json")))
 
-    def load_class_locations(self, case_id: str) -> dict[int, np.ndarray]:
-        """Label value → (N, 3) int32 voxel coordinates (z, y, x) sampled from that class."""
-        path = self._path(case_id, "_fg.npz")
-        if not path.is_file():
-            return {}
-        with np.load(path) as archive:
-            return {int(name.split("_", 1)[1]): archive[name] for name in archive.files}
+    def load_class_locations(self, case_id: str) -> "ClassLocations":
+        """Label value → (N, 3) int32 voxel coordinates (z, y, x) sampled from that class (N ≥ 1)."""
+        return ClassLocations(self._path(case_id, "_fg.npz"))
 
     def remove_case(self, case_id: str) -> None:
         for suffix in (".json", ".npy", "_seg.npy", "_fg.npz"):
             self._path(case_id, suffix).unlink(missing_ok=True)
+
+
+class ClassLocations(Mapping[int, np.ndarray]):
+    """The foreground locations of one case, read class by class.
+
+    The labels come from the archive's index; a class's coordinates are decompressed only when
+    that class is read. A foreground patch needs one class, and decompressing all of them (up to
+    13+ organs of thousands of coordinates) for every patch would slow the data loader.
+    """
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._names: dict[int, str] = {}
+        if path.is_file():
+            with np.load(path) as archive:
+                self._names = {int(name.split("_", 1)[1]): name for name in archive.files}
+
+    def __getitem__(self, label: int) -> np.ndarray:
+        with np.load(self._path) as archive:
+            return archive[self._names[label]]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
@@ -68,9 +68,11 @@ def read_patch(array: np.ndarray, origin: Sequence[int], patch_size: Sequence[in
     return patch
 
 
-def foreground_centre(class_locations: dict[int, np.ndarray], rng) -> tuple[int, tuple[int, ...]] | None:
-    """(class, voxel) drawn uniformly among the classes present, then among their voxels; None if none."""
-    present = sorted(label for label, coords in class_locations.items() if label != 0 and len(coords))
+def foreground_centre(class_locations: Mapping[int, np.ndarray], rng) -> tuple[int, tuple[int, ...]] | None:
+    """(class, voxel) drawn uniformly among the classes present, then among their voxels; None if none.
+
+    Only the drawn class's coordinates are read (the store keeps only non-empty classes)."""
+    present = sorted(label for label in class_locations if label != 0)
     if not present:
         return None
     label = present[rng.randint(len(present))]

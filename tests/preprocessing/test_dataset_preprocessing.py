@@ -90,3 +90,20 @@ def test_incomplete_raw_case_stops_before_anything_is_written(small_ct_dataset, 
     with pytest.raises(DatasetFormatError, match="syntheticct_001.nii.gz: label file missing"):
         preprocess_dataset(990, plans)
     assert list(nnsam3d_folders.preprocessed.iterdir()) == []
+
+
+
+def test_class_locations_list_classes_without_reading_them_and_skip_empty_ones(small_ct_dataset, plans_for):
+    store = preprocess_dataset(990, plans_for(small_ct_dataset)).store
+    case_id = store.case_ids()[0]
+    stored = dict(store.load_class_locations(case_id))
+    assert sorted(stored) == [1, 2, 3]
+    empty = {**stored, 4: np.zeros((0, 3), dtype=np.int32)}
+    store.write_case(case_id, store.load_data(case_id, mmap=False), store.load_segmentation(case_id, mmap=False),
+                     store.load_properties(case_id), empty)
+    locations = store.load_class_locations(case_id)
+    assert sorted(locations) == [1, 2, 3] and len(locations) == 3
+    for label, coordinates in stored.items():
+        np.testing.assert_array_equal(locations[label], coordinates)
+    with pytest.raises(KeyError):
+        locations[4]
