@@ -67,12 +67,16 @@ def save_checkpoint(checkpoint: ModelCheckpoint, path: str | os.PathLike) -> Non
     torch_save_atomic(checkpoint.to_dict(), path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ModelCheckpoint:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> ModelCheckpoint:
+    """mmap: map the file instead of reading it, so tensors are read only when used (comparing
+    checkpoints by their epoch reads almost nothing)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found.")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
+        content = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         raise CheckpointFormatError(f"{path}: cannot be loaded as a checkpoint ({error}).") from error
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:

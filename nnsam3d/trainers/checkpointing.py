@@ -110,7 +110,8 @@ def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continu
         return ResumePoint(path, load_checkpoint(path))
     if not continue_training:
         return None
-    found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name))
+    # Memory-mapped: only the chosen checkpoint's tensors are ever read from disk.
+    found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name, mmap=True))
              for name in (FINAL, LATEST) if (fold_folder / name).is_file()]
     # max() keeps the first of equals: on equal epochs final wins, it is what the finished run left.
     return max(found, key=lambda point: point.checkpoint.epoch, default=None)
