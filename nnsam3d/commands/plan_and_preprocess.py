@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU memory (GiB) to plan for; default: the visible GPU, else a CPU plan",
     )
     parser.add_argument(
+        "--compute-budget",
+        type=_positive(float),
+        default=None,
+        metavar="HOURS",
+        help="hours to train one fold of the default schedule on one H100-class GPU (estimated from the "
+        "FLOPs per step); the plan stays within it (default 24)",
+    )
+    parser.add_argument(
         "--backbone", choices=sorted(BACKBONES), default=None, help="force a backbone (vit_tiny for CPU runs)"
     )
     parser.add_argument(
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset,
             verify=args.verify_dataset_integrity,
             gpu_memory_gb=args.gpu_memory_gb,
+            compute_budget_hours=args.compute_budget,
             backbone=args.backbone,
             num_processes=args.num_processes,
             clean=args.clean,

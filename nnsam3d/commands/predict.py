@@ -11,11 +11,13 @@ from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
+from nnsam3d.model.sam_checkpoints import SamCheckpointError
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
-USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError)
+USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
+               SamCheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-overlays", action="store_true",
                         help="also write OUT/overlays/CASE.png: predicted contours over the image in three planes")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: the plans')")
+    parser.add_argument("--sam-checkpoint", default=None,
+                        help="the SAM file a model with a frozen SAM encoder was trained on (default: looked up by "
+                        "name and SHA-256 in $nnSAM3D_sam_checkpoints)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             use_mirroring=not arguments.disable_tta,
             batch_size=arguments.batch_size,
             progress=not arguments.no_progress,
+            sam_checkpoint=arguments.sam_checkpoint,
         )
         model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
         if len(model_dirs) == 1:

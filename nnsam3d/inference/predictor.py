@@ -44,10 +44,12 @@ from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
 from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
+from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.nifti import ImageGeometry, from_canonical, read_volume, to_canonical
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
-from nnsam3d.model.network import build_network
+from nnsam3d.model.sam_checkpoints import SamSource
+from nnsam3d.model.trained_weights import rebuild_trained_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
@@ -167,6 +169,10 @@ class Predictor:
     ) -> "Predictor":
         """Load the folds of one model folder (``$nnSAM3D_results/DatasetXXX_Name/TRAINER__PLANS``).
 
+        Slim checkpoints (frozen SAM encoder) rebuild it from their SAM file, found in
+        ``options["sam_checkpoint"]`` (a path), ``nnSAM3D_sam_checkpoint`` or the SAM checkpoint
+        folder and checked by its SHA-256.
+
         folds: e.g. ``[0, 1, 2, 3, 4]`` or ``["all"]``; None takes every ``fold_*`` holding
             ``checkpoint_name``. A missing fold or no fold at all raises ``ModelFolderError``.
         device: None or "auto" for CUDA when available. ``options``: see the class.
@@ -182,6 +188,7 @@ class Predictor:
         checkpoint_name: str = CHECKPOINT_FILES["final"],
         device: str | torch.device | None = None,
         postprocessing_folder: str | os.PathLike | None = None,
+        sam_checkpoint: str | os.PathLike | None = None,
         **options,
     ) -> "Predictor":
         """An ensemble of several model folders (e.g. two trainers with the same plans), every
@@ -204,8 +211,11 @@ class Predictor:
                     f"{path} and {reference} were trained with different preprocessing, patch size or labels "
                     f"and cannot be ensembled; predict with them separately."
                 )
-            network = build_network(checkpoint_plans.network.replace(deep_supervision=False))
-            network.load_state_dict(checkpoint.network_weights)
+            network = rebuild_trained_network(
+                checkpoint_plans.network.replace(deep_supervision=False), checkpoint.network_weights,
+                SamSource.from_json(checkpoint.sam_source), source=str(path), sam_checkpoint=sam_checkpoint,
+                search_dirs=(paths.sam_checkpoint_dir(),),
+            )
             networks.append(network)
             del checkpoint
         if "postprocessing" not in options and postprocessing_folder is not None:

@@ -20,7 +20,9 @@ from nnsam3d.io.atomic import torch_save_atomic
 from nnsam3d.io.schema_version import require_schema_version
 
 CHECKPOINT_FORMAT = "nnsam3d-checkpoint"
-CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Version 1 always held the full ``state_dict``; version 2 adds ``sam_source`` (slim checkpoints)."""
 
 
 class CheckpointFormatError(ValueError):
@@ -36,8 +38,11 @@ class ModelCheckpoint:
     epoch: epochs completed when it was written.
     plans: ``Plans.to_json()`` of the plans the network was trained with.
     dataset_json: ``DatasetDescription.to_json()``.
-    network_weights: the network's full ``state_dict``.
+    network_weights: the network's ``state_dict``, without the frozen SAM tensors when
+        ``sam_source`` is given (``nnsam3d.model.trained_weights``).
     training_state: trainer-owned state for resuming (absent in predict-only reads).
+    sam_source: ``{"file_name", "sha256"}`` of the SAM file the frozen tensors are rebuilt from;
+        None when ``network_weights`` is complete.
     """
 
     trainer_name: str
@@ -47,6 +52,7 @@ class ModelCheckpoint:
     dataset_json: dict
     network_weights: dict[str, torch.Tensor]
     training_state: dict[str, Any] = field(default_factory=dict)
+    sam_source: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +65,7 @@ class ModelCheckpoint:
             "dataset_json": self.dataset_json,
             "network_weights": self.network_weights,
             "training_state": self.training_state,
+            "sam_source": self.sam_source,
         }
 
 
@@ -81,8 +88,9 @@ def load_checkpoint(
         raise CheckpointFormatError(f"{path}: cannot be loaded as a checkpoint ({error}).") from error
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointFormatError(f"{path}: not an nnsam3d checkpoint.")
-    require_schema_version(content, CHECKPOINT_SCHEMA_VERSION, what="checkpoint", source=str(path),
-                           advice="Train again with this nnsam3d version.", error=CheckpointFormatError)
+    if content.get("schema_version") not in READABLE_SCHEMA_VERSIONS:  # refused, with the shared message
+        require_schema_version(content, CHECKPOINT_SCHEMA_VERSION, what="checkpoint", source=str(path),
+                               advice="(Version 1 is read too.) Use the nnsam3d version that wrote it, or train again.", error=CheckpointFormatError)
     return ModelCheckpoint(
         trainer_name=content["trainer_name"],
         fold=content["fold"],
@@ -91,4 +99,5 @@ def load_checkpoint(
         dataset_json=content["dataset_json"],
         network_weights=content["network_weights"],
         training_state=content.get("training_state") or {},
+        sam_source=content.get("sam_source"),
     )

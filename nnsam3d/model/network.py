@@ -18,7 +18,7 @@ from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.decoder3d import Decoder3D
 from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
 from nnsam3d.model.layout import token_grid
-from nnsam3d.model.sam_checkpoints import SamCheckpointError, load_sam_encoder_state
+from nnsam3d.model.sam_checkpoints import SamCheckpointError, SamSource, load_sam_encoder_state, sam_source_of
 from nnsam3d.model.weight_adaptation import adapt_sam_encoder_state
 
 
@@ -37,6 +37,9 @@ class MedSAM3D(nn.Module):
         spec = get_backbone(config.backbone)
         self.config = config
         self.deep_supervision = config.deep_supervision
+        self.sam_source: SamSource | None = None
+        """The SAM file the encoder was loaded from (set by :func:`load_sam_weights`), None for
+        random weights; checkpoints rebuild the frozen part from it (``trained_weights``)."""
         self.encoder = Encoder3D(spec, config)
         self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
 
@@ -87,6 +90,7 @@ def load_sam_weights(network: MedSAM3D, sam_checkpoint: str | os.PathLike) -> No
             f"{sam_checkpoint}: the adapted SAM weights do not match the 3D encoder "
             f"(missing {missing_from_sam[:5]}, unexpected {unexpected[:5]})."
         )
+    network.sam_source = sam_source_of(sam_checkpoint)
 
 
 def build_network(config: NetworkConfig, sam_checkpoint: str | os.PathLike | None = None) -> MedSAM3D:

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,6 +40,7 @@ SAM_CHECKPOINT_VARIABLE = "nnSAM3D_sam_checkpoint"
 SAM_ENCODER_PREFIX = "image_encoder."
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60
+HASH_CHUNK_BYTES = 1 << 22
 
 
 class SamCheckpointError(RuntimeError):
@@ -287,3 +289,46 @@ def _guess_backbone(state: dict[str, Tensor]) -> str:
         if (spec.embed_dim, spec.depth) == (width, depth):
             return f"The file looks like {spec.name} (width {width}, {depth} blocks). "
     return f"The file has width {width} and {depth} blocks. "
+
+
+@dataclass(frozen=True)
+class SamSource:
+    """The SAM-format file a network's frozen weights come from.
+
+    file_name: the file's name when training started (a hint where to look; the hash decides).
+    sha256: hex SHA-256 of the file's bytes.
+    """
+
+    file_name: str
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"file_name": self.file_name, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, content: dict | None) -> "SamSource | None":
+        return None if not content else cls(str(content["file_name"]), str(content["sha256"]))
+
+    def __str__(self) -> str:
+        return f"{self.file_name} (SHA-256 {self.sha256})"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, remembered per (path, size, modification time): a vit_b file
+    (375 MB) takes about a second, and training and every fold of a prediction ask again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sam_source_of(path: str | os.PathLike) -> SamSource:
+    return SamSource(Path(path).name, file_sha256(path))

@@ -1,10 +1,11 @@
 """The planner: from a dataset fingerprint to typed plans (``nnsam3d_plans.json``).
 
 It decides the target spacing (``spacing``), each channel's normalisation
-(``normalization_rules``), the memory target (``gpu_memory``), the backbone candidates (SAM
-checkpoints found, ``--backbone``, or vit_tiny for CPU training) and then searches the network
-configuration with the network's memory model (``network_search``), and says why in one
-paragraph (``Plans.explanation``).
+(``normalization_rules``), the memory target (``gpu_memory``), the compute target
+(``compute_budget``), the backbone candidates (SAM checkpoints found, ``--backbone``, or
+vit_tiny for CPU training) and then searches the network configuration with the network's
+memory model and FLOP count (``network_search``), and says why in one paragraph
+(``Plans.explanation``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from typing import Sequence
 
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import BACKBONES, get_backbone
+from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
+from nnsam3d.planners.compute_budget import (
+    REFERENCE_GPU,
+    REFERENCE_SUSTAINED_FLOPS,
+    ComputeTarget,
+    compute_target,
+    epoch_seconds,
+    fold_hours,
+)
 from nnsam3d.planners.gpu_memory import BYTES_PER_GB, MemoryTarget, memory_target
 from nnsam3d.planners.network_geometry import SAM_IN_PLANE_TOKEN, token_size_for
 from nnsam3d.planners.network_search import (
     BATCH_STAGE,
+    COMPUTE_LIMIT,
     FALLBACK_STAGE,
     MAX_DATASET_SHARE_PER_BATCH,
     REASONABLE_CONTEXT_MM,
@@ -37,7 +48,7 @@ from nnsam3d.planners.normalization_rules import (
     cropping_shrank_images,
     median_relative_size_after_cropping,
 )
-from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, ChannelNormalization, MemoryBudget, Plans
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, ChannelNormalization, ComputeBudget, MemoryBudget, Plans
 from nnsam3d.planners.spacing import median_shape_at_spacing, target_spacing_and_coarse_axis
 
 CPU_BACKBONE = "vit_tiny"
@@ -121,11 +132,13 @@ def plan_experiment(
     description: DatasetDescription,
     *,
     gpu_memory_gb: float | None = None,
+    compute_budget_hours: float | None = None,
     backbone: str | None = None,
     sam_checkpoint_dirs: Sequence[Path] = (),
     plans_name: str = DEFAULT_PLANS_NAME,
 ) -> Plans:
-    """Plans for a dataset, for ``--gpu-memory-gb`` (GiB) or the visible GPU or CPU training.
+    """Plans for a dataset, for ``--gpu-memory-gb`` (GiB) or the visible GPU or CPU training,
+    within ``--compute-budget`` hours per fold on the reference GPU (default: about a day).
 
     ``backbone`` forces one backbone; SAM checkpoints found in ``sam_checkpoint_dirs`` (or named
     by ``nnSAM3D_sam_checkpoint``) decide the candidate backbones. Only the folders given are
@@ -133,7 +146,8 @@ def plan_experiment(
     """
     target = memory_target(gpu_memory_gb)
     candidates = backbone_candidates(backbone, backbones_with_checkpoint(sam_checkpoint_dirs), target.on_gpu)
-    return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name)
+    return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name,
+                           compute=compute_target(compute_budget_hours))
 
 
 def plan_for_target(
@@ -144,8 +158,13 @@ def plan_for_target(
     *,
     plans_name: str = DEFAULT_PLANS_NAME,
     estimate: MemoryEstimator = estimate_training_memory,
+    compute: ComputeTarget | None = None,
 ) -> Plans:
-    """:func:`plan_experiment` with the memory target and backbone candidates decided: pure."""
+    """:func:`plan_experiment` with the memory target and backbone candidates decided: pure.
+
+    compute: the compute target (default: ``compute_target()``, about a day per fold). A CPU
+    plan is not bounded by it (the reference is a GPU), but still records its FLOPs."""
+    compute = compute or compute_target()
     spacing, coarse_axis = target_spacing_and_coarse_axis(fingerprint.spacings, fingerprint.shapes_after_cropping)
     median_shape = median_shape_at_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping, spacing)
     relative_size = median_relative_size_after_cropping(
@@ -174,6 +193,8 @@ def plan_for_target(
         target_bytes=target.target_bytes,
         precision=precision,
         estimate=estimate,
+        compute_cost=fold_hours_of,
+        cost_limit=compute.fold_hours if target.on_gpu else None,
     )
     memory = MemoryBudget(
         target_bytes=int(target.target_bytes),
@@ -191,6 +212,7 @@ def plan_for_target(
         network=result.config,
         batch_size=result.batch_size,
         memory=memory,
+        compute=compute_budget_record(result.config, result.batch_size, compute),
     )
     plans.explanation = explain_plan(
         plans,
@@ -200,6 +222,27 @@ def plan_for_target(
         mask_reason="; ".join(mask_reasons),
     )
     return plans
+
+
+def fold_hours_of(config, batch_size: int) -> float:
+    """Hours per fold of the default schedule on the reference GPU (the search's compute cost)."""
+    flops = estimate_training_flops(config, batch_size)
+    return fold_hours(flops.total, flops.forward)
+
+
+def compute_budget_record(config, batch_size: int, compute: ComputeTarget) -> ComputeBudget:
+    flops = estimate_training_flops(config, batch_size)
+    return ComputeBudget(
+        flops_per_step=flops.total,
+        forward_flops=flops.forward,
+        epoch_seconds=epoch_seconds(flops.total, flops.forward),
+        fold_hours=fold_hours(flops.total, flops.forward),
+        target_fold_hours=compute.fold_hours,
+        reference_gpu=REFERENCE_GPU,
+        sustained_tflops=REFERENCE_SUSTAINED_FLOPS / 1e12,
+        source=compute.source,
+        breakdown=flops.breakdown(),
+    )
 
 
 def _dims(values: Sequence[float], digits: int = 0) -> str:
@@ -236,6 +279,20 @@ def _describe_adapters(blocks: Sequence[int], dim: int, depth: int) -> str:
     if len(blocks) == depth:
         return f"3D adapters of width {dim} in all {depth} blocks"
     return f"3D adapters of width {dim} in the last {len(blocks)} of {depth} blocks (blocks {blocks[0]}-{blocks[-1]})"
+
+
+def _describe_compute(compute: ComputeBudget, result: SearchResult, on_gpu: bool) -> str:
+    text = (
+        f"Compute: {compute.flops_per_step / 1e12:.2f} TFLOP per training step, so about "
+        f"{compute.epoch_seconds / 60:.1f} min per epoch and {compute.fold_hours:.1f} h per fold of the default "
+        f"schedule on {compute.reference_gpu}, assuming a sustained {compute.sustained_tflops:g} TFLOP/s"
+    )
+    if not on_gpu:
+        return text + " (a CPU plan: the GPU compute target does not apply)."
+    text += f"; target {compute.target_fold_hours:g} h per fold ({compute.source})"
+    if result.limited_by == COMPUTE_LIMIT:
+        return text + ", which stopped the search here: the next larger plan would exceed it."
+    return text + "."
 
 
 def explain_plan(
@@ -279,7 +336,12 @@ def explain_plan(
         patch_reason = (
             f"it is the reasonable context (at least {REASONABLE_CONTEXT_MM:g} mm per axis where the image allows); "
             f"larger contexts are kept for the larger backbone(s) {', '.join(result.larger_backbones_left)}, which do "
-            f"not fit, so that a larger budget can never give a smaller plan"
+            f"not fit the memory or compute target, so that a larger budget can never give a smaller plan"
+        )
+    elif result.limited_by == COMPUTE_LIMIT:
+        patch_reason = (
+            "it is the largest context (equal extent in mm per axis where the image allows) within the compute "
+            "target; more memory would be left unused rather than make a fold take longer"
         )
     else:
         patch_reason = "it is the largest context (equal extent in mm per axis where the image allows) that fits"
@@ -312,4 +374,6 @@ def explain_plan(
         f"{SAFETY_MARGIN:.0%} ({_gib(result.usable_bytes)}); search order: context first, then capacity "
         f"(rung {result.rung_index + 1} of {result.num_rungs}).",
     ]
+    if plans.compute is not None:
+        sentences.append(_describe_compute(plans.compute, result, on_gpu=plans.memory.precision != "fp32"))
     return " ".join(sentences)

@@ -23,8 +23,15 @@ The ladder follows "context first, then capacity":
    Only these rungs never use activation checkpointing: it costs about a third more compute per
    step, worth paying for context but not for a larger batch.
 
-Every function is pure; the memory model is passed in (``nnsam3d.model.memory_model``'s
-``estimate_training_memory`` in production).
+**Compute.** With a cost function and a limit (hours per fold on the reference GPU, from the
+FLOPs per step, :mod:`nnsam3d.planners.compute_budget`), a rung must also fit the limit: the
+plan is the highest rung that fits both. The ladder is the same, so the plan is monotonic in both budgets,
+and a larger backbone is chosen only when its step at the reasonable patch fits the compute
+target, not merely the memory.
+
+Every function is pure; the memory model and the cost are passed in
+(``nnsam3d.model.memory_model.estimate_training_memory`` and hours per fold from
+``nnsam3d.model.compute_model.estimate_training_flops`` in production).
 """
 
 from __future__ import annotations
@@ -68,6 +75,14 @@ MemoryEstimator = Callable[[NetworkConfig, int, str], MemoryEstimateLike]
 """(config, batch size, precision) → estimated peak training memory (bytes)."""
 
 
+ComputeCost = Callable[[NetworkConfig, int], float]
+"""(config, batch size) → the cost of training with it (hours per fold on the reference GPU);
+it must not decrease along the ladder's rungs, as FLOPs do not."""
+
+MEMORY_LIMIT, COMPUTE_LIMIT, LADDER_TOP = "memory", "compute", "ladder top"
+"""What stopped the climb (``SearchResult.limited_by``)."""
+
+
 FALLBACK_STAGE, CONTEXT_STAGE, BACKBONE_STAGE, CAPACITY_STAGE, BATCH_STAGE = (
     "fallback",
     "context",
@@ -102,6 +117,9 @@ class SearchResult:
     reasonable_patch: the patch at which larger backbones enter the ladder.
     larger_backbones_left: candidates larger than the chosen backbone (they did not fit).
     batch_cap: the largest batch the ladder offers (:func:`max_batch_size` of the full patch).
+    cost: the compute cost of the chosen configuration (None without a cost function).
+    limited_by: why the next rung was not taken: ``COMPUTE_LIMIT`` (its cost exceeds the compute
+        target), ``MEMORY_LIMIT`` (it does not fit the memory) or ``LADDER_TOP``.
     """
 
     config: NetworkConfig
@@ -114,6 +132,8 @@ class SearchResult:
     reasonable_patch: tuple[int, int, int]
     larger_backbones_left: tuple[str, ...]
     batch_cap: int
+    cost: float | None = None
+    limited_by: str = MEMORY_LIMIT
 
 
 class PlanDoesNotFitError(ValueError):
@@ -240,12 +260,16 @@ def search_network(
     target_bytes: int,
     precision: str,
     estimate: MemoryEstimator,
+    compute_cost: ComputeCost | None = None,
+    cost_limit: float | None = None,
 ) -> SearchResult:
-    """The highest rung of the ladder whose estimate fits ``SAFETY_MARGIN * target_bytes``.
+    """The highest rung of the ladder whose estimate fits ``SAFETY_MARGIN * target_bytes`` and,
+    with ``compute_cost`` and ``cost_limit``, whose cost is at most ``cost_limit``.
 
     ``spacing``: target spacing (mm). ``median_shape``: voxels at that spacing.
     ``token_size``: voxels per token (z, y, x). ``num_cases``: training cases (batch cap).
-    Raises :class:`PlanDoesNotFitError` when not even the smallest rung fits.
+    Raises :class:`PlanDoesNotFitError` when not even the smallest rung fits the memory (the
+    smallest rung is kept whatever its compute: a plan that is slow beats no plan).
     """
     usable = int(SAFETY_MARGIN * target_bytes)
     path = patch_size_path(spacing, token_size, median_shape)
@@ -253,15 +277,24 @@ def search_network(
     batch_cap = max_batch_size(path[-1], median_shape, num_cases)
     ladder = build_ladder(backbones, path, reasonable, batch_cap)
 
-    best: tuple[int, NetworkConfig, MemoryEstimateLike] | None = None
+    best: tuple[int, NetworkConfig, MemoryEstimateLike, float | None] | None = None
+    over_compute: set[int] = set()  # rungs whose cost exceeds the compute target
     for index, rung in enumerate(ladder):
         # Every rung is tried, not just up to the first that fails: the highest fitting rung is
-        # what makes the plan monotonic in the budget, whatever the estimates do along the way.
+        # what makes the plan monotonic in the budgets, whatever the estimates do along the way.
+        cost = None
         for checkpointing in (False,) if rung.stage in STAGES_WITHOUT_CHECKPOINTING else (False, True):
             config = network_config_for(rung, token_size, in_channels, num_classes, checkpointing)
+            if compute_cost is not None:
+                cost = compute_cost(config, rung.batch_size)
+                # Checkpointing only adds compute (the encoder's forward again), so a rung over the
+                # limit without it is over with it. The first rung stays: a slow plan beats none.
+                if cost_limit is not None and cost > cost_limit and index > 0:
+                    over_compute.add(index)
+                    break
             estimated = estimate(config, rung.batch_size, precision)
             if estimated.total <= usable:
-                best = (index, config, estimated)
+                best = (index, config, estimated, cost)
                 break
     if best is None:
         first = ladder[0]
@@ -272,7 +305,13 @@ def search_network(
             f"{SAFETY_MARGIN:.0%} of the {target_bytes / 2**30:.1f} GiB memory target. Give a larger "
             f"--gpu-memory-gb or a smaller --backbone."
         )
-    index, config, estimated = best
+    index, config, estimated, cost = best
+    if index + 1 == len(ladder):
+        limited_by = LADDER_TOP
+    elif index + 1 in over_compute:
+        limited_by = COMPUTE_LIMIT
+    else:
+        limited_by = MEMORY_LIMIT
     # The ladder enters the backbones smallest first, so its order is order_by_size's.
     candidates = list(dict.fromkeys(rung.backbone for rung in ladder))
     return SearchResult(
@@ -286,4 +325,6 @@ def search_network(
         reasonable_patch=path[reasonable],
         larger_backbones_left=tuple(candidates[candidates.index(config.backbone) + 1 :]),
         batch_cap=batch_cap,
+        cost=cost,
+        limited_by=limited_by,
     )

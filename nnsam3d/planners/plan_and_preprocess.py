@@ -88,6 +88,7 @@ def plan_and_preprocess(
     *,
     verify: bool = False,
     gpu_memory_gb: float | None = None,
+    compute_budget_hours: float | None = None,
     backbone: str | None = None,
     num_processes: int = 2,
     clean: bool = False,
@@ -98,6 +99,8 @@ def plan_and_preprocess(
     verify: run the integrity check first; on any problem raise
         ``planners.integrity.DatasetIntegrityError`` listing them all, having written nothing.
     gpu_memory_gb: memory target (GiB) of the plan; default: the visible GPU, else a CPU plan.
+    compute_budget_hours: hours per fold of the default schedule on the reference GPU
+        (``planners.compute_budget``); default: about a day.
     backbone: force a backbone (e.g. ``vit_tiny``); default: the planner chooses.
     num_processes: worker processes for verification, fingerprint and preprocessing.
     clean: recompute the fingerprint and preprocess every case again.
@@ -128,6 +131,7 @@ def plan_and_preprocess(
         fingerprint,
         description,
         gpu_memory_gb=gpu_memory_gb,
+        compute_budget_hours=compute_budget_hours,
         backbone=backbone,
         sam_checkpoint_dirs=[paths.sam_checkpoint_dir()],
         plans_name=plans_name,

@@ -86,6 +86,29 @@ class MemoryBudget:
 
 
 @dataclass
+class ComputeBudget:
+    """What one training step of the plan costs, and the compute target it was planned within.
+
+    flops_per_step: FLOPs of one training step (forward + backward) at the plan's batch size.
+    forward_flops: of which forward (what a pseudo-Dice batch costs).
+    epoch_seconds, fold_hours: estimated time per epoch and per fold of the default schedule on
+        ``reference_gpu`` at ``sustained_tflops``.
+    target_fold_hours, source: the target (``--compute-budget`` or the default) and its origin.
+    breakdown: FLOPs per step by part (attention, encoder_linear, decoder, ...).
+    """
+
+    flops_per_step: float
+    forward_flops: float
+    epoch_seconds: float
+    fold_hours: float
+    target_fold_hours: float
+    reference_gpu: str
+    sustained_tflops: float
+    source: str = "default"
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Plans:
     """Everything later stages need to preprocess, train and predict like the planner intended.
 
@@ -100,6 +123,8 @@ class Plans:
     batch_size: patches per training step (at least 2).
     foreground_oversampling: share of each batch centred on foreground.
     memory: the budget and the estimate behind the choice.
+    compute: FLOPs per step, estimated epoch time and the compute target (None in plans written
+        before it existed).
     explanation: the paragraph the planner printed.
     """
 
@@ -113,6 +138,7 @@ class Plans:
     plans_name: str = DEFAULT_PLANS_NAME
     image_resampling_order: int = 3
     foreground_oversampling: float = 0.33
+    compute: ComputeBudget | None = None
     explanation: str = ""
     schema_version: int = PLANS_SCHEMA_VERSION
 
@@ -154,6 +180,7 @@ class Plans:
             "foreground_oversampling": self.foreground_oversampling,
             "network": self.network.to_json(),
             "memory": asdict(self.memory),
+            "compute": None if self.compute is None else asdict(self.compute),
             "explanation": self.explanation,
         }
 
@@ -174,6 +201,7 @@ class Plans:
                 batch_size=int(content["batch_size"]),
                 foreground_oversampling=float(content.get("foreground_oversampling", 0.33)),
                 memory=MemoryBudget(**content["memory"]),
+                compute=ComputeBudget(**content["compute"]) if content.get("compute") else None,
                 explanation=content.get("explanation", ""),
                 schema_version=version,
             )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -32,12 +31,12 @@ from torch import nn
 from tqdm import tqdm
 
 from nnsam3d import paths
-from nnsam3d.io.atomic import atomic_path
 from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
-from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
+from nnsam3d.model.sam_checkpoints import SamSource, resolve_sam_checkpoint
+from nnsam3d.model.trained_weights import rebuild_trained_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.augmentation import AugmentationSettings, settings_for
@@ -186,9 +185,15 @@ class nnSAM3DTrainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
         torch.manual_seed(self.request.seed)  # identical initial weights on every rank
-        network = build_network(config, self.pretrained_path)
-        if self.resume_from is not None:
-            network.load_state_dict(self.resume_from.checkpoint.network_weights)
+        if self.resume_from is None:
+            network = build_network(config, self.pretrained_path)
+        else:
+            checkpoint = self.resume_from.checkpoint
+            network = rebuild_trained_network(
+                config, checkpoint.network_weights, SamSource.from_json(checkpoint.sam_source),
+                source=str(self.resume_from.path), sam_checkpoint=self.request.sam_checkpoint,
+                search_dirs=(paths.sam_checkpoint_dir(),),
+            )
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.network_module)
         self.loss = self.build_loss()
@@ -325,8 +330,11 @@ class nnSAM3DTrainer:
         }
 
     def save_checkpoint(self, filename: str) -> None:
-        """Every rank takes part (the random-generator states are gathered); rank 0 writes."""
+        """Every rank takes part (the random-generator states are gathered); rank 0 writes.
+        ``checkpoint_final.pth`` is the model: without the optimiser state only resuming needs."""
         state = self.training_state()
+        if filename == checkpointing.FINAL:
+            state = checkpointing.model_only(state)
         if self.context.is_main:
             checkpointing.write_training_checkpoint(
                 self.output_folder / filename,
@@ -338,11 +346,6 @@ class nnSAM3DTrainer:
                 network=self.network_module,
                 training_state=state,
             )
-
-    def _copy_checkpoint(self, source: str, target: str) -> None:
-        if self.context.is_main:
-            with atomic_path(self.output_folder / target) as temporary:
-                shutil.copyfile(self.output_folder / source, temporary)
 
     # ----------------------------------------------------------------------------- run
     def run(self) -> None:
@@ -399,7 +402,7 @@ class nnSAM3DTrainer:
                 )
                 break
         self.save_checkpoint(checkpointing.FINAL)
-        self._copy_checkpoint(checkpointing.FINAL, checkpointing.LATEST)
+        self.save_checkpoint(checkpointing.LATEST)  # the same epoch, with what --c needs to extend the run
         self.log.message(
             f"training {'stopped by the time budget' if budget.stopped else 'finished'} after "
             f"{self.epochs_completed} epochs; {checkpointing.FINAL} written"

@@ -3,7 +3,13 @@
 A checkpoint holds the network weights, the plans (with the network configuration the trainer
 actually built) and dataset.json, so the predictor needs nothing else; and the training state
 (optimiser, schedule, scaler, epoch, random generators, log history) so that ``--c`` resumes
-exactly. Everything is converted to what ``torch.load(weights_only=True)`` accepts: numpy's and
+exactly.
+
+Slim: a network whose SAM encoder stays frozen stores only the tensors training changes plus the
+SAM file's name and SHA-256 (``model.trained_weights``); vit_b with adapters, 22 MB instead of
+375 MB. ``checkpoint_final.pth`` is the model a fold delivers: it leaves out the optimiser's
+moments (twice the trainable weights), which only resuming needs and ``checkpoint_latest.pth``
+(written with it at the end) and ``checkpoint_best.pth`` keep. Everything is converted to what ``torch.load(weights_only=True)`` accepts: numpy's and
 Python's generator states become lists of ints.
 """
 
@@ -18,11 +24,14 @@ import torch
 from torch import nn
 
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint, save_checkpoint
+from nnsam3d.model.trained_weights import trained_state_dict
 from nnsam3d.trainers.request import TrainingInputError
 
 LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_best.pth"
 FINAL = "checkpoint_final.pth"
+RESUME_STATE_KEY = "optimization"
+"""The part of the training state only resuming needs (optimiser moments, schedule, scaler)."""
 
 
 def seed_generators(seed: int) -> None:
@@ -59,7 +68,9 @@ def restore_rng_state(state: dict) -> None:
 def write_training_checkpoint(path: str | Path, *, trainer_name: str, fold: str, epoch: int, plans: dict,
                               dataset_json: dict, network: nn.Module, training_state: dict) -> None:
     """Write atomically (a crash mid-write leaves the previous file as it was). ``network`` is the
-    bare module, not its DistributedDataParallel wrapper, so that keys carry no ``module.``."""
+    bare module, not its DistributedDataParallel wrapper, so that keys carry no ``module.``.
+    Only the tensors training changes are stored when the rest is SAM's (see the module)."""
+    weights, sam_source = trained_state_dict(network)
     save_checkpoint(
         ModelCheckpoint(
             trainer_name=trainer_name,
@@ -67,8 +78,9 @@ def write_training_checkpoint(path: str | Path, *, trainer_name: str, fold: str,
             epoch=epoch,
             plans=plans,
             dataset_json=dataset_json,
-            network_weights=network.state_dict(),
+            network_weights=weights,
             training_state=training_state,
+            sam_source=None if sam_source is None else sam_source.to_json(),
         ),
         path,
     )
@@ -92,12 +104,19 @@ class ResumePoint:
         self.checkpoint.training_state = {}
 
 
+def model_only(training_state: dict) -> dict:
+    """The training state without what only resuming needs (what ``checkpoint_final.pth`` keeps)."""
+    return {key: value for key, value in training_state.items() if key != RESUME_STATE_KEY}
+
+
 def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continue_training: bool) -> ResumePoint | None:
     """``--val``: the final checkpoint, which must exist. ``--c``: the checkpoint with the most epochs
-    among final and latest, None when the fold has none yet. Otherwise None (a new run).
+    among final and latest that carry the optimiser state, None when the fold has none yet.
+    Otherwise None (a new run).
 
     ``checkpoint_best.pth`` is not resumed from: it is older than latest and resuming it would
-    repeat epochs.
+    repeat epochs. A final checkpoint without the optimiser state (see the module) is a model,
+    not a resume point.
     """
     fold_folder = Path(fold_folder)
     if validation_only:
@@ -113,5 +132,12 @@ def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continu
     # Memory-mapped: only the chosen checkpoint's tensors are ever read from disk.
     found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name, mmap=True))
              for name in (FINAL, LATEST) if (fold_folder / name).is_file()]
+    resumable = [point for point in found if RESUME_STATE_KEY in point.state]
+    if found and not resumable:
+        raise TrainingInputError(
+            f"{found[0].path}: holds the trained model but not the optimiser state needed to resume "
+            f"({LATEST} carries it and is missing). Train this fold again without --c, or restore {LATEST}."
+        )
+    found = resumable
     # max() keeps the first of equals: on equal epochs final wins, it is what the finished run left.
     return max(found, key=lambda point: point.checkpoint.epoch, default=None)

@@ -13,6 +13,7 @@ import pytest
 
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.planners.experiment_planner import (
     SAM_BACKBONES,
@@ -22,6 +23,7 @@ from nnsam3d.planners.experiment_planner import (
     plan_for_target,
 )
 from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
+from nnsam3d.planners.compute_budget import DEFAULT_FOLD_HOURS, SCHEDULE_EPOCHS, SCHEDULE_ITERATIONS, compute_target
 from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
 from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
 from nnsam3d.planners.network_search import (
@@ -90,9 +92,10 @@ def phantom_description() -> DatasetDescription:
     )
 
 
-def gpu_plan(fingerprint, description, gigabytes, with_checkpoint=(), forced=None) -> Plans:
+def gpu_plan(fingerprint, description, gigabytes, with_checkpoint=(), forced=None, compute_hours=None) -> Plans:
     candidates = backbone_candidates(forced, with_checkpoint, on_gpu=True)
-    return plan_for_target(fingerprint, description, memory_target(gigabytes), candidates)
+    return plan_for_target(fingerprint, description, memory_target(gigabytes), candidates,
+                           compute=compute_target(compute_hours))
 
 
 def capacity(plans: Plans) -> tuple:
@@ -360,3 +363,97 @@ def test_explanation_names_the_key_numbers(ct_fingerprint, ct_description):
     assert "vit_b" in text and f"width {network.adapter_dim}" in text
     assert re.search(r"covering \d+% of the median image volume", text)
     assert "activation checkpointing" in text
+
+
+# --- compute: FLOPs per step, time per fold, the compute target ------------------------------
+
+
+def _tumour_fingerprints() -> dict[str, tuple[DatasetFingerprint, DatasetDescription]]:
+    """nnU-Net-like datasets besides the abdominal CT: brain MRI (BraTS-like, 4 channels, 1 mm),
+    prostate MRI (2 channels, 3.6 x 0.6 x 0.6 mm) and a 2-class tumour CT (organ + tumour,
+    MSD-pancreas-like 2.5 x 0.8 x 0.8 mm with smaller images)."""
+    brain_shapes = [(140, 170, 138)] * 400
+    prostate_spacings = [(3.6, 0.62, 0.62)] * 32
+    prostate_shapes = [(20, 320, 320)] * 32
+    pancreas_shapes = [(90 + i, 512, 512) for i in range(280)]
+    return {
+        "brain_mri": (
+            make_fingerprint("Dataset910_BrainLike", [(1.0, 1.0, 1.0)] * 400, brain_shapes, brain_shapes,
+                             {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}),
+            DatasetDescription({"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+                               {"background": 0, "edema": 1, "non-enhancing": 2, "enhancing": 3}, 400, ".nii.gz"),
+        ),
+        "prostate_mri": (
+            make_fingerprint("Dataset911_ProstateLike", prostate_spacings, prostate_shapes, prostate_shapes,
+                             {"0": "T2", "1": "ADC"}),
+            DatasetDescription({"0": "T2", "1": "ADC"}, {"background": 0, "PZ": 1, "TZ": 2}, 32, ".nii.gz"),
+        ),
+        "two_class_tumour_ct": (
+            make_fingerprint("Dataset912_PancreasLike", [(2.5, 0.8, 0.8)] * 280, pancreas_shapes, pancreas_shapes,
+                             {"0": "CT"}),
+            DatasetDescription({"0": "CT"}, {"background": 0, "pancreas": 1, "tumour": 2}, 280, ".nii.gz"),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["ct_abdomen", "brain_mri", "prostate_mri", "two_class_tumour_ct"])
+def test_plans_stay_within_the_compute_target_and_record_it(name, ct_fingerprint, ct_description):
+    fingerprint, description = (ct_fingerprint, ct_description) if name == "ct_abdomen" else _tumour_fingerprints()[name]
+    for gb, hours in [(8, None), (24, None), (80, None), (80, 3.0), (24, 1.0)]:
+        plan = gpu_plan(fingerprint, description, gb, with_checkpoint=SAM_BACKBONES, compute_hours=hours)
+        compute = plan.compute
+        assert compute.target_fold_hours == (hours or DEFAULT_FOLD_HOURS)
+        assert compute.fold_hours <= compute.target_fold_hours, (name, gb, hours, plan.backbone, plan.patch_size)
+        flops = estimate_training_flops(plan.network, plan.batch_size)
+        assert compute.flops_per_step == flops.total and compute.breakdown["attention"] == flops.parts["attention"]
+        # The time per epoch is the schedule's work at the assumed throughput.
+        assert compute.epoch_seconds * SCHEDULE_EPOCHS / 3600 == pytest.approx(compute.fold_hours)
+        assert compute.epoch_seconds > SCHEDULE_ITERATIONS * flops.total / (compute.sustained_tflops * 1e12)
+        assert f"{compute.flops_per_step / 1e12:.2f} TFLOP per training step" in plan.explanation
+        assert f"{compute.fold_hours:.1f} h per fold" in plan.explanation
+
+
+def test_plans_grow_monotonically_in_memory_and_compute(ct_fingerprint, ct_description):
+    budgets_gb, budgets_hours = (8, 24, 80), (0.5, 1.0, 2.0, 4.0, 24.0)
+    plans = {(gb, h): gpu_plan(ct_fingerprint, ct_description, gb, with_checkpoint=SAM_BACKBONES, compute_hours=h)
+             for gb in budgets_gb for h in budgets_hours}
+    for gb in budgets_gb:
+        for smaller, larger in zip(budgets_hours, budgets_hours[1:]):
+            assert_never_smaller(plans[gb, smaller], plans[gb, larger])
+    for hours in budgets_hours:
+        for smaller, larger in zip(budgets_gb, budgets_gb[1:]):
+            assert_never_smaller(plans[smaller, hours], plans[larger, hours])
+    # The compute target binds: half an hour per fold gives much less than a day does at 80 GB.
+    assert math.prod(plans[80, 0.5].patch_size) < math.prod(plans[80, 24.0].patch_size)
+    assert "the next larger plan would exceed it" in plans[80, 0.5].explanation
+
+
+def test_vit_h_is_chosen_only_when_the_compute_budget_allows_it(ct_fingerprint, ct_description):
+    roomy = gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES)
+    tight = gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES, compute_hours=0.75)
+    assert roomy.backbone == "vit_h" and tight.backbone != "vit_h"
+    vit_h_at_tight_patch = tight.network.replace(backbone="vit_h", adapter_blocks=tuple(range(32)))
+    hours = estimate_training_flops(vit_h_at_tight_patch, tight.batch_size).total / estimate_training_flops(
+        tight.network, tight.batch_size).total * tight.compute.fold_hours
+    assert hours > 0.75  # vit_h would have fitted the memory, not the compute
+
+
+def test_compute_budget_source_and_cpu_plans():
+    assert compute_target(6).source == "--compute-budget 6" and compute_target(6).fold_hours == 6
+    assert compute_target().fold_hours == DEFAULT_FOLD_HOURS
+    with pytest.raises(ValueError, match="--compute-budget must be positive"):
+        compute_target(0)
+
+
+def test_schedule_assumed_by_the_compute_target_is_the_trainers():
+    from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
+
+    assert (nnSAM3DTrainer.num_epochs, nnSAM3DTrainer.iterations_per_epoch) == (SCHEDULE_EPOCHS, SCHEDULE_ITERATIONS)
+
+
+def test_planner_takes_under_a_second_of_cpu(ct_fingerprint, ct_description):
+    import time
+
+    started = time.process_time()  # CPU time: other jobs on a shared machine do not count
+    gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES)
+    assert time.process_time() - started < 1.0

@@ -13,6 +13,7 @@ from nnsam3d.trainers.checkpointing import (
     BEST,
     FINAL,
     LATEST,
+    RESUME_STATE_KEY,
     capture_rng_state,
     find_resume_point,
     restore_rng_state,
@@ -35,7 +36,8 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 
 def _write(folder, name, epoch):
-    save_checkpoint(ModelCheckpoint("nnSAM3DTrainer", "0", epoch, {}, {}, {}, {"marker": name}), folder / name)
+    state = {"marker": name, RESUME_STATE_KEY: {}}
+    save_checkpoint(ModelCheckpoint("nnSAM3DTrainer", "0", epoch, {}, {}, {}, state), folder / name)
 
 
 def test_resume_point_is_the_checkpoint_with_the_most_epochs_and_final_on_a_tie(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from nnsam3d.model.network import parameter_is_trainable
 from nnsam3d.model.sam_checkpoints import load_sam_encoder_state
+from nnsam3d.model.trained_weights import SamSourceError
 from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.registry import get_trainer_class
 
@@ -90,9 +91,14 @@ def test_resuming_a_run_that_started_from_sam_keeps_its_network_and_learning_rat
     first.initialize()
     first._stop_streams()
     first.save_checkpoint("checkpoint_latest.pth")
-    # Resuming needs no SAM file: every weight is in the checkpoint.
+    # The checkpoint is slim: resuming rebuilds the frozen encoder from the same SAM file.
+    without_sam = get_trainer_class("nnSAM3DTrainer")(TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu",
+                                                                      continue_training=True))
+    with pytest.raises(SamSourceError, match=f"{tiny_sam_checkpoint.name} with SHA-256"):
+        without_sam.initialize()
     resumed = get_trainer_class("nnSAM3DTrainer")(TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu",
-                                                                  continue_training=True))
+                                                                  continue_training=True,
+                                                                  sam_checkpoint=str(tiny_sam_checkpoint)))
     resumed.initialize()
     resumed._stop_streams()
     assert resumed.pretrained_path is None and resumed.starts_from_sam

@@ -1,0 +1,155 @@
+"""Floating-point operations of one training step of 3DMedSAM, from the network's own layout.
+
+``estimate_training_flops(config, batch_size)`` walks the shapes the network is built and run
+on (:mod:`nnsam3d.model.layout`, like the memory model) and counts 2 FLOPs per multiply-add of
+every linear layer, convolution, transposed convolution and attention product:
+
+* forward: every operation once;
+* backward: each operation again for its input gradient wherever something before it trains
+  (everything after the 3D patch embedding, which trains in every mode; the patch embedding's
+  and the stem's first convolution's inputs are the image, which needs no gradient), and once
+  more for its weight gradient where its weight trains (frozen SAM weights: no weight
+  gradient). Attention products have two operands that both need gradients: twice forward;
+* activation checkpointing: the encoder blocks' forward runs a second time during backward.
+
+Normalisations, activations, softmax, the loss and the optimiser are elementwise: a few FLOPs
+per element, below 1% of the total for every plan (they cost memory bandwidth, which the
+assumed sustained throughput of :mod:`nnsam3d.model.compute_budget` absorbs).
+
+The attention term (``attention`` in :meth:`FlopEstimate.breakdown`) counts the q·kᵀ and
+attention·v products over each block's windows, padding tokens included, plus the query
+products with the decomposed relative-position tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.layout import (
+    DEEP_SUPERVISION_LEVELS,
+    STEM_LEVELS,
+    convs_per_level,
+    decoder_level_shapes,
+    decoder_widths,
+    feature_levels,
+    integer_upsampling_factor,
+    window_layout,
+)
+
+CONV_KERNEL_VOXELS = 27  # 3x3x3
+ADAPTER_KERNEL_VOXELS = 27  # the adapters' depthwise 3x3x3 convolution
+
+
+@dataclass
+class FlopEstimate:
+    """FLOPs of one training step (forward + backward, at ``batch_size``), by part.
+
+    forward / backward: the step's two halves (backward includes checkpointing's recompute).
+    parts: forward+backward FLOPs of ``patch_embedding``, ``attention`` (products over tokens),
+    ``encoder_linear`` (qkv, projection, MLP), ``adapters``, ``decoder``, ``recompute``.
+    """
+
+    forward: float = 0.0
+    backward: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+    def add(self, part: str, forward: float, *, input_gradient: bool, weight_gradient: bool,
+            operands: int = 1) -> None:
+        """One operation of ``forward`` FLOPs; ``operands``: inputs needing a gradient when
+        ``input_gradient`` (2 for a product of two activations)."""
+        backward = forward * (operands * input_gradient + weight_gradient)
+        self.forward += forward
+        self.backward += backward
+        self.parts[part] = self.parts.get(part, 0.0) + forward + backward
+
+    def breakdown(self) -> dict[str, float]:
+        return {**self.parts, "forward": self.forward, "backward": self.backward, "total": self.total}
+
+
+def attention_forward_flops(tokens_per_window: int, windows: int, heads: int, head_dim: int,
+                            rel_pos_extents: int) -> float:
+    """q·kᵀ and attention·v over ``windows`` windows (both ``2 * n² * head_dim`` per head), and
+    the query products with the relative-position tables (``2 * n * extent * head_dim`` per
+    head, summed over the three axes' window extents ``rel_pos_extents``)."""
+    n = tokens_per_window
+    return windows * heads * (2 * 2 * n * n * head_dim + 2 * n * rel_pos_extents * head_dim)
+
+
+def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstimate:
+    """FLOPs of one training step of ``build_network(config)`` at ``batch_size`` (see the module)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    spec = get_backbone(config.backbone)
+    full = config.trainable == "full"
+    dim, heads = spec.embed_dim, spec.num_heads
+    head_dim, hidden = dim // heads, int(dim * spec.mlp_ratio)
+    grid = config.token_grid
+    tokens = batch_size * prod(grid)
+    flops = FlopEstimate()
+
+    # The patch embedding trains in every mode; its input is the image (no gradient).
+    flops.add("patch_embedding", 2 * tokens * dim * config.in_channels * prod(config.token_size),
+              input_gradient=False, weight_gradient=True)
+    encoder_forward = 0.0
+    for index in range(spec.depth):
+        layout = window_layout(grid, None if index in spec.global_attn_indexes else config.window_size)
+        padded = batch_size * layout.padded_tokens
+        block = FlopEstimate()
+        block.add("encoder_linear", 2 * padded * dim * 3 * dim + 2 * padded * dim * dim,  # qkv, proj
+                  input_gradient=True, weight_gradient=full)
+        block.add("attention", attention_forward_flops(layout.tokens_per_window, batch_size * layout.num_windows,
+                                                       heads, head_dim, sum(layout.window)),
+                  input_gradient=True, weight_gradient=False, operands=2)
+        block.add("encoder_linear", 2 * 2 * tokens * dim * hidden, input_gradient=True, weight_gradient=full)
+        if index in config.adapter_blocks:
+            a = config.adapter_dim
+            block.add("adapters", 2 * 2 * tokens * dim * a + 2 * tokens * a * ADAPTER_KERNEL_VOXELS,
+                      input_gradient=True, weight_gradient=True)
+        for part, value in block.parts.items():
+            flops.parts[part] = flops.parts.get(part, 0.0) + value
+        flops.forward += block.forward
+        flops.backward += block.backward
+        encoder_forward += block.forward
+    if config.activation_checkpointing:
+        flops.backward += encoder_forward
+        flops.parts["recompute"] = encoder_forward
+
+    _decoder_flops(spec.embed_dim, len(spec.feature_blocks), config, batch_size, flops)
+    return flops
+
+
+def _decoder_flops(embed_dim: int, num_features: int, config: NetworkConfig, batch: int, flops: FlopEstimate) -> None:
+    """Necks, laterals, stem, upsamplers, level convolutions and heads (all train)."""
+    grid = config.token_grid
+    shapes = decoder_level_shapes(config.patch_size, grid)
+    widths = decoder_widths(config.decoder_channels, config.in_channels, len(shapes))
+    channels, neck = widths.levels, widths.neck
+
+    def conv(forward: float, *, input_gradient: bool = True) -> None:
+        flops.add("decoder", forward, input_gradient=input_gradient, weight_gradient=True)
+
+    for level in feature_levels(num_features, len(shapes)):
+        conv(2 * batch * prod(grid) * embed_dim * neck)  # neck projection
+        factor = integer_upsampling_factor(shapes[level], grid)
+        # A transposed convolution with kernel = stride: one multiply-add per output voxel and
+        # input channel, per output channel.
+        conv(2 * batch * prod(grid) * prod(factor) * neck * channels[level])
+    for level in range(STEM_LEVELS):
+        conv(2 * batch * prod(shapes[level]) * widths.stem[level] * widths.stem[level + 1] * CONV_KERNEL_VOXELS,
+             input_gradient=level > 0)
+    for level, shape in enumerate(shapes):
+        voxels = prod(shape)
+        if level + 1 < len(shapes):
+            factor = integer_upsampling_factor(shape, shapes[level + 1])
+            conv(2 * batch * prod(shapes[level + 1]) * prod(factor) * channels[level + 1] * channels[level])
+        for _ in range(convs_per_level(level)):
+            conv(2 * batch * voxels * channels[level] ** 2 * CONV_KERNEL_VOXELS)
+        if level in DEEP_SUPERVISION_LEVELS:
+            conv(2 * batch * voxels * channels[level] * config.num_classes)

@@ -1,0 +1,62 @@
+"""The compute the planner plans for: hours per fold of the default schedule on a reference GPU.
+
+A plan's cost is its FLOPs per training step (``nnsam3d.model.compute_model``, the same layout
+code as the memory model), turned into time with an assumed sustained throughput:
+
+* **Reference GPU**: one H100-class GPU (H100 SXM: 989 TFLOP/s dense bf16 peak).
+* **Sustained throughput**: ``REFERENCE_SUSTAINED_FLOPS`` = 150 TFLOP/s, about 15% of that peak.
+  The encoder's large matrix products run at 50-60% of peak and flash attention at 35-50%, but
+  a step also runs memory-bound work that the FLOP count hardly sees: the adapters' depthwise 3D
+  convolutions, InstanceNorm and LeakyReLU over narrow full-resolution 3D tensors, LayerNorm,
+  GELU and autocast's copies, the loss at three resolutions and AdamW. 15% is a deliberately
+  modest figure for such a mix; ``benchmarks/gpu_checks.py`` measures seconds per step on a GPU
+  and is the calibration (it reports the achieved TFLOP/s next to this assumption).
+* **Default target**: ``DEFAULT_FOLD_HOURS`` = 24: the default schedule (250 epochs of 250
+  iterations plus the pseudo-Dice batches, a fifth of the iterations, forward only) trains one
+  fold in about a day, nnU-Net's own budget for a 3d_fullres fold. At 150 TFLOP/s that allows
+  about 194 TFLOP per step: far above vit_b's memory-bound plans (5-52 TFLOP on 8-141 GB), so
+  on today's cards it bounds vit_h and very large memory, where patches would otherwise take
+  days. ``--compute-budget HOURS`` changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_GPU = "one H100-class GPU (H100 SXM, 989 TFLOP/s dense bf16 peak)"
+REFERENCE_SUSTAINED_FLOPS = 150e12
+DEFAULT_FOLD_HOURS = 24.0
+SCHEDULE_EPOCHS = 250
+SCHEDULE_ITERATIONS = 250
+VALIDATION_SHARE = 0.2
+"""Pseudo-Dice batches per epoch as a share of the training iterations (the trainer's default)."""
+
+
+@dataclass(frozen=True)
+class ComputeTarget:
+    """fold_hours: the budget for one fold of the default schedule on the reference GPU.
+    source: where it came from, in words."""
+
+    fold_hours: float
+    source: str
+
+
+def compute_target(compute_budget_hours: float | None = None) -> ComputeTarget:
+    """``--compute-budget`` (hours per fold) when given, else ``DEFAULT_FOLD_HOURS``."""
+    if compute_budget_hours is not None:
+        if compute_budget_hours <= 0:
+            raise ValueError(f"--compute-budget must be positive, got {compute_budget_hours}.")
+        return ComputeTarget(float(compute_budget_hours), f"--compute-budget {compute_budget_hours:g}")
+    return ComputeTarget(
+        DEFAULT_FOLD_HOURS, f"default: the default schedule trains a fold in about a day on {REFERENCE_GPU}"
+    )
+
+
+def epoch_seconds(step_flops: float, forward_flops: float, sustained_flops: float = REFERENCE_SUSTAINED_FLOPS) -> float:
+    """Seconds per epoch of the default schedule: training steps plus forward-only pseudo-Dice batches."""
+    work = SCHEDULE_ITERATIONS * step_flops + VALIDATION_SHARE * SCHEDULE_ITERATIONS * forward_flops
+    return work / sustained_flops
+
+
+def fold_hours(step_flops: float, forward_flops: float, sustained_flops: float = REFERENCE_SUSTAINED_FLOPS) -> float:
+    return SCHEDULE_EPOCHS * epoch_seconds(step_flops, forward_flops, sustained_flops) / 3600
