@@ -3,7 +3,9 @@
 SAM's attention (``segment_anything/modeling/image_encoder.py``) extended by one axis: tokens
 are laid out ``(B, Z, H, W, D)``, windows are boxes of ``(wz, wh, ww)`` tokens, and the
 decomposed relative-position bias gets a depth term next to SAM's height and width terms:
-``attn[q, k] += q . R_z[q_z - k_z] + q . R_h[q_h - k_h] + q . R_w[q_w - k_w]``.
+``attn[q, k] += q . R_z[q_z - k_z] + q . R_h[q_h - k_h] + q . R_w[q_w - k_w]``. It runs through
+``scaled_dot_product_attention`` with the bias carried exactly in a widened head (see
+:class:`Attention3D`), the explicit N x N path kept as the reference.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnsam3d.model.layout import Shape3
+from nnsam3d.model.layout import Shape3, sdpa_head_width
 from nnsam3d.model.weight_adaptation import relative_position_embeddings
 
 
@@ -64,6 +66,18 @@ def relative_position_logits(queries: Tensor, embeddings: Tensor, axis: int) -> 
     return products.view(length, *rest, -1).movedim(0, axis + 1)
 
 
+def one_hot_key_coordinates(grid: Shape3, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(N, Z + H + W)`` one-hot coordinates of the ``N = Z * H * W`` keys of a box, row-major:
+    key ``(z, h, w)`` has ones at columns ``z``, ``Z + h`` and ``Z + H + w``."""
+    columns = [
+        F.one_hot(torch.arange(size, device=device), size).to(dtype)
+        .view(*[size if axis == a else 1 for a in range(3)], size)
+        .expand(*grid, size)
+        for axis, size in enumerate(grid)
+    ]
+    return torch.cat(columns, dim=-1).reshape(-1, sum(grid))
+
+
 class Attention3D(nn.Module):
     """Multi-head self-attention over a box of tokens with 3D decomposed relative positions.
 
@@ -73,7 +87,22 @@ class Attention3D(nn.Module):
     rel_pos_length_hw: entries of SAM's height/width tables (``2 * 14 - 1`` for window blocks,
         ``2 * 64 - 1`` for global blocks); resized to what a window needs at run time.
     rel_pos_length_depth: entries of the new depth table (``2 * wz - 1``), zero-initialised.
+
+    Two exact ways to compute the same thing (``use_sdpa``):
+
+    * SDPA (default): ``torch.nn.functional.scaled_dot_product_attention`` on a widened head.
+      With ``r_a[q, j] = q . R_a[q_a - j]`` (one column per key coordinate ``j`` along axis
+      ``a``), the query becomes ``[scale * q, r_z, r_h, r_w]`` and the key
+      ``[k, onehot(k_z), onehot(k_h), onehot(k_w)]``, so that their product is
+      ``scale * q . k + r_z[q, k_z] + r_h[q, k_h] + r_w[q, k_w]``, SAM's biased logit, without
+      an N x N bias (SDPA then runs at scale 1). Head width ``head_dim + Z + H + W``,
+      zero-padded to a multiple of 8 (``layout.sdpa_head_width``); v is zero-padded to the same
+      width, which the CPU's fused kernel and CUDA's flash kernel require. The fused kernels
+      keep no N x N map: backward recomputes it block by block.
+    * Explicit (the reference): the full N x N map, the bias added in place, softmax, @ v.
     """
+
+    use_sdpa: bool = True
 
     def __init__(self, dim: int, num_heads: int, rel_pos_length_hw: int, rel_pos_length_depth: int):
         super().__init__()
@@ -88,29 +117,53 @@ class Attention3D(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(rel_pos_length_hw, head_dim))
         self.rel_pos_d = nn.Parameter(torch.zeros(rel_pos_length_depth, head_dim))
 
+    def relative_position_terms(self, q: Tensor, grid: Shape3) -> list[Tensor]:
+        """``r_z, r_h, r_w``: ``(B' * heads, Z, H, W, K_axis)`` for queries ``(B' * heads, N, C)``."""
+        queries = q.view(q.shape[0], *grid, -1)
+        return [
+            relative_position_logits(queries, relative_position_embeddings(grid[axis], grid[axis], table), axis)
+            for axis, table in enumerate((self.rel_pos_d, self.rel_pos_h, self.rel_pos_w))
+        ]
+
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B', Z, H, W, D)`` (one window per batch entry) -> same shape."""
         batch, depth, height, width, dim = x.shape
         tokens = depth * height * width
-        # (3, B' * heads, N, head_dim) in one contiguous buffer whatever the batch size, so that
+        grid = (depth, height, width)
+        # (3, B', heads, N, head_dim) in one contiguous buffer whatever the batch size, so that
         # the tensors autograd saves (and the memory model counts) do not depend on it.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.contiguous().view(3, batch * self.num_heads, tokens, -1).unbind(0)
+        attend = self._attend_sdpa if self.use_sdpa else self._attend_explicit
+        out = attend(q, k, v, grid).view(batch, self.num_heads, depth, height, width, -1)
+        out = out.permute(0, 2, 3, 4, 1, 5).reshape(batch, depth, height, width, dim)
+        return self.proj(out)
 
+    def _attend_sdpa(self, q: Tensor, k: Tensor, v: Tensor, grid: Shape3) -> Tensor:
+        """q, k, v ``(B' * heads, N, C)`` -> ``(B' * heads, N, C)`` through SDPA (see the class)."""
+        heads, tokens, channels = q.shape
+        terms = [term.reshape(heads, tokens, -1) for term in self.relative_position_terms(q, grid)]
+        keys = one_hot_key_coordinates(grid, k.dtype, k.device).expand(heads, tokens, -1)
+        padding = sdpa_head_width(channels, grid) - channels - sum(grid)
+        if padding:
+            terms.append(q.new_zeros(heads, tokens, padding))
+            keys = torch.cat([keys, keys.new_zeros(heads, tokens, padding)], dim=-1)
+        query = torch.cat([q * self.scale, *terms], dim=-1)
+        key = torch.cat([k, keys], dim=-1)
+        value = F.pad(v, (0, query.shape[-1] - channels))
+        # 4D (batch, heads, N, width): the layout the CPU's fused kernel accepts.
+        out = F.scaled_dot_product_attention(query[None], key[None], value[None], scale=1.0)
+        return out[0, ..., :channels]
+
+    def _attend_explicit(self, q: Tensor, k: Tensor, v: Tensor, grid: Shape3) -> Tensor:
+        """The reference: q, k, v ``(B' * heads, N, C)`` -> ``(B' * heads, N, C)`` through the
+        explicit N x N map."""
         # In-place scaling and bias: the product's own buffer is not needed for backward, so
         # the N x N map exists once instead of three times at the peak.
         attn = (q @ k.transpose(-2, -1)).mul_(self.scale)
-        grid = (depth, height, width)
-        queries = q.view(batch * self.num_heads, depth, height, width, -1)
-        biased = attn.view(-1, depth, height, width, depth, height, width)
-        for axis, table in enumerate((self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)):
-            embeddings = relative_position_embeddings(grid[axis], grid[axis], table)
-            logits = relative_position_logits(queries, embeddings, axis)
+        biased = attn.view(-1, *grid, *grid)
+        for axis, logits in enumerate(self.relative_position_terms(q, grid)):
             shape = [1, 1, 1]
             shape[axis] = grid[axis]
             biased.add_(logits.view(*logits.shape[:4], *shape))
-        attn = attn.softmax(dim=-1)
-
-        out = (attn @ v).view(batch, self.num_heads, depth, height, width, -1)
-        out = out.permute(0, 2, 3, 4, 1, 5).reshape(batch, depth, height, width, dim)
-        return self.proj(out)
+        return attn.softmax(dim=-1) @ v

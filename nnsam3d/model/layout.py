@@ -82,6 +82,19 @@ def window_layout(grid: Shape3, window: Shape3 | None) -> WindowLayout:
     return WindowLayout(grid=tuple(grid), window=clipped, padded_grid=padded)
 
 
+SDPA_WIDTH_MULTIPLE = 8
+"""The widened attention head is zero-padded to a multiple of 8: the fused attention kernels
+(CUDA flash / memory-efficient, the CPU flash kernel) want aligned head widths."""
+
+
+def sdpa_head_width(head_dim: int, window: Shape3) -> int:
+    """Head width of the SDPA attention path over a ``window`` box of tokens: the head plus one
+    relative-position column per key coordinate along each axis (``Z + H + W``), rounded up to a
+    multiple of ``SDPA_WIDTH_MULTIPLE`` (see ``attention3d.Attention3D``)."""
+    width = head_dim + sum(window)
+    return width + (-width) % SDPA_WIDTH_MULTIPLE
+
+
 def depth_relative_position_length(grid_z: int, window_z: int | None) -> int:
     """Entries of a block's depth relative-position table: ``2 * w - 1`` for the (clipped)
     depth extent ``w`` of its attention window, ``w = grid_z`` for a global block."""

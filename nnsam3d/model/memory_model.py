@@ -12,20 +12,20 @@ is built and run on (:mod:`nnsam3d.model.layout`) and adds up, in bytes:
 
 **What is saved, and why it depends on the configuration.** In every mode the 3D patch
 embedding trains, so a gradient flows back through every encoder block and every block saves
-what its *input* gradient needs, even a frozen one: LayerNorm inputs and statistics, q, k and v,
-the softmax output, the GELU input. Frozen weights only drop what their own *weight* gradients
+what its *input* gradient needs, even a frozen one: LayerNorm inputs and statistics, what
+attention saves, the GELU input. Frozen weights only drop what their own *weight* gradients
 would need (the inputs of frozen linear layers); in ``full`` mode those are saved too, and so
-are the moved query copies behind trainable height/width relative-position tables. Window
-blocks hold ``B * windows * heads * tokens_per_window**2`` attention entries, global blocks
-``B * heads * tokens**2``; padding tokens of partial windows count. With activation
+are the moved query copies behind trainable height/width relative-position tables. Attention
+runs through SDPA's fused kernels (``attention3d.Attention3D``): no N x N map is saved, only the
+widened query, key, value and output (``sdpa_head_width`` entries per token and head) and a
+log-sum-exp per token and head; padding tokens of partial windows count. With activation
 checkpointing a block saves only its input, and its activations come back one block at a
 time during backward (added to the workspace). Adapters add their bottleneck activations.
 
 **Precision.** ``fp32``: every saved tensor has 4 bytes per element. ``bf16``/``fp16``: CUDA
 autocast rules. Linear, convolution and matmul outputs are 2 bytes, and each fp32 tensor they
-consume is copied to 2 bytes (the copy is what they save); LayerNorm and softmax run in fp32,
-so the residual stream, LayerNorm outputs and the softmax output stay 4 bytes, and the
-attention map is saved twice (fp32 softmax output + 2-byte copy for ``attn @ v``); every
+consume is copied to 2 bytes (the copy is what they save); LayerNorm runs in fp32, so the
+residual stream and LayerNorm outputs stay 4 bytes; SDPA's log-sum-exp is fp32; every
 linear/convolution weight is held as a 2-byte copy (but for frozen weights inside checkpointed
 blocks, whose copies nothing keeps).
 
@@ -36,7 +36,7 @@ compares the bf16 estimate with ``torch.cuda.max_memory_allocated`` on a GPU.
 
 **Workspace allowance**: ``LIBRARY_WORKSPACE_BYTES`` for cuBLAS/cuDNN workspaces and allocator
 rounding; twice the largest single activation (a gradient and its input gradient exist
-together while backward passes that tensor, e.g. the attention map of the largest attention
+together while backward passes that tensor, e.g. the widened query of the largest attention
 block or the full-resolution decoder tensor); the logits at all deep-supervision levels plus
 three fp32 tensors of their size for the loss (probabilities, log-probabilities, gradient);
 with checkpointing, the activations of the largest block while it is recomputed.
@@ -60,6 +60,7 @@ from nnsam3d.model.layout import (
     feature_levels,
     hw_relative_position_length,
     integer_upsampling_factor,
+    sdpa_head_width,
     window_layout,
 )
 
@@ -100,19 +101,17 @@ class MemoryEstimate:
 class _Bytes:
     """Bytes per element. low: outputs of linear/conv/matmul. cast: the copy a low-precision
     op makes of an fp32 input (0 in fp32: the fp32 tensor itself is saved, counted where it is
-    produced). softmax: the saved attention map (fp32 output, plus its 2-byte copy under
-    autocast). weight_copy: autocast's copy of each linear/conv weight."""
+    produced). weight_copy: autocast's copy of each linear/conv weight."""
 
     low: int
     cast: int
-    softmax: int
     weight_copy: int
 
 
 _PRECISION_BYTES = {
-    "fp32": _Bytes(low=4, cast=0, softmax=4, weight_copy=0),
-    "bf16": _Bytes(low=2, cast=2, softmax=6, weight_copy=2),
-    "fp16": _Bytes(low=2, cast=2, softmax=6, weight_copy=2),
+    "fp32": _Bytes(low=4, cast=0, weight_copy=0),
+    "bf16": _Bytes(low=2, cast=2, weight_copy=2),
+    "fp16": _Bytes(low=2, cast=2, weight_copy=2),
 }
 
 
@@ -222,7 +221,7 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         else:
             for nbytes in block.values():
                 tally.saved(part, nbytes)
-        tally.largest_tensor = max(tally.largest_tensor, block["attention"])
+        tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)  # one of q, k, v, out
 
     # The last block's output is saved only by its neck (earlier outputs are the next block's
     # saved input). Under autocast every neck saves its own 2-byte copy of its feature.
@@ -247,20 +246,23 @@ def _block_activations(
     """Bytes one encoder block saves, by tensor (``full``: SAM's weights train too)."""
     padded = batch * layout.padded_tokens
     window = layout.window
-    attention = batch * layout.num_windows * heads * layout.tokens_per_window**2
+    head_dim = dim // heads
     layer_norm_stats = 2 * FP32 * tokens
     # What a linear layer saves of a LayerNorm's fp32 output: that output, or autocast's copy.
     normalised = bytes_.cast or FP32
+    # SDPA's fused kernels save their widened query, key, value and output (each
+    # ``heads * padded`` rows of ``sdpa_head_width`` entries) and an fp32 log-sum-exp per row.
+    rows = heads * padded
+    width = sdpa_head_width(head_dim, window)
     saved = {
         "input": FP32 * tokens * dim,
         "norm1": layer_norm_stats,
-        "qkv": bytes_.low * 3 * padded * dim,
-        "attention": bytes_.softmax * attention,
+        "attention": 4 * bytes_.low * rows * width + FP32 * rows,
         "norm2": FP32 * tokens * dim + layer_norm_stats,
         "gelu": bytes_.low * tokens * hidden,
         "rel_pos": 0,
     }
-    head_dim = dim // heads
+    qkv_saved = False
     for axis in range(3):
         extent = window[axis]
         table_trains = full or axis == 0  # the depth table always trains
@@ -269,9 +271,12 @@ def _block_activations(
         if table_trains:
             saved["rel_pos"] += INDEX * extent * extent
             # The query moved to the front of the batched product is a copy unless the moved
-            # axis or every axis after it has one token (then it is a view of q).
+            # axis or every axis after it has one token (then it is a view of the qkv buffer).
             if extent > 1 and prod(window[axis + 1 :]) > 1:
                 saved["rel_pos"] += bytes_.low * padded * dim
+            else:
+                qkv_saved = True
+    saved["qkv"] = bytes_.low * 3 * padded * dim if qkv_saved else 0
     if full:
         saved["qkv_input"] = normalised * padded * dim
         saved["proj_input"] = bytes_.low * padded * dim

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from nnsam3d.model import attention3d
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.memory_model import activation_breakdown, estimate_training_memory
 from nnsam3d.model.network import MedSAM3D, apply_trainable_mode, build_network, count_parameters
@@ -33,6 +34,13 @@ CPU_CONFIGS = {
         patch_size=(16, 32, 32), token_size=(2, 8, 8), window_size=(4, 2, 2), adapter_blocks=(0, 3)
     ),
 }
+
+
+def fused_attention_on_meta(query, key, value, scale):
+    """SDPA as its fused CPU kernel runs it. On the meta device SDPA always picks its composite
+    (math) path, which saves the N x N map; the CPU kernel, which the network runs on real CPU
+    tensors, has a meta implementation and saves what CUDA's fused kernels save."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, scale=scale)[0]
 
 
 def encoder_share(breakdown: dict[str, int]) -> int:
@@ -72,8 +80,9 @@ def test_activations_match_saved_tensors_on_cpu(name):
         dict(adapter_blocks=(8, 9, 10, 11), activation_checkpointing=True, patch_size=(48, 160, 160)),
     ],
 )
-def test_activations_match_saved_tensors_for_vit_b_on_the_meta_device(extra):
+def test_activations_match_saved_tensors_for_vit_b_on_the_meta_device(extra, monkeypatch):
     """vit_b at realistic patches, measured on the meta device (shapes only, no arithmetic)."""
+    monkeypatch.setattr(attention3d.F, "scaled_dot_product_attention", fused_attention_on_meta)
     config = NetworkConfig(backbone="vit_b", num_classes=14, **extra)
     with torch.device("meta"):
         network = MedSAM3D(config)

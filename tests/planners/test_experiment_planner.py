@@ -184,7 +184,7 @@ def test_larger_budgets_never_give_smaller_plans(ct_fingerprint, ct_description,
 
 
 def test_the_largest_sam_backbone_that_fits_with_a_reasonable_patch_is_chosen(ct_fingerprint, ct_description):
-    small = gpu_plan(ct_fingerprint, ct_description, 3, with_checkpoint=SAM_BACKBONES)
+    small = gpu_plan(ct_fingerprint, ct_description, 2, with_checkpoint=SAM_BACKBONES)
     large = gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES)
     assert small.backbone == "vit_b" and large.backbone == "vit_h"
     assert "checkpoints were found for vit_b, vit_l, vit_h" in large.explanation
