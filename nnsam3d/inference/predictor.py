@@ -339,7 +339,7 @@ class Predictor:
         """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
         ending = self.output_ending(output_format)
         selection = restrict_selection(
-            find_input_cases(input_path, ending, self.description.num_channels), num_parts, part_id
+            find_input_cases(input_path, self.description.file_ending, self.description.num_channels), num_parts, part_id
         )
         if skip_existing:
             remaining = []
