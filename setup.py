@@ -2,6 +2,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+DICOM = ["highdicom>=0.23", "pydicom>=3.0"]
+
 COMMANDS = {
     "nnsam3d_plan_and_preprocess": "plan_and_preprocess",
     "nnsam3d_train": "train",
@@ -10,6 +12,7 @@ COMMANDS = {
     "nnsam3d_find_best_configuration": "find_best_configuration",
     "nnsam3d_download_sam": "download_sam",
     "nnsam3d_demo": "demo",
+    "nnsam3d_convert_msd": "convert_msd",
 }
 
 setup(
@@ -23,16 +26,21 @@ setup(
     install_requires=[
         # Install a torch build first (the README says how); this range accepts it as is.
         "torch>=2.1",
-        "segment-anything>=1.0",
         "batchgenerators>=0.25",
         "nibabel>=5.0",
-        "scikit-image>=0.21",
+        "SimpleITK>=2.2",
         "numpy>=1.24",
         "scipy>=1.10",
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # DICOM-SEG output (nnsam3d_predict --output-format dicom-seg); DICOM series input needs only SimpleITK.
+        "dicom": DICOM,
+        # segment-anything: the tests build SAM-format checkpoints and compare against SAM's own encoder;
+        # nnsam3d itself reads SAM checkpoints without it.
+        "test": ["pytest>=7", "segment-anything>=1.0", *DICOM],
+    },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],
     },

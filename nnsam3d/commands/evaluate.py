@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nnsam3d import paths
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError, evaluate_folders, format_summary_table
-from nnsam3d.io.nifti import ImageReadError
+from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError
 
 

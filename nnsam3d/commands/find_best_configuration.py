@@ -7,7 +7,7 @@ import sys
 
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
 from nnsam3d.model_selection.find_best_configuration import ConfigurationError, find_best_configuration
-from nnsam3d.io.nifti import ImageReadError
+from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.paths import DatasetNotFoundError
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nnsam3d.io.nifti import ImageReadError
+from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.model.backbones import BACKBONES
 from nnsam3d.paths import DatasetNotFoundError

@@ -9,15 +9,16 @@ import torch
 
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
-from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
+from nnsam3d.inference.predictor import DICOM_SEG, IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
+from nnsam3d.io.dicom_seg import MissingOptionalDependencyError
 from nnsam3d.model.sam_checkpoints import SamCheckpointError
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
-               SamCheckpointError)
+               SamCheckpointError, MissingOptionalDependencyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/CASE<file ending> in each input's exact geometry.",
     )
     parser.add_argument("-i", dest="input", required=True,
-                        help="folder of cases named CASE_XXXX<file ending> (XXXX = channel), or one channel file of a case")
+                        help="folder of cases named CASE_XXXX<file ending> (XXXX = channel), one channel file of a case, "
+                        "or a folder of DICOM series (one per subfolder, or several in one folder)")
     parser.add_argument("-o", dest="output", required=True, help="output folder (created)")
     parser.add_argument("-d", dest="dataset", required=True, help="dataset number (e.g. 501) or name (Dataset501_Liver)")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=[DEFAULT_TRAINER],
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sam-checkpoint", default=None,
                         help="the SAM file a model with a frozen SAM encoder was trained on (default: looked up by "
                         "name and SHA-256 in $nnSAM3D_sam_checkpoints)")
+    parser.add_argument("--output-format", default=None, metavar="FORMAT",
+                        help=f"format of the written label maps: the dataset's file ending (default), another ending "
+                        f"such as .nii.gz, .mha, .nrrd, or {DICOM_SEG} (DICOM Segmentation of each DICOM input series, "
+                        f"CASE.dcm; needs pip install 'nnsam3d[dicom]')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             num_parts=arguments.num_parts,
             part_id=arguments.part_id,
             save_overlays=arguments.save_overlays,
+            output_format=arguments.output_format,
         )
     except (*USER_ERRORS, ValueError) as error:  # ValueError: bad option values (device, step size), malformed files
         print(f"nnsam3d_predict: error: {error}", file=sys.stderr)

@@ -7,8 +7,9 @@ Cases are written with a mix of orientations (RAS, LPS, permuted axes, oblique a
 anisotropic spacing, so that the whole pipeline's geometry handling is exercised.
 
 Generation happens in canonical (z, y, x) order with a RAS world, and each case's file is
-then reoriented with nibabel, so the anatomy is the same in world space whatever the file
-orientation is.
+then reoriented (flips and axis permutations, or an oblique affine), so the anatomy is the same
+in world space whatever the file orientation is. Files are written in the format of
+``spec.file_ending`` (``.nii.gz`` by default; ``.mha``, ``.nrrd`` through ``io.image_io``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
-from nnsam3d.io.atomic import atomic_path, write_json_atomic
+from nnsam3d.io.atomic import write_json_atomic
+from nnsam3d.io.geometry import ImageGeometry
+from nnsam3d.io.image_io import write_volume_in_file_order
 from nnsam3d.paths import dataset_folder_name
 
 ORIENTATIONS = ("RAS", "LPS", "ASL", "oblique", "LAS", "PIR")
@@ -48,6 +50,7 @@ class SyntheticDatasetSpec:
         instead of ``spacing``, as in real cohorts (so preprocessing must resample).
     modality: "CT" (one channel, Hounsfield units) or "MRI" (``num_channels`` channels).
     orientations: file orientations cycled over cases.
+    file_ending: format of the files (``.nii.gz``, ``.mha``, ``.nrrd``, ...; see ``io.image_io``).
     shape_jitter: each axis of each case varies by up to this fraction.
     """
 
@@ -65,6 +68,7 @@ class SyntheticDatasetSpec:
     seed: int = 0
     labels: dict[str, int] = field(default_factory=lambda: dict(CT_ORGANS))
     case_spacings: tuple[tuple[float, float, float], ...] | None = None
+    file_ending: str = ".nii.gz"
 
     @property
     def folder_name(self) -> str:
@@ -170,12 +174,9 @@ def _file_orientation(canonical: np.ndarray, spacing, orientation: str) -> tuple
     return np.ascontiguousarray(data), affine
 
 
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
-    image = nib.Nifti1Image(data.astype(dtype), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    with atomic_path(path) as temporary:
-        nib.save(image, str(temporary))
+def _save_volume(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
+    geometry = ImageGeometry(tuple(int(n) for n in data.shape), tuple(tuple(float(v) for v in row) for row in affine))
+    write_volume_in_file_order(data.astype(dtype), geometry, path)
 
 
 def write_case(
@@ -192,10 +193,10 @@ def write_case(
     image_dtype = np.int16 if np.all(np.abs(image) < 32000) and np.allclose(image, np.rint(image)) else np.float32
     for channel, volume in enumerate(image):
         data, affine = _file_orientation(volume, spacing, orientation)
-        _save_nifti(data, affine, folder_images / f"{case_id}_{channel:04d}{file_ending}", image_dtype)
+        _save_volume(data, affine, folder_images / f"{case_id}_{channel:04d}{file_ending}", image_dtype)
     if label is not None and folder_labels is not None:
         data, affine = _file_orientation(label, spacing, orientation)
-        _save_nifti(data, affine, folder_labels / f"{case_id}{file_ending}", np.uint8)
+        _save_volume(data, affine, folder_labels / f"{case_id}{file_ending}", np.uint8)
 
 
 def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatasetSpec | None = None) -> Path:
@@ -225,6 +226,7 @@ def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatas
             label,
             spacing,
             spec.orientations[index % len(spec.orientations)],
+            spec.file_ending,
         )
     description = {
         "name": spec.name,
@@ -232,7 +234,7 @@ def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatas
         "channel_names": spec.channel_names(),
         "labels": {"background": 0, **spec.labels},
         "numTraining": spec.num_training,
-        "file_ending": ".nii.gz",
+        "file_ending": spec.file_ending,
     }
     write_json_atomic(dataset_dir / "dataset.json", description)
     return dataset_dir

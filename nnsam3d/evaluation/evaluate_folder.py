@@ -31,7 +31,7 @@ import numpy as np
 
 from nnsam3d.evaluation.metrics import class_metrics
 from nnsam3d.io.atomic import write_json_atomic
-from nnsam3d.io.nifti import read_segmentation
+from nnsam3d.io.image_io import read_segmentation
 
 SUMMARY_SCHEMA_VERSION = 1
 METRIC_NAMES = ("Dice", "IoU", "NSD", "HD95_mm")

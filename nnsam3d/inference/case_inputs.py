@@ -3,6 +3,13 @@
 Input cases follow the dataset's naming: one file per channel, ``CASE_XXXX<file_ending>``
 (``XXXX`` = channel index). ``-i`` may name a folder of such files or one channel file of a
 single case; for a one-channel dataset any single image file is accepted as a case.
+
+A folder without such files but with DICOM files, directly or one level down, is read as DICOM
+series (one-channel models): every folder holding DICOM files is split by SeriesInstanceUID; a
+folder with one series is the case named after the folder, a folder with several gives
+``FOLDER_<SeriesNumber>`` (or ``FOLDER_<SeriesInstanceUID>`` when numbers repeat). Series that
+fail the checks of ``io.dicom_series`` (missing slices, uneven spacing, mixed orientations,
+non-image objects) are reported by name and the others predicted.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from nnsam3d.io.dicom_series import DicomSeries, dicom_files_in, find_dicom_series
 from nnsam3d.io.raw_dataset import RawCase, channel_pattern, find_cases_in_folder
 
 
@@ -40,6 +48,10 @@ def find_input_cases(input_path: str | os.PathLike, file_ending: str, num_channe
     pattern = channel_pattern(file_ending)
     if input_path.is_dir():
         cases, problems = find_cases_in_folder(input_path, file_ending, num_channels)
+        if not cases and not problems:
+            dicom_folders = _dicom_folders(input_path)
+            if dicom_folders:
+                return _dicom_cases(dicom_folders, num_channels)
         for entry in sorted(input_path.iterdir()):
             if entry.is_file() and entry.name.endswith(file_ending) and not pattern.match(entry.name):
                 stem = entry.name[: -len(file_ending)]
@@ -68,6 +80,42 @@ def find_input_cases(input_path: str | os.PathLike, file_ending: str, num_channe
             {k: v for k, v in problems.items() if k == case_id},
         )
     raise CaseInputError(f"{input_path}: no such file or folder.")
+
+
+def _dicom_folders(folder: Path) -> list[Path]:
+    """``folder`` itself if it holds DICOM files, and each subfolder that does."""
+    candidates = [folder] + [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return [candidate for candidate in candidates if dicom_files_in(candidate)]
+
+
+def _series_case_id(folder: Path, series: DicomSeries, all_series: list[DicomSeries]) -> str:
+    if len(all_series) == 1:
+        return folder.name
+    numbers = [s.series_number for s in all_series]
+    if series.series_number and numbers.count(series.series_number) == 1:
+        return f"{folder.name}_{series.series_number}"
+    return f"{folder.name}_{series.series_uid}"
+
+
+def _dicom_cases(folders: list[Path], num_channels: int) -> CaseSelection:
+    if num_channels != 1:
+        raise CaseInputError(
+            f"{folders[0]}: DICOM series input is for one-channel models; this model has {num_channels} "
+            f"channels. Convert each channel to an image file named CASE_XXXX<file ending>."
+        )
+    selection = CaseSelection()
+    for folder in folders:
+        all_series, problems = find_dicom_series(folder)
+        for series in all_series:
+            selection.cases.append(RawCase(_series_case_id(folder, series, all_series), (series,)))
+        for key, message in problems.items():
+            selection.problems[f"{folder.name}_{key}"] = message
+    ids = [case.case_id for case in selection.cases]
+    repeated = sorted({case_id for case_id in ids if ids.count(case_id) > 1})
+    if repeated:
+        raise CaseInputError(f"DICOM folders give repeated case names {', '.join(repeated)}; rename the folders.")
+    selection.cases.sort(key=lambda case: case.case_id)
+    return selection
 
 
 def select_part(case_ids: Sequence[str], num_parts: int, part_id: int) -> set[str]:

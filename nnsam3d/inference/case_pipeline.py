@@ -34,7 +34,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 
 from tqdm import tqdm
 
-from nnsam3d.io.nifti import ImageReadError
+from nnsam3d.io.geometry import ImageReadError
 
 Case = TypeVar("Case")
 Loaded = TypeVar("Loaded")

@@ -3,13 +3,13 @@
 The network's grid is the case cropped to its non-zero box and resampled to the target
 spacing. :mod:`nnsam3d.preprocessing.geometry_restore` walks these steps back (class scores
 are resampled class by class and then argmaxed, so memory stays at two volumes), the
-postprocessing is applied on the full canonical label map, and ``io.nifti.write_segmentation``
-writes it onto exactly the input file's grid (shape, affine, orientation, qform/sform codes),
-atomically.
+postprocessing is applied on the full canonical label map, and ``io.image_io.write_segmentation``
+(or another writer, e.g. DICOM-SEG) writes it onto exactly the input file's grid (shape, affine,
+orientation, qform/sform codes), atomically.
 
 With ``save_probabilities``, ``CASE.npz`` is written beside the label map:
 
-* ``probabilities``: float16 (K, z, y, x), canonical order (``io.nifti``), on the full
+* ``probabilities``: float16 (K, z, y, x), canonical order (``io.geometry``), on the full
   image's grid (the crop undone, outside the crop box background has probability 1), so that
   predictions of models with different plans can be averaged voxel by voxel;
 * ``properties``: the case's :class:`CaseProperties` as a JSON string (the input geometry
@@ -24,16 +24,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from nnsam3d.inference.postprocessing import PostprocessingRules, apply_postprocessing
 from nnsam3d.io.atomic import save_npz_atomic
-from nnsam3d.io.nifti import write_segmentation
+from nnsam3d.io.geometry import ImageGeometry
+from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, write_segmentation
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.geometry_restore import restore_probabilities, restore_scores_to_label_map
 
-IMAGE_FILE_ENDINGS = (".nii.gz", ".nii")
+DICOM_SEG_ENDING = ".dcm"
+IMAGE_FILE_ENDINGS = tuple(sorted((*SUPPORTED_FILE_ENDINGS, DICOM_SEG_ENDING), key=len, reverse=True))
+"""Endings of label maps (longest first, so ``.nii.gz`` is recognised before ``.gz``)."""
+
+LabelWriter = Callable[[np.ndarray, ImageGeometry, Path], None]
+"""Writes a canonical label map (z, y, x) on a geometry at a path, atomically."""
 PROBABILITIES_KEY = "probabilities"
 PROPERTIES_KEY = "properties"
 
@@ -98,6 +105,7 @@ def export_prediction(
     output_file: Path,
     save_probabilities: bool = False,
     postprocessing: PostprocessingRules | None = None,
+    write_labels: LabelWriter = write_segmentation,
 ) -> np.ndarray:
     """Write the label map of one case in the input's original geometry, atomically.
 
@@ -107,6 +115,7 @@ def export_prediction(
     output_file: e.g. ``OUT/CASE.nii.gz``; its folder is created.
     save_probabilities: also write ``OUT/CASE.npz`` (see the module docstring).
     postprocessing: rules applied to the label map (not to the saved probabilities).
+    write_labels: the writer (default: ``io.image_io.write_segmentation``, format by the ending).
 
     Returns the written label map in canonical order (z, y, x), int16.
     """
@@ -114,5 +123,5 @@ def export_prediction(
     if save_probabilities:
         save_probabilities_file(probabilities, properties, probabilities_file_for(output_file))
     label_map = probabilities_to_label_map(probabilities, properties, postprocessing)
-    write_segmentation(label_map, properties.geometry, output_file)
+    write_labels(label_map, properties.geometry, output_file)
     return label_map

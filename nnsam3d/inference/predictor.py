@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,8 @@ from nnsam3d.inference.case_inputs import (
 )
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.export import (
+    DICOM_SEG_ENDING,
+    LabelWriter,
     case_name_of,
     export_prediction,
     probabilities_file_for,
@@ -46,7 +49,11 @@ from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
 from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import load_checkpoint
-from nnsam3d.io.nifti import ImageGeometry, from_canonical, read_volume, to_canonical
+import nnsam3d
+from nnsam3d.io.dicom_seg import require_dicom_extra, write_dicom_seg
+from nnsam3d.io.dicom_series import DicomSeries
+from nnsam3d.io.geometry import ImageGeometry, from_canonical, to_canonical
+from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, image_io_for_dataset, read_volume, write_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 from nnsam3d.model.sam_checkpoints import SamSource
 from nnsam3d.model.trained_weights import rebuild_trained_network
@@ -55,6 +62,8 @@ from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
 
 OVERLAY_FOLDER = "overlays"
+DICOM_SEG = "dicom-seg"
+"""``output_format`` for DICOM Segmentation objects (``CASE.dcm``) of DICOM series inputs."""
 GPU_ACCUMULATOR_SHARE = 0.5
 """Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
 
@@ -139,6 +148,8 @@ class Predictor:
         self.device = torch.device(device)
         self.plans = plans
         self.description = description
+        # dataset.json's file_ending and overwrite_image_reader_writer, as in training
+        self.image_io = image_io_for_dataset(description)
         self.step_size = float(step_size)
         self.use_mirroring = bool(use_mirroring)
         self.batch_size = int(batch_size or max(1, plans.batch_size))
@@ -278,7 +289,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ files
     def _preprocess(self, case: RawCase) -> PreprocessedCase:
-        return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id)
+        return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io)
 
     def _predict_loaded(self, loaded: PreprocessedCase) -> _PredictedCase:
         return _PredictedCase(self.predict_probabilities(loaded.data), loaded.properties)
@@ -290,13 +301,15 @@ class Predictor:
         output_file: Path,
         save_probabilities: bool,
         overlay_file: str | os.PathLike | None,
+        output_format: str | None = None,
     ) -> None:
         label_map = export_prediction(
-            predicted.probabilities, predicted.properties, output_file, save_probabilities, self.postprocessing
+            predicted.probabilities, predicted.properties, output_file, save_probabilities, self.postprocessing,
+            write_labels=self.label_writer(output_format, image_files),
         )
         if overlay_file is not None:
             # The input image again (preprocessing kept only the cropped, normalised one).
-            image, geometry = read_volume(image_files[0])
+            image, geometry = read_volume(image_files[0], self.image_io)
             save_overlay(image, label_map, geometry.spacing, overlay_file,
                          label_names={v: k for k, v in self.description.labels.items()},
                          title=case_name_of(output_file))
@@ -315,7 +328,9 @@ class Predictor:
         the contour picture. Unreadable files raise ``ImageReadError`` naming the file.
         """
         output_file = Path(output_file)
-        loaded = preprocess_case_files(list(image_files), self.plans, case_id=case_name_of(output_file))
+        loaded = preprocess_case_files(
+            list(image_files), self.plans, case_id=case_name_of(output_file), image_io=self.image_io
+        )
         predicted = self._predict_loaded(loaded)
         del loaded
         self._write_case(predicted, image_files, output_file, save_probabilities, save_overlay_to)
@@ -329,11 +344,12 @@ class Predictor:
         save_probabilities: bool = False,
         num_parts: int = 1,
         part_id: int = 0,
+        output_format: str | None = None,
     ) -> CaseSelection:
         """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
-        ending = self.description.file_ending
+        ending = self.output_ending(output_format)
         selection = restrict_selection(
-            find_input_cases(input_path, ending, self.description.num_channels), num_parts, part_id
+            find_input_cases(input_path, self.description.file_ending, self.description.num_channels), num_parts, part_id
         )
         if skip_existing:
             remaining = []
@@ -354,12 +370,17 @@ class Predictor:
         num_parts: int = 1,
         part_id: int = 0,
         save_overlays: bool = False,
+        output_format: str | None = None,
     ) -> PipelineReport:
         """Predict every case of a folder (or the single case one channel file belongs to).
 
         Outputs: ``output_dir/CASE<file_ending>`` in each input's exact geometry, written
         atomically; with ``save_probabilities`` also ``CASE.npz``; with ``save_overlays``
         ``output_dir/overlays/CASE.png``.
+        output_format: None for the dataset's file ending, another image ending (``.mha``,
+            ``.nrrd``, ``.nii.gz``, ...), or ``"dicom-seg"`` for ``CASE.dcm`` DICOM Segmentations
+            (DICOM series input only; needs ``nnsam3d[dicom]``).
+        ``input_path`` may also be a folder of DICOM series (see ``case_inputs``).
         skip_existing: leave out cases whose outputs exist (``--continue``).
         num_parts, part_id: predict only every ``num_parts``-th case, starting at ``part_id``
             (split a cohort over machines).
@@ -375,8 +396,18 @@ class Predictor:
             )
         selection = self.select_cases(
             input_path, output_dir, skip_existing=skip_existing, save_probabilities=save_probabilities,
-            num_parts=num_parts, part_id=part_id,
+            num_parts=num_parts, part_id=part_id, output_format=output_format,
         )
+        if output_format == DICOM_SEG:
+            require_dicom_extra()
+            not_dicom = [case.case_id for case in selection.cases if not isinstance(case.image_files[0], DicomSeries)]
+            if not_dicom:
+                raise CaseInputError(
+                    f"{input_path}: --output-format {DICOM_SEG} needs DICOM series as input (a DICOM-SEG "
+                    f"references its source slices); {', '.join(not_dicom[:3])} are image files. Use an image "
+                    f"format such as .nii.gz for them."
+                )
+        ending = self.output_ending(output_format)
         report = PipelineReport(skipped=list(selection.skipped))
         for case_id, message in selection.problems.items():
             report.add_failure(case_id, message)
@@ -389,15 +420,44 @@ class Predictor:
             save=lambda case, predicted: self._write_case(
                 predicted,
                 case.image_files,
-                output_dir / f"{case.case_id}{self.description.file_ending}",
+                output_dir / f"{case.case_id}{ending}",
                 save_probabilities,
                 output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
+                output_format,
             ),
         )
         report = run_case_pipeline(selection.cases, stages, progress=self.progress, report=report)
         # Time in the networks themselves, not in the sliding window's bookkeeping.
         report.network_seconds = self.window_ensemble.network_seconds - network_seconds_before
         return report
+
+    def output_ending(self, output_format: str | None) -> str:
+        """The ending of written label maps for ``output_format`` (see :meth:`predict_folder`)."""
+        if output_format is None:
+            return self.description.file_ending
+        if output_format == DICOM_SEG:
+            return DICOM_SEG_ENDING
+        ending = output_format if output_format.startswith(".") else f".{output_format}"
+        if ending not in SUPPORTED_FILE_ENDINGS:
+            raise CaseInputError(
+                f"output format '{output_format}' is not supported; choose {DICOM_SEG} or one of "
+                f"{', '.join(SUPPORTED_FILE_ENDINGS)}."
+            )
+        return ending
+
+    def label_writer(self, output_format: str | None, image_files: Sequence) -> LabelWriter:
+        """How a case's canonical label map is written: DICOM-SEG referencing the case's series, or an
+        image file (with the dataset's reader/writer when the ending is the dataset's)."""
+        if output_format == DICOM_SEG:
+            series = image_files[0]
+            if not isinstance(series, DicomSeries):
+                raise CaseInputError(f"{series}: --output-format {DICOM_SEG} needs a DICOM series as input.")
+            names = {value: name for name, value in self.description.labels.items() if value != 0}
+            return lambda labels, geometry, path: write_dicom_seg(
+                from_canonical(labels, geometry), series, names, path, software_version=nnsam3d.__version__
+            )
+        same_format = self.output_ending(output_format) == self.description.file_ending
+        return partial(write_segmentation, image_io=self.image_io if same_format else None)
 
     # ------------------------------------------------------------------ numpy
     def predict_volume(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:

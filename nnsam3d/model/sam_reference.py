@@ -31,7 +31,10 @@ PACKAGE = "segment_anything"
 def _register_package_without_init() -> None:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None:
-        raise ImportError("segment-anything is not installed: pip install segment-anything")
+        raise ImportError(
+            "segment-anything is not installed (nnsam3d needs it only for its tests): "
+            "pip install segment-anything, or pip install 'nnsam3d[test]'"
+        )
     package = importlib.util.module_from_spec(spec)  # has __path__, __init__ not executed
 
     def missing_attribute(name: str):

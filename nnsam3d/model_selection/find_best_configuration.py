@@ -35,7 +35,7 @@ from nnsam3d.inference.postprocessing import (
     largest_component,
 )
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
-from nnsam3d.io.nifti import write_segmentation
+from nnsam3d.io.image_io import write_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription
 
 VALIDATION_FOLDER = "validation"

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nnsam3d.io.image_io import ImageIO, image_io_for_dataset
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError, RawCase, labelled_training_cases
 from nnsam3d.schemas.fingerprint import ClassStatistics, DatasetFingerprint, IntensityStatistics
 from nnsam3d.preprocessing.cropped_case import read_cropped_case
@@ -50,9 +51,11 @@ class CaseFingerprint:
     class_voxel_counts: dict[int, int]
 
 
-def case_fingerprint(case: RawCase, foreground_labels: list[int], samples_per_case: int) -> CaseFingerprint:
-    """Read, crop and summarise one case (runs in a worker process)."""
-    cropped = read_cropped_case(case.image_files, label_file=case.label_file, case_id=case.case_id)
+def case_fingerprint(
+    case: RawCase, foreground_labels: list[int], samples_per_case: int, image_io: ImageIO | None = None
+) -> CaseFingerprint:
+    """Read (with ``image_io``, default by file ending), crop and summarise one case (runs in a worker process)."""
+    cropped = read_cropped_case(case.image_files, label_file=case.label_file, case_id=case.case_id, image_io=image_io)
     segmentation = cropped.segmentation
     num_channels = cropped.images.shape[0]
 
@@ -172,6 +175,7 @@ def extract_fingerprint(
             case_fingerprint,
             foreground_labels=description.foreground_labels,
             samples_per_case=samples_per_case,
+            image_io=image_io_for_dataset(description),
         ),
         cases,
         num_processes,

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from nnsam3d.io.atomic import read_json
-from nnsam3d.io.nifti import ImageGeometry, ImageReadError, read_volume_in_file_order
+from nnsam3d.io.geometry import ImageGeometry, ImageReadError
+from nnsam3d.io.image_io import (
+    SUPPORTED_FILE_ENDINGS,
+    ImageIO,
+    UnsupportedFormatError,
+    image_io_for_dataset,
+    read_volume_in_file_order,
+)
 from nnsam3d.io.raw_dataset import (
     DatasetDescription,
     RawCase,
@@ -31,8 +38,6 @@ from nnsam3d.io.raw_dataset import (
 )
 from nnsam3d.planners.normalization_rules import normalization_scheme_for
 from nnsam3d.preprocessing.parallel_cases import map_cases
-
-SUPPORTED_FILE_ENDINGS = (".nii.gz", ".nii")
 
 SPACING_RELATIVE_TOLERANCE = 1e-3
 """Voxel sizes of a case's files may differ by this fraction (as nnU-Net's relaxed check)."""
@@ -95,20 +100,16 @@ def _description_problems(dataset_dir: Path) -> tuple[DatasetDescription | None,
         description = DatasetDescription.from_json(read_json(path), source=str(path))
     except ValueError as error:
         return None, [IntegrityProblem(path, str(error).removeprefix(f"{path}: "))]
-    if description.file_ending not in SUPPORTED_FILE_ENDINGS:
-        return None, [
-            IntegrityProblem(
-                path,
-                f"file_ending '{description.file_ending}' is not supported; nnsam3d reads NIfTI "
-                f"({', '.join(SUPPORTED_FILE_ENDINGS)}). Convert the images to NIfTI.",
-            )
-        ]
+    try:
+        image_io_for_dataset(description, source=str(path))
+    except UnsupportedFormatError as error:
+        return None, [IntegrityProblem(path, str(error).removeprefix(f"{path}: "))]
     return description, []
 
 
 def _unaccounted_files(folder: Path, file_ending: str, accounted: set[str], unmatched: str) -> list[IntegrityProblem]:
-    """NIfTI files in ``folder`` that belong to no case: ``unmatched`` says why for those with
-    the dataset's file ending; others have a NIfTI ending other than ``file_ending``."""
+    """Image files in ``folder`` that belong to no case: ``unmatched`` says why for those with
+    the dataset's file ending; others have another supported image ending than ``file_ending``."""
     problems = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file() or entry.name in accounted:
@@ -179,12 +180,12 @@ def _layout_problems(
 # one case's files (runs in worker processes)
 
 
-def _read(path: Path) -> tuple[np.ndarray, ImageGeometry] | IntegrityProblem:
+def _read(path: Path, image_io: ImageIO) -> tuple[np.ndarray, ImageGeometry] | IntegrityProblem:
     """File-order voxels (i, j, k) as float32 and the geometry, or the reason it cannot be read."""
     # File order, not canonical: every check here is per voxel or per file, so the reorienting
     # copy would buy nothing.
     try:
-        return read_volume_in_file_order(path)
+        return read_volume_in_file_order(path, image_io)
     except ImageReadError as error:
         return IntegrityProblem(path, str(error).removeprefix(f"{path}: "))
 
@@ -309,8 +310,9 @@ def check_case(case: RawCase, description: DatasetDescription) -> list[Integrity
     files = [(path, description.modality(index)) for index, path in enumerate(case.image_files)]
     if case.label_file is not None:
         files.append((case.label_file, None))
+    image_io = image_io_for_dataset(description)
     for path, modality in files:
-        read = _read(path)
+        read = _read(path, image_io)
         if isinstance(read, IntegrityProblem):
             problems.append(read)
             continue

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnsam3d import paths
+from nnsam3d.io.image_io import image_io_for_dataset
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
 from nnsam3d.planners.experiment_planner import plan_experiment
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
@@ -108,7 +109,7 @@ def plan_and_preprocess(
         (``<plans_name>_3d``).
 
     Raises ``paths.DatasetNotFoundError``, ``io.raw_dataset.DatasetFormatError`` or
-    ``io.nifti.ImageReadError`` (each naming the file) for problems with the raw dataset.
+    ``io.geometry.ImageReadError`` (each naming the file) for problems with the raw dataset.
     """
     dataset_name = paths.resolve_dataset_name(dataset)
     raw_dir = paths.raw_dataset_dir(dataset_name)
@@ -122,6 +123,7 @@ def plan_and_preprocess(
         description, cases = check_dataset_integrity(raw_dir, num_processes)
     else:
         description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        image_io_for_dataset(description, source=str(raw_dir / "dataset.json"))  # an unreadable format stops here
         cases = labelled_training_cases(raw_dir, description)
 
     fingerprint = dataset_fingerprint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.io.schema_version import require_schema_version
 
 CASE_PROPERTIES_SCHEMA_VERSION = 1

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsam3d.io.nifti import ImageGeometry, ImageReadError, read_channels, read_segmentation
+from nnsam3d.io.geometry import ImageGeometry, ImageReadError
+from nnsam3d.io.image_io import ImageIO, read_channels, read_segmentation
 from nnsam3d.preprocessing.cropping import BoundingBox, crop_to_box, nonzero_bounding_box, nonzero_mask
 
 
@@ -58,7 +59,7 @@ def crop_case(
 ) -> CroppedCase:
     """Crop a canonical case to the box of voxels non-zero in any channel.
 
-    images: (C, z, y, x) float32 in canonical order (``io.nifti.read_channels``).
+    images: (C, z, y, x) float32 in canonical order (``io.image_io.read_channels``).
     geometry: grid of the files the images came from; its canonical shape must be (z, y, x).
     segmentation: (z, y, x) integer label map on the same grid, or None.
     label_file: the file ``segmentation`` was read from, if any; a label map on another grid
@@ -96,12 +97,15 @@ def read_cropped_case(
     *,
     label_file: str | os.PathLike | None = None,
     case_id: str,
+    image_io: ImageIO | None = None,
 ) -> CroppedCase:
     """Read one case's channel files (and label file) and crop it; see :func:`crop_case`.
+
+    image_io: the reader (``io.image_io.image_io_for_dataset``); default: chosen by file ending.
 
     Unreadable files, and a label on another grid than the images, raise ``ImageReadError``
     naming the file.
     """
-    images, geometry = read_channels(image_files)
-    segmentation = None if label_file is None else read_segmentation(label_file)[0]
+    images, geometry = read_channels(image_files, image_io)
+    segmentation = None if label_file is None else read_segmentation(label_file, image_io)[0]
     return crop_case(images, geometry, segmentation=segmentation, case_id=case_id, label_file=label_file)

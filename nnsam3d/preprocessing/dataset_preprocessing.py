@@ -22,6 +22,7 @@ from typing import Sequence
 
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
+from nnsam3d.io.image_io import ImageIO, image_io_for_dataset
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CASE_PROPERTIES_SCHEMA_VERSION
@@ -63,9 +64,11 @@ def _stored_settings(folder: Path) -> dict | None:
         return None  # a broken settings file counts as unknown settings: redo everything
 
 
-def _preprocess_and_store(case: RawCase, plans: Plans, folder: Path) -> str:
+def _preprocess_and_store(case: RawCase, plans: Plans, folder: Path, image_io: ImageIO) -> str:
     """Worker: one case from its raw files into the store (runs in a worker process)."""
-    result = preprocess_case_files(case.image_files, plans, label_file=case.label_file, case_id=case.case_id)
+    result = preprocess_case_files(
+        case.image_files, plans, label_file=case.label_file, case_id=case.case_id, image_io=image_io
+    )
     PreprocessedCaseStore(folder).write_case(
         case.case_id, result.data, result.segmentation, result.properties, result.class_locations
     )
@@ -94,8 +97,10 @@ def preprocess_dataset(
     """
     dataset_name = paths.resolve_dataset_name(dataset)
     raw_dir = paths.raw_dataset_dir(dataset_name)
+    description = DatasetDescription.from_file(raw_dir / "dataset.json")
+    image_io = image_io_for_dataset(description, source=str(raw_dir / "dataset.json"))
     if cases is None:
-        cases = labelled_training_cases(raw_dir, DatasetDescription.from_file(raw_dir / "dataset.json"))
+        cases = labelled_training_cases(raw_dir, description)
 
     output_dir = paths.preprocessed_dataset_dir(dataset_name)
     store = PreprocessedCaseStore(output_dir / plans.data_identifier)
@@ -122,7 +127,7 @@ def preprocess_dataset(
     if skipped:
         _say(f"{len(skipped)} of {len(cases)} cases already preprocessed in {store.folder}; skipping them.")
     done = map_cases(
-        partial(_preprocess_and_store, plans=plans, folder=store.folder),
+        partial(_preprocess_and_store, plans=plans, folder=store.folder, image_io=image_io),
         todo,
         num_processes,
         f"Preprocessing {dataset_name}",

@@ -2,7 +2,7 @@
 
 The network sees a case cropped to its non-zero box and resampled to the target spacing.
 These functions undo both steps with the case's :class:`CaseProperties`; the last step,
-canonical → file order, is ``nnsam3d.io.nifti.from_canonical`` (done when writing).
+canonical → file order, is ``nnsam3d.io.geometry.from_canonical`` (done when writing).
 """
 
 from __future__ import annotations

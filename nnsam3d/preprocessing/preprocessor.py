@@ -1,6 +1,6 @@
 """The case preprocessor, shared by training-data preprocessing and inference.
 
-For one case, in this order (every volume in canonical (z, y, x) order, see ``io.nifti``):
+For one case, in this order (every volume in canonical (z, y, x) order, see ``io.geometry``):
 
 1. crop to the box of voxels non-zero in any channel (``cropped_case``);
 2. normalise each channel as ``plans.normalization`` says (``normalization``), before resampling,
@@ -12,7 +12,7 @@ For one case, in this order (every volume in canonical (z, y, x) order, see ``io
 
 :class:`~nnsam3d.preprocessing.case_properties.CaseProperties` records every step, so that a
 prediction on the network grid goes back onto the original file grid with
-``preprocessing.geometry_restore`` and ``io.nifti.write_segmentation``.
+``preprocessing.geometry_restore`` and ``io.image_io.write_segmentation``.
 
 Entry points for inference: :func:`preprocess_case_files` (files → network input) and
 :func:`preprocess_case` (arrays already in memory → network input).
@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.io.geometry import ImageGeometry
+from nnsam3d.io.image_io import ImageIO
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.cropped_case import CroppedCase, crop_case, read_cropped_case
@@ -134,7 +135,7 @@ def preprocess_case(
 ) -> PreprocessedCase:
     """Preprocess a case held in memory; ``images`` and ``segmentation`` are left unchanged.
 
-    images: (C, z, y, x) canonical order (``io.nifti.read_channels``), any float dtype.
+    images: (C, z, y, x) canonical order (``io.image_io.read_channels``), any float dtype.
     geometry: the grid of the input files (spacing in mm comes from ``geometry.spacing``).
     plans: target spacing, normalisation and resampling order.
     segmentation: (z, y, x) integer label map on the same grid, or None.
@@ -152,9 +153,11 @@ def preprocess_case_files(
     *,
     label_file: str | os.PathLike | None = None,
     case_id: str,
+    image_io: ImageIO | None = None,
 ) -> PreprocessedCase:
     """Read one case's channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in channel
     order) and optional label file, and preprocess it. Unreadable files raise
-    ``io.nifti.ImageReadError`` naming the file."""
-    case = read_cropped_case(image_files, label_file=label_file, case_id=case_id)
+    ``io.geometry.ImageReadError`` naming the file. image_io: the reader
+    (``io.image_io.image_io_for_dataset``); default: chosen by file ending."""
+    case = read_cropped_case(image_files, label_file=label_file, case_id=case_id, image_io=image_io)
     return preprocess_cropped_case(case, plans)

@@ -2,7 +2,7 @@
 
 Written to ``$nnSAM3D_preprocessed/DatasetXXX_Name/dataset_fingerprint.json`` by
 ``nnsam3d_plan_and_preprocess``; the planner reads it back through :class:`DatasetFingerprint`.
-All per-case geometry is in canonical (z, y, x) order (see ``nnsam3d.io.nifti``).
+All per-case geometry is in canonical (z, y, x) order (see ``nnsam3d.io.geometry``).
 """
 
 from __future__ import annotations

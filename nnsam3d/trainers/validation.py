@@ -72,6 +72,7 @@ def validate_cases(
                 store.load_properties(case_id),
                 output_folder / f"{case_id}{description.file_ending}",
                 save_probabilities=save_probabilities,
+                write_labels=predictor.label_writer(None, ()),  # the dataset's format and reader/writer
             )
             message(f"validation {index}/{len(case_ids)}: {case_id} predicted in {time.perf_counter() - started:.1f} s")
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -98,3 +100,72 @@ def make_plans():
 def make_random_folds():
     """:func:`save_random_folds`."""
     return save_random_folds
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic CT series written slice by slice with pydicom (in the test extra), as a scanner stores them.
+
+
+def write_ct_series(
+    folder: Path,
+    volume: np.ndarray,
+    spacing=(2.5, 0.75, 0.75),
+    origin=(-100.0, -120.0, -50.0),
+    orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    series_number: int = 1,
+    study_uid: str | None = None,
+    modality: str = "CT",
+    order_in_folder=None,
+    prefix: str = "IM",
+) -> list[Path]:
+    """Write ``volume`` (slice, row, column) int16 HU as one CT series; returns the files in slice order.
+
+    spacing: (slice, row, column) mm. origin: LPS position of the first slice's first pixel.
+    orientation: ImageOrientationPatient (row direction, column direction). Slice k lies at
+    origin + k * spacing[0] * (row x column). ``order_in_folder``: a permutation of the slices
+    for the file names (``PREFIX0000.dcm``, ...), so that readers must sort by position, not by name.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row, column)
+    names = order_in_folder if order_in_folder is not None else range(len(volume))
+    files = [None] * len(volume)
+    for k, name in zip(range(len(volume)), names):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^CT", "PH001", "19700101", "O"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study_uid, "20260101", "120000", "1"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "A1", ""
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality = series_uid, series_number, modality
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+        ds.Manufacturer = "nnsam3d tests"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.asarray(origin) + k * spacing[0] * normal]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.PixelData = np.ascontiguousarray(volume[k].astype(np.int16)).tobytes()
+        path = folder / f"{prefix}{name:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files[k] = path
+    return files
+
+
+@pytest.fixture(scope="session")
+def ct_series_writer():
+    """:func:`write_ct_series` (test modules cannot import conftest under --import-mode=importlib)."""
+    return write_ct_series

@@ -223,8 +223,8 @@ def test_missing_channel_of_a_multichannel_dataset(nnsam3d_folders):
             r"label values must be consecutive",
         ),
         (
-            {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 1, "file_ending": ".mha"},
-            r"file_ending '\.mha' is not supported",
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 1, "file_ending": ".tif"},
+            r"file_ending '\.tif' is not supported",
         ),
         (
             {"channel_names": ["CT"], "labels": {"background": 0}, "numTraining": 1, "file_ending": ".nii.gz"},
