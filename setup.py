@@ -32,7 +32,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # scikit-learn: the tests' independent reference for nnU-Net's folds (KFold), not needed at run time.
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.0"]},
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],
     },

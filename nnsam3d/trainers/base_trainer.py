@@ -53,7 +53,7 @@ from nnsam3d.trainers.optimization import (
 )
 from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
 from nnsam3d.trainers.request import TrainingInputError, TrainingInputs, TrainingRequest
-from nnsam3d.trainers.splits import fold_cases, load_or_create_splits
+from nnsam3d.trainers.splits import SPLITS_FILENAME, fold_cases, load_or_create_splits
 from nnsam3d.trainers.time_budget import TimeBudget
 from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
 from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
@@ -228,7 +228,12 @@ class nnSAM3DTrainer:
     def _split_cases(self) -> None:
         # Rank 0 writes splits_final.json (once); the others read what it wrote.
         if self.context.is_main:
-            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids)
+            source = self.request.splits_file
+            if source is None and not (self.preprocessed_dir / SPLITS_FILENAME).is_file():
+                source = paths.nnunet_splits_file(self.dataset_name)  # a dataset nnU-Net already split
+            if source is not None:
+                self.log.message(f"cross-validation splits from {source}")
+            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, source=source)
         self.context.barrier()
         if not self.context.is_main:
             splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, create=False)
