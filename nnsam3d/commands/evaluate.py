@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tolerance of the normalised surface Dice in mm (default 2)")
     parser.add_argument("--file-ending", default=None, help="file ending (default: the dataset's, else .nii.gz)")
     parser.add_argument("-np", dest="num_processes", type=int, default=1, help="cases evaluated in parallel")
+    parser.add_argument("--chill", action="store_true",
+                        help="evaluate the predictions there are even if reference cases have none (nnU-Net's "
+                        "--chill); by default a missing prediction is an error that names it")
     return parser
 
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate_folders(
             arguments.reference, arguments.prediction, labels, ending, output_file=output,
             nsd_tolerance_mm=arguments.nsd_tolerance_mm, num_processes=arguments.num_processes,
+            chill=arguments.chill,
         )
     except (EvaluationInputError, ImageReadError, DatasetFormatError, paths.DatasetNotFoundError) as error:
         print(f"nnsam3d_evaluate: error: {error}", file=sys.stderr)

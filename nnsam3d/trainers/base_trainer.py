@@ -155,7 +155,8 @@ class nnSAM3DTrainer:
         return self.lr_with_sam if self.starts_from_sam else self.lr_from_scratch
 
     def build_loss(self) -> nn.Module:
-        return DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
+        return DeepSupervisionLoss(DiceCrossEntropyLoss(ignore_label=self.description.ignore_label),
+                                   DEEP_SUPERVISION_OUTPUTS)
 
     def augmentation_settings(self) -> AugmentationSettings:
         return settings_for(
@@ -245,6 +246,7 @@ class nnSAM3DTrainer:
         self.streams = start_fold_streams(
             self.store.folder, self.fold.train, self.fold.val, self.plans.batch_size,
             self.plans.foreground_oversampling, self.augmentation_settings(), workers, ctx,
+            ignore_label=self.description.ignore_label,
             seed=self.request.seed + 7919 * ctx.rank + 104729 * self.epochs_completed,
         )
         self.train_stream, self.val_stream = self.streams.train, self.streams.validation
@@ -279,7 +281,7 @@ class nnSAM3DTrainer:
         with self.optimization.precision.autocast():
             outputs = self.network(data)
             loss = self.loss(outputs, target)
-        return float(loss), confusion_counts(full_resolution(outputs), target)
+        return float(loss), confusion_counts(full_resolution(outputs), target, self.description.ignore_label)
 
     def run_epoch(self, epoch: int) -> EpochRecord:
         """Train ``iterations_per_epoch`` steps and estimate pseudo-Dice; ``epoch`` is 0-based."""
