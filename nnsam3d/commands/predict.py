@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from nnsam3d.commands.nnunet_habits import checkpoint_choice, drop_configuration, no_effect
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
@@ -33,29 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_* with the checkpoint)")
-    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="final",
-                        help="checkpoint_final.pth (default) or checkpoint_best.pth of each fold")
-    parser.add_argument("--step-size", type=float, default=0.5,
+    parser.add_argument("--checkpoint", "-chk", type=checkpoint_choice, choices=tuple(CHECKPOINT_FILES), default="final",
+                        help="final: checkpoint_final.pth (default), or best: checkpoint_best.pth of each fold")
+    parser.add_argument("--step-size", "-step_size", type=float, default=0.5,
                         help="sliding-window stride as a fraction of the patch (default 0.5; larger is faster, coarser)")
-    parser.add_argument("--disable-tta", action="store_true",
+    parser.add_argument("--disable-tta", "--disable_tta", action="store_true",
                         help="no test-time mirroring (8x faster, usually slightly less accurate)")
-    parser.add_argument("--save-probabilities", action="store_true",
+    parser.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                         help="also write CASE.npz with float16 class probabilities (for ensembling)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", "-device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU (default)")
-    parser.add_argument("--continue", dest="skip_existing", action="store_true",
+    parser.add_argument("--continue", "--continue_prediction", dest="skip_existing", action="store_true",
                         help="skip cases whose output already exists (outputs are written atomically)")
-    parser.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (default 1)")
-    parser.add_argument("--part-id", type=int, default=0, help="which part this run predicts, 0..num-parts-1")
+    parser.add_argument("--num-parts", "-num_parts", type=int, default=1,
+                        help="split the cases into this many parts (default 1)")
+    parser.add_argument("--part-id", "-part_id", type=int, default=0, help="which part this run predicts, 0..num-parts-1")
     parser.add_argument("--save-overlays", action="store_true",
                         help="also write OUT/overlays/CASE.png: predicted contours over the image in three planes")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: the plans')")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "--disable_progress_bar", action="store_true", help="no progress bars")
+    parser.add_argument("-npp", "-nps", type=int, metavar="N", default=argparse.SUPPRESS, help="nnU-Net's preprocessing/export process "
+                        "counts: accepted for nnU-Net scripts, without effect here", action=no_effect(
+                            "-npp/-nps", "one background thread reads and preprocesses the next case and one exports "
+                            "the previous case while the network runs"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_predict"))
     try:
         dataset_name = resolve_dataset_name(arguments.dataset)
         options = dict(

@@ -155,4 +155,9 @@ def parse_fold(text: str) -> str:
         return ALL_FOLDS
     if text.isdigit():
         return str(int(text))
+    if text[:2] in ("2d", "3d"):
+        raise ValueError(
+            f"'{text}' looks like an nnU-Net configuration, but nnsam3d has one configuration per plans "
+            f"(3D, like 3d_fullres): give the dataset and the fold only, e.g. nnsam3d_train 501 0"
+        )
     raise ValueError(f"fold must be a number (0-{DEFAULT_NUM_FOLDS - 1}) or 'all', got '{text}'")
