@@ -67,10 +67,25 @@ def sparse_run(tmp_path_factory, point_folders, tiny_network):
         plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
         plans.network = plans.network.replace(**tiny_network)
         plans.save(root / "preprocessed" / spec.folder_name / f"{plans.plans_name}.json")
+        # A dataset nnU-Net already split: its splits_final.json is adopted as is.
+        cases = [f"syntheticct_{i:03d}" for i in range(5)]
+        nnunet_folder = root / "nnUNet_preprocessed" / spec.folder_name
+        nnunet_folder.mkdir(parents=True)
+        (nnunet_folder / "splits_final.json").write_text(json.dumps(
+            [{"train": cases[:2] + cases[3:], "val": [cases[2]]}, {"train": cases[1:], "val": cases[:1]}]))
+        patch.setenv("nnUNet_preprocessed", str(root / "nnUNet_preprocessed"))
         request = TrainingRequest(dataset=spec.folder_name, fold="0", device="cpu", num_epochs=1,
                                   iterations_per_epoch=3, num_workers=0, seed=1)
         trainer = train_fold("nnSAM3DTrainer", request)
         yield trainer, root, plans
+
+
+def test_nnunets_splits_file_is_adopted_as_is(sparse_run):
+    trainer, root, _ = sparse_run
+    nnunet = json.loads((root / "nnUNet_preprocessed" / trainer.dataset_name / "splits_final.json").read_text())
+    assert json.loads((trainer.preprocessed_dir / "splits_final.json").read_text()) == nnunet
+    assert list(trainer.fold.val) == ["syntheticct_002"]
+    assert "cross-validation splits from" in (trainer.output_folder / "training_log.txt").read_text()
 
 
 def test_planning_and_preprocessing_keep_the_ignore_label_out_of_the_classes(sparse_run):
