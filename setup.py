@@ -10,6 +10,8 @@ COMMANDS = {
     "nnsam3d_find_best_configuration": "find_best_configuration",
     "nnsam3d_download_sam": "download_sam",
     "nnsam3d_demo": "demo",
+    "nnsam3d_export_model": "export_model",
+    "nnsam3d_install_model": "install_model",
 }
 
 setup(

@@ -10,13 +10,15 @@ import torch
 from nnsam3d.commands.nnunet_habits import checkpoint_choice, drop_configuration, no_effect
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
+from nnsam3d.inference.model_sharing import ModelSharingError, opened_model
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
-USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError)
+USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
+               ModelSharingError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", dest="input", required=True,
                         help="folder of cases named CASE_XXXX<file ending> (XXXX = channel), or one channel file of a case")
     parser.add_argument("-o", dest="output", required=True, help="output folder (created)")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset number (e.g. 501) or name (Dataset501_Liver)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("-d", dest="dataset", help="dataset number (e.g. 501) or name (Dataset501_Liver) whose model "
+                       "in $nnSAM3D_results to use (with -tr and -p)")
+    model.add_argument("-m", dest="model", help="a model folder (DatasetXXX_Name/TRAINER__PLANS) or a zip written by "
+                       "nnsam3d_export_model, used as is: no results folder needed")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=[DEFAULT_TRAINER],
                         help=f"trainer (default {DEFAULT_TRAINER}); several trainers with the same plans are ensembled")
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
@@ -63,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_predict"))
     try:
-        dataset_name = resolve_dataset_name(arguments.dataset)
         options = dict(
             folds=arguments.folds,
             checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
@@ -73,10 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=arguments.batch_size,
             progress=not arguments.no_progress,
         )
-        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
-        if len(model_dirs) == 1:
-            predictor = Predictor.from_model_folder(model_dirs[0], **options)
+        if arguments.model is not None:
+            with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes
+                predictor = Predictor.from_model_folder(model_dir, **options)
+        elif len(arguments.trainers) == 1:
+            predictor = Predictor.from_model_folder(
+                training_output_dir(resolve_dataset_name(arguments.dataset), arguments.trainers[0], arguments.plans),
+                **options,
+            )
         else:
+            dataset_name = resolve_dataset_name(arguments.dataset)
+            model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
             predictor = Predictor.from_model_folders(
                 model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
                 **options,
