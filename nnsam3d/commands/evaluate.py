@@ -9,7 +9,7 @@ from pathlib import Path
 from nnsam3d import paths
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError, evaluate_folders, format_summary_table
 from nnsam3d.io.nifti import ImageReadError
-from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError
+from nnsam3d.io.raw_dataset import IGNORE_LABEL_NAME, DatasetDescription, DatasetFormatError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.labels is not None:
             names = {v: k for k, v in description.labels.items()} if description else {}
             labels = {names.get(v, str(v)): v for v in arguments.labels}
+            if description is not None and description.ignore_label is not None:  # still not scored
+                labels[IGNORE_LABEL_NAME] = description.ignore_label
         elif description is not None:
             labels = description.labels
         else:

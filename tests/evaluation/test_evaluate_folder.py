@@ -175,3 +175,10 @@ def test_the_ignore_label_is_neither_scored_nor_a_class(tmp_path):
     write(tmp_path / "pred", "c", prediction, geometry)
     one_fp = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels, ".nii.gz")["per_case"][0]["metrics"]["organ"]
     assert one_fp["FP"] == 1 and one_fp["Dice"] < 1.0
+    # The command keeps the dataset's ignore label out of the metrics also when -l picks classes.
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}))
+    prediction[5, 0, 0] = 0
+    write(tmp_path / "pred", "c", prediction, geometry)
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-l", "1"]) == 0
+    assert json.loads((tmp_path / "pred" / "summary.json").read_text())["per_case"][0]["metrics"]["organ"]["FP"] == 0
