@@ -13,6 +13,8 @@ COMMANDS = {
     "nnsam3d_download_sam": "download_sam",
     "nnsam3d_demo": "demo",
     "nnsam3d_convert_msd": "convert_msd",
+    "nnsam3d_export_model": "export_model",
+    "nnsam3d_install_model": "install_model",
 }
 
 setup(
@@ -38,8 +40,9 @@ setup(
         # DICOM-SEG output (nnsam3d_predict --output-format dicom-seg); DICOM series input needs only SimpleITK.
         "dicom": DICOM,
         # segment-anything: the tests build SAM-format checkpoints and compare against SAM's own encoder;
-        # nnsam3d itself reads SAM checkpoints without it.
-        "test": ["pytest>=7", "segment-anything>=1.0", *DICOM],
+        # nnsam3d itself reads SAM checkpoints without it. scikit-learn: the tests' independent reference
+        # for nnU-Net's folds (KFold), not needed at run time.
+        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", *DICOM],
     },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],

@@ -21,6 +21,7 @@ from pathlib import Path
 RAW_VARIABLE = "nnSAM3D_raw"
 RAW_FALLBACK_VARIABLE = "nnUNet_raw"
 PREPROCESSED_VARIABLE = "nnSAM3D_preprocessed"
+NNUNET_PREPROCESSED_VARIABLE = "nnUNet_preprocessed"
 RESULTS_VARIABLE = "nnSAM3D_results"
 
 DEFAULT_ROOT = Path.home() / "nnsam3d_data"
@@ -126,6 +127,18 @@ def results_dataset_dir(identifier: str | int) -> Path:
 def training_output_dir(identifier: str | int, trainer_name: str, plans_name: str) -> Path:
     """``$nnSAM3D_results/DatasetXXX_Name/TRAINER__PLANS`` (folds live below it)."""
     return results_dataset_dir(identifier) / f"{trainer_name}__{plans_name}"
+
+
+def nnunet_splits_file(dataset_name: str) -> Path | None:
+    """nnU-Net's ``$nnUNet_preprocessed/DatasetXXX_Name/splits_final.json`` when it exists.
+
+    Read so that a dataset already cross-validated with nnU-Net keeps exactly its folds.
+    """
+    value = os.environ.get(NNUNET_PREPROCESSED_VARIABLE)
+    if not value:
+        return None
+    path = Path(value).expanduser() / dataset_name / "splits_final.json"
+    return path if path.is_file() else None
 
 
 def fold_dir(identifier: str | int, trainer_name: str, plans_name: str, fold: int | str) -> Path:

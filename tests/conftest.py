@@ -51,9 +51,11 @@ def point_folders_at(root: Path, patch: pytest.MonkeyPatch) -> Folders:
     for variable, name in FOLDER_VARIABLES:
         (root / name).mkdir(exist_ok=True)
         patch.setenv(variable, str(root / name))
-    # Either would reach past ``root``: nnUNet_raw stands in for an unset raw folder, and the
+    # These would reach past ``root``: nnUNet_raw stands in for an unset raw folder,
+    # nnUNet_preprocessed may hold nnU-Net's splits_final.json, and the
     # SAM checkpoint variable names a file anywhere.
     patch.delenv(paths.RAW_FALLBACK_VARIABLE, raising=False)
+    patch.delenv(paths.NNUNET_PREPROCESSED_VARIABLE, raising=False)
     patch.delenv(SAM_CHECKPOINT_VARIABLE, raising=False)
     return Folders(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results",
                    sam_checkpoints=root / "sam_checkpoints")

@@ -9,7 +9,7 @@ from pathlib import Path
 from nnsam3d import paths
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError, evaluate_folders, format_summary_table
 from nnsam3d.io.geometry import ImageReadError
-from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError
+from nnsam3d.io.raw_dataset import IGNORE_LABEL_NAME, DatasetDescription, DatasetFormatError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tolerance of the normalised surface Dice in mm (default 2)")
     parser.add_argument("--file-ending", default=None, help="file ending (default: the dataset's, else .nii.gz)")
     parser.add_argument("-np", dest="num_processes", type=int, default=1, help="cases evaluated in parallel")
+    parser.add_argument("--chill", action="store_true",
+                        help="evaluate the predictions there are even if reference cases have none (nnU-Net's "
+                        "--chill); by default a missing prediction is an error that names it")
     return parser
 
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.labels is not None:
             names = {v: k for k, v in description.labels.items()} if description else {}
             labels = {names.get(v, str(v)): v for v in arguments.labels}
+            if description is not None and description.ignore_label is not None:  # still not scored
+                labels[IGNORE_LABEL_NAME] = description.ignore_label
         elif description is not None:
             labels = description.labels
         else:
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate_folders(
             arguments.reference, arguments.prediction, labels, ending, output_file=output,
             nsd_tolerance_mm=arguments.nsd_tolerance_mm, num_processes=arguments.num_processes,
+            chill=arguments.chill,
         )
     except (EvaluationInputError, ImageReadError, DatasetFormatError, paths.DatasetNotFoundError) as error:
         print(f"nnsam3d_evaluate: error: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnsam3d.commands.nnunet_habits import drop_configuration
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
 from nnsam3d.model_selection.find_best_configuration import ConfigurationError, find_best_configuration
 from nnsam3d.io.geometry import ImageReadError
@@ -28,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds whose validation to use (default: those with fold_K/validation in the first trainer)")
-    parser.add_argument("--disable-ensembling", action="store_true", help="compare single trainers only")
+    parser.add_argument("--disable-ensembling", "--disable_ensembling", action="store_true", help="compare single trainers only")
     parser.add_argument("-np", dest="num_processes", type=int, default=1, help="cases evaluated in parallel")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_find_best_configuration"))
     try:
         find_best_configuration(
             arguments.dataset, arguments.trainers, arguments.plans, folds=arguments.folds,

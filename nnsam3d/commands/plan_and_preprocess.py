@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from nnsam3d.commands.nnunet_habits import drop_configuration
 from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.model.backbones import BACKBONES
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             "$nnSAM3D_preprocessed/DatasetXXX_Name/."
         ),
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset number (501) or name (Dataset501_Liver)")
+    parser.add_argument("-d", "--dataset", dest="datasets", nargs="+", required=True,
+                        help="dataset number (501) or name (Dataset501_Liver); several are processed one after another")
     parser.add_argument(
         "--verify_dataset_integrity",
         action="store_true",
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gpu-memory-gb",
+        "-gpu_memory_target",
         type=_positive(float),
         default=None,
         metavar="G",
@@ -67,30 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--clean", action="store_true", help="recompute the fingerprint and preprocess every case again"
     )
     parser.add_argument(
-        "-p", "--plans-name", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})"
+        "-p", "--plans-name", "-overwrite_plans_name", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})"
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        plan_and_preprocess(
-            args.dataset,
-            verify=args.verify_dataset_integrity,
-            gpu_memory_gb=args.gpu_memory_gb,
-            compute_budget_hours=args.compute_budget,
-            backbone=args.backbone,
-            num_processes=args.num_processes,
-            clean=args.clean,
-            plans_name=args.plans_name,
-        )
-    except USER_ERRORS as error:
-        message = str(error)
-        if isinstance(error, DatasetIntegrityError):
-            message += "\nNothing was written: no fingerprint, plans or preprocessed data."
-        parser.exit(1, f"{parser.prog}: error: {message}\n")
+    args = parser.parse_args(drop_configuration(argv, parser.prog))
+    failed = []
+    for dataset in args.datasets:
+        try:
+            plan_and_preprocess(
+                dataset,
+                verify=args.verify_dataset_integrity,
+                gpu_memory_gb=args.gpu_memory_gb,
+                compute_budget_hours=args.compute_budget,
+                backbone=args.backbone,
+                num_processes=args.num_processes,
+                clean=args.clean,
+                plans_name=args.plans_name,
+            )
+        except USER_ERRORS as error:
+            message = str(error)
+            if isinstance(error, DatasetIntegrityError):
+                message += "\nNothing was written: no fingerprint, plans or preprocessed data."
+            sys.stderr.write(f"{parser.prog}: error: {message}\n")
+            failed.append(dataset)
+    if failed:
+        several = len(args.datasets) > 1
+        parser.exit(1, f"{parser.prog}: {len(failed)} of {len(args.datasets)} datasets failed: {', '.join(failed)}\n"
+                    if several else None)
     return 0
 
 

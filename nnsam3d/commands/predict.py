@@ -7,8 +7,10 @@ import sys
 
 import torch
 
+from nnsam3d.commands.nnunet_habits import checkpoint_choice, drop_configuration, no_effect
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
+from nnsam3d.inference.model_sharing import ModelSharingError, opened_model
 from nnsam3d.inference.predictor import DICOM_SEG, IncompatibleModelsError, Predictor
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.io.dicom_seg import MissingOptionalDependencyError
@@ -18,7 +20,7 @@ from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
-               SamCheckpointError, MissingOptionalDependencyError)
+               SamCheckpointError, MissingOptionalDependencyError, ModelSharingError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,26 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of cases named CASE_XXXX<file ending> (XXXX = channel), one channel file of a case, "
                         "or a folder of DICOM series (one per subfolder, or several in one folder)")
     parser.add_argument("-o", dest="output", required=True, help="output folder (created)")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset number (e.g. 501) or name (Dataset501_Liver)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("-d", dest="dataset", help="dataset number (e.g. 501) or name (Dataset501_Liver) whose model "
+                       "in $nnSAM3D_results to use (with -tr and -p)")
+    model.add_argument("-m", dest="model", help="a model folder (DatasetXXX_Name/TRAINER__PLANS) or a zip written by "
+                       "nnsam3d_export_model, used as is: no results folder needed")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=[DEFAULT_TRAINER],
                         help=f"trainer (default {DEFAULT_TRAINER}); several trainers with the same plans are ensembled")
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_* with the checkpoint)")
-    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="final",
-                        help="checkpoint_final.pth (default) or checkpoint_best.pth of each fold")
-    parser.add_argument("--step-size", type=float, default=0.5,
+    parser.add_argument("--checkpoint", "-chk", type=checkpoint_choice, choices=tuple(CHECKPOINT_FILES), default="final",
+                        help="final: checkpoint_final.pth (default), or best: checkpoint_best.pth of each fold")
+    parser.add_argument("--step-size", "-step_size", type=float, default=0.5,
                         help="sliding-window stride as a fraction of the patch (default 0.5; larger is faster, coarser)")
-    parser.add_argument("--disable-tta", action="store_true",
+    parser.add_argument("--disable-tta", "--disable_tta", action="store_true",
                         help="no test-time mirroring (8x faster, usually slightly less accurate)")
-    parser.add_argument("--save-probabilities", action="store_true",
+    parser.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                         help="also write CASE.npz with float16 class probabilities (for ensembling)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", "-device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU (default)")
-    parser.add_argument("--continue", dest="skip_existing", action="store_true",
+    parser.add_argument("--continue", "--continue_prediction", dest="skip_existing", action="store_true",
                         help="skip cases whose output already exists (outputs are written atomically)")
-    parser.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (default 1)")
-    parser.add_argument("--part-id", type=int, default=0, help="which part this run predicts, 0..num-parts-1")
+    parser.add_argument("--num-parts", "-num_parts", type=int, default=1,
+                        help="split the cases into this many parts (default 1)")
+    parser.add_argument("--part-id", "-part_id", type=int, default=0, help="which part this run predicts, 0..num-parts-1")
     parser.add_argument("--save-overlays", action="store_true",
                         help="also write OUT/overlays/CASE.png: predicted contours over the image in three planes")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: the plans')")
@@ -61,14 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"format of the written label maps: the dataset's file ending (default), another ending "
                         f"such as .nii.gz, .mha, .nrrd, or {DICOM_SEG} (DICOM Segmentation of each DICOM input series, "
                         f"CASE.dcm; needs pip install 'nnsam3d[dicom]')")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "--disable_progress_bar", action="store_true", help="no progress bars")
+    parser.add_argument("-npp", "-nps", type=int, metavar="N", default=argparse.SUPPRESS, help="nnU-Net's preprocessing/export process "
+                        "counts: accepted for nnU-Net scripts, without effect here", action=no_effect(
+                            "-npp/-nps", "one background thread reads and preprocesses the next case and one exports "
+                            "the previous case while the network runs"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_predict"))
     try:
-        dataset_name = resolve_dataset_name(arguments.dataset)
         options = dict(
             folds=arguments.folds,
             checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
@@ -79,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             progress=not arguments.no_progress,
             sam_checkpoint=arguments.sam_checkpoint,
         )
-        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
-        if len(model_dirs) == 1:
-            predictor = Predictor.from_model_folder(model_dirs[0], **options)
+        if arguments.model is not None:
+            with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes
+                predictor = Predictor.from_model_folder(model_dir, **options)
+        elif len(arguments.trainers) == 1:
+            predictor = Predictor.from_model_folder(
+                training_output_dir(resolve_dataset_name(arguments.dataset), arguments.trainers[0], arguments.plans),
+                **options,
+            )
         else:
+            dataset_name = resolve_dataset_name(arguments.dataset)
+            model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
             predictor = Predictor.from_model_folders(
                 model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
                 **options,

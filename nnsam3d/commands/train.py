@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnsam3d.commands.nnunet_habits import drop_configuration
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.io.raw_dataset import DatasetFormatError
 from nnsam3d.model.sam_checkpoints import SamCheckpointError
@@ -56,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only run the final validation, with checkpoint_final.pth")
     parser.add_argument("--npz", dest="save_probabilities", action="store_true",
                         help="validation also saves class probabilities (float16 .npz) for ensembling")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", "-device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU (default)")
     parser.add_argument("--sam-checkpoint", default=None,
                         help="SAM-format checkpoint to start from (default: the official file of the plan's "
                         "backbone in $nnSAM3D_sam_checkpoints)")
-    parser.add_argument("--num-gpus", type=int, default=1,
+    parser.add_argument("--num-gpus", "-num_gpus", type=int, default=1,
                         help="train data-parallel with this many processes on this node (under torchrun, "
                         "torchrun decides instead)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget-minutes", type=float, default=None,
                         help="stop after the epoch in which this much training time is used up, then "
                         "finish as if the schedule had ended (final checkpoint and validation)")
+    parser.add_argument("--splits", dest="splits_file", default=None, metavar="SPLITS_JSON",
+                        help="a splits_final.json (nnU-Net's, say) to use as this dataset's folds; default: the "
+                        "dataset's own, else nnU-Net's from $nnUNet_preprocessed, else nnU-Net's 5 folds")
     return parser
 
 
@@ -88,12 +92,13 @@ def request_from_arguments(arguments: argparse.Namespace) -> TrainingRequest:
         seed=arguments.seed,
         num_workers=arguments.num_workers,
         time_budget_minutes=arguments.time_budget_minutes,
+        splits_file=arguments.splits_file,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_args(drop_configuration(argv, parser.prog))
     try:
         launch_training(arguments.trainer, request_from_arguments(arguments), arguments.num_gpus)
     except USER_ERRORS as error:

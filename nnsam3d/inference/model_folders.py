@@ -56,9 +56,12 @@ def fold_checkpoints(
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
+        siblings = sorted(p.name for p in model_dir.parent.glob("*__*") if p.is_dir()) if model_dir.parent.is_dir() else []
         raise ModelFolderError(
-            f"{model_dir}: model folder not found. Train first (nnsam3d_train DATASET FOLD -tr TRAINER -p PLANS), "
-            f"or check -d/-tr/-p and nnSAM3D_results."
+            f"{model_dir}: model folder not found. "
+            + (f"Models of this dataset (TRAINER__PLANS): {', '.join(siblings)}; choose with -tr and -p."
+               if siblings else
+               "Train first (nnsam3d_train DATASET FOLD -tr TRAINER -p PLANS), or check -d/-tr/-p and nnSAM3D_results.")
         )
     present = available_folds(model_dir, checkpoint_name)
     if folds is None:

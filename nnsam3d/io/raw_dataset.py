@@ -19,6 +19,9 @@ from pathlib import Path
 from nnsam3d.io.atomic import read_json
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+IGNORE_LABEL_NAME = "ignore"
+"""nnU-Net's name for the label of unannotated voxels (sparse annotation): no loss, no metric,
+never predicted. It must have the highest label value, so the classes stay 0..K-1."""
 
 
 class DatasetFormatError(ValueError):
@@ -30,7 +33,8 @@ class DatasetDescription:
     """The content of ``dataset.json``.
 
     channel_names: channel index (as string, "0", "1", ...) → modality name ("CT", "T2", ...).
-    labels: label name → integer value; must contain "background": 0.
+    labels: label name → integer value; must contain "background": 0. A label named "ignore"
+        (nnU-Net's convention, highest value) marks unannotated voxels: it is not a class.
     num_training: number of training cases (``numTraining``).
     file_ending: e.g. ".nii.gz".
     extra: every other key, kept verbatim so that writing back loses nothing.
@@ -48,13 +52,20 @@ class DatasetDescription:
         return len(self.channel_names)
 
     @property
+    def ignore_label(self) -> int | None:
+        """Value of the "ignore" label (unannotated voxels), None when the dataset has none."""
+        return self.labels.get(IGNORE_LABEL_NAME)
+
+    @property
     def num_classes(self) -> int:
-        """Number of output classes including background (labels must be 0..N-1)."""
-        return max(self.labels.values()) + 1
+        """Number of output classes including background (labels 0..K-1; the ignore label, the
+        highest value, is not a class: the network never predicts it)."""
+        return max(v for name, v in self.labels.items() if name != IGNORE_LABEL_NAME) + 1
 
     @property
     def foreground_labels(self) -> list[int]:
-        return sorted(v for v in self.labels.values() if v != 0)
+        """Foreground class values (neither background nor the ignore label)."""
+        return sorted(v for name, v in self.labels.items() if v != 0 and name != IGNORE_LABEL_NAME)
 
     def label_name(self, value: int) -> str:
         for name, label in self.labels.items():
@@ -127,6 +138,11 @@ class DatasetDescription:
         if values != list(range(len(values))):
             raise DatasetFormatError(
                 f"{source}: label values must be consecutive integers 0..{len(values) - 1}, found {values}."
+            )
+        if IGNORE_LABEL_NAME in labels and labels[IGNORE_LABEL_NAME] != values[-1]:
+            raise DatasetFormatError(
+                f"{source}: the \"{IGNORE_LABEL_NAME}\" label must have the highest value (as in nnU-Net), "
+                f"found {labels[IGNORE_LABEL_NAME]} with labels up to {values[-1]}."
             )
         extra = {k: v for k, v in content.items() if k not in REQUIRED_KEYS and k != "name"}
         return cls(

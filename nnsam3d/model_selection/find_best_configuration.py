@@ -25,7 +25,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnsam3d import paths
-from nnsam3d.evaluation.evaluate_folder import evaluate_folders, foreground_labels, prediction_files, read_label_pair
+from nnsam3d.evaluation.evaluate_folder import (
+    annotated_region,
+    evaluate_folders,
+    foreground_labels,
+    prediction_files,
+    read_label_pair,
+)
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.export import load_probabilities_file
 from nnsam3d.inference.model_folders import available_folds, ensemble_folder
@@ -178,10 +184,12 @@ def decide_postprocessing(
         reference, prediction, _spacing = read_label_pair(
             reference_dir / f"{case_id}{file_ending}", prediction_dir / f"{case_id}{file_ending}"
         )
+        annotated = annotated_region(reference, labels)  # scored as the evaluation scores (ignore label)
         for name, value in foreground_labels(labels).items():
             recorded = evaluated[case_id][name]["Dice"]
             before[name].append(float("nan") if recorded is None else recorded)
-            after[name].append(dice(reference == value, largest_component(prediction == value)))
+            kept = largest_component(prediction == value)
+            after[name].append(dice(reference == value, kept if annotated is None else kept & annotated))
     keep, evidence = [], {}
     for name, value in foreground_labels(labels).items():
         mean_before = float(np.nanmean(before[name])) if not np.all(np.isnan(before[name])) else None
@@ -253,7 +261,7 @@ def find_best_configuration(
             )
         case_ids = trainer_cases
         summary = evaluate_folders(reference_dir, target, description.labels, ending,
-                                   output_file=target / "summary.json", num_processes=num_processes)
+                                   output_file=target / "summary.json", num_processes=num_processes, chill=True)
         candidates.append(Candidate(trainer, (trainer,), model_dir, target, summary))
         message(f"{trainer}: mean foreground Dice {candidates[-1].foreground_dice:.4f} on folds {', '.join(folds)}")
 
@@ -267,7 +275,7 @@ def find_best_configuration(
                 target = folder / collected
                 ensemble_predictions([model_dirs[m] / collected for m in members], case_ids, ending, target)
                 summary = evaluate_folders(reference_dir, target, description.labels, ending,
-                                           output_file=target / "summary.json", num_processes=num_processes)
+                                           output_file=target / "summary.json", num_processes=num_processes, chill=True)
                 candidates.append(Candidate(folder.name, tuple(members), folder, target, summary))
                 message(f"{folder.name}: mean foreground Dice {candidates[-1].foreground_dice:.4f}")
 

@@ -52,14 +52,25 @@ class CaseFingerprint:
 
 
 def case_fingerprint(
-    case: RawCase, foreground_labels: list[int], samples_per_case: int, image_io: ImageIO | None = None
+    case: RawCase,
+    foreground_labels: list[int],
+    samples_per_case: int,
+    ignore_label: int | None = None,
+    image_io: ImageIO | None = None,
 ) -> CaseFingerprint:
-    """Read (with ``image_io``, default by file ending), crop and summarise one case (runs in a worker process)."""
+    """Read (with ``image_io``, default by file ending), crop and summarise one case (runs in a
+    worker process).
+
+    Foreground intensities come from annotated foreground only: voxels of the ``ignore_label``
+    (unannotated) may be anything and are left out.
+    """
     cropped = read_cropped_case(case.image_files, label_file=case.label_file, case_id=case.case_id, image_io=image_io)
     segmentation = cropped.segmentation
     num_channels = cropped.images.shape[0]
 
     in_foreground = segmentation > 0
+    if ignore_label is not None:
+        in_foreground &= segmentation != ignore_label
     foreground = np.flatnonzero(in_foreground)
     if len(foreground) > samples_per_case:
         rng = np.random.default_rng(case_seed(case.case_id))
@@ -175,6 +186,7 @@ def extract_fingerprint(
             case_fingerprint,
             foreground_labels=description.foreground_labels,
             samples_per_case=samples_per_case,
+            ignore_label=description.ignore_label,
             image_io=image_io_for_dataset(description),
         ),
         cases,

@@ -246,7 +246,15 @@ def _label_value_problems(path: Path, finite: np.ndarray, description: DatasetDe
                 f"(declared: {sorted(declared)}).",
             )
         )
-    if not any(int(v) > 0 for v in present):
+    if description.ignore_label is not None and [int(v) for v in present] == [description.ignore_label]:
+        problems.append(
+            IntegrityProblem(
+                path,
+                f"every voxel carries the ignore label ({description.ignore_label}): nothing is annotated. "
+                f"Annotate some voxels, or remove the case from imagesTr/labelsTr.",
+            )
+        )
+    elif not any(int(v) > 0 for v in present):
         problems.append(
             IntegrityProblem(
                 path,

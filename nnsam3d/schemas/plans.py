@@ -215,7 +215,26 @@ class Plans:
     def load(cls, path: str | os.PathLike) -> "Plans":
         path = Path(path)
         if not path.is_file():
+            present = plans_names_in(path.parent)
             raise FileNotFoundError(
-                f"{path}: plans not found. Run nnsam3d_plan_and_preprocess for this dataset first."
+                f"{path}: plans not found. "
+                + (f"Plans of this dataset: {', '.join(present)} (choose one with -p)."
+                   if present else "Run nnsam3d_plan_and_preprocess for this dataset first.")
             )
         return cls.from_json(read_json(path), source=str(path))
+
+
+def plans_names_in(folder: str | os.PathLike) -> list[str]:
+    """Names of the plans files in a preprocessed dataset folder (JSON files that are plans)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = []
+    for candidate in sorted(folder.glob("*.json")):
+        try:
+            content = read_json(candidate)
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and "network" in content and "target_spacing" in content:
+            names.append(candidate.stem)
+    return names

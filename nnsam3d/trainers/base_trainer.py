@@ -52,7 +52,7 @@ from nnsam3d.trainers.optimization import (
 )
 from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
 from nnsam3d.trainers.request import TrainingInputError, TrainingInputs, TrainingRequest
-from nnsam3d.trainers.splits import fold_cases, load_or_create_splits
+from nnsam3d.trainers.splits import SPLITS_FILENAME, fold_cases, load_or_create_splits
 from nnsam3d.trainers.time_budget import TimeBudget
 from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
 from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
@@ -154,7 +154,8 @@ class nnSAM3DTrainer:
         return self.lr_with_sam if self.starts_from_sam else self.lr_from_scratch
 
     def build_loss(self) -> nn.Module:
-        return DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
+        return DeepSupervisionLoss(DiceCrossEntropyLoss(ignore_label=self.description.ignore_label),
+                                   DEEP_SUPERVISION_OUTPUTS)
 
     def augmentation_settings(self) -> AugmentationSettings:
         return settings_for(
@@ -233,7 +234,12 @@ class nnSAM3DTrainer:
     def _split_cases(self) -> None:
         # Rank 0 writes splits_final.json (once); the others read what it wrote.
         if self.context.is_main:
-            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids)
+            source = self.request.splits_file
+            if source is None and not (self.preprocessed_dir / SPLITS_FILENAME).is_file():
+                source = paths.nnunet_splits_file(self.dataset_name)  # a dataset nnU-Net already split
+            if source is not None:
+                self.log.message(f"cross-validation splits from {source}")
+            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, source=source)
         self.context.barrier()
         if not self.context.is_main:
             splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, create=False)
@@ -245,6 +251,7 @@ class nnSAM3DTrainer:
         self.streams = start_fold_streams(
             self.store.folder, self.fold.train, self.fold.val, self.plans.batch_size,
             self.plans.foreground_oversampling, self.augmentation_settings(), workers, ctx,
+            ignore_label=self.description.ignore_label,
             seed=self.request.seed + 7919 * ctx.rank + 104729 * self.epochs_completed,
         )
         self.train_stream, self.val_stream = self.streams.train, self.streams.validation
@@ -279,7 +286,7 @@ class nnSAM3DTrainer:
         with self.optimization.precision.autocast():
             outputs = self.network(data)
             loss = self.loss(outputs, target)
-        return float(loss), confusion_counts(full_resolution(outputs), target)
+        return float(loss), confusion_counts(full_resolution(outputs), target, self.description.ignore_label)
 
     def run_epoch(self, epoch: int) -> EpochRecord:
         """Train ``iterations_per_epoch`` steps and estimate pseudo-Dice; ``epoch`` is 0-based."""

@@ -58,13 +58,17 @@ def start_fold_streams(
     num_workers: int,
     context: DistributedContext,
     seed: int,
+    ignore_label: int | None = None,
 ) -> FoldStreams:
     """Start both streams for this rank. ``batch_size`` is the global batch of the plans;
-    ``num_workers`` augmentation processes for training (half as many for pseudo-Dice)."""
+    ``num_workers`` augmentation processes for training (half as many for pseudo-Dice);
+    ``ignore_label``: never a class to centre foreground patches on."""
     global_foreground = foreground_samples_per_batch(batch_size, foreground_oversampling)
     batch, foreground = split_batch(batch_size, global_foreground, context.world_size, context.rank)
-    train_loader = PatchDataLoader(folder, train_cases, batch, settings.patch_size, foreground, read_size_for(settings))
-    val_loader = PatchDataLoader(folder, validation_cases, batch, settings.patch_size, foreground)
+    train_loader = PatchDataLoader(folder, train_cases, batch, settings.patch_size, foreground, read_size_for(settings),
+                                   ignore_label=ignore_label)
+    val_loader = PatchDataLoader(folder, validation_cases, batch, settings.patch_size, foreground,
+                                 ignore_label=ignore_label)
     pin = context.device.type == "cuda"
     train = start_batch_stream(train_loader, training_transforms(settings), num_workers, seed, pin)
     validation = start_batch_stream(

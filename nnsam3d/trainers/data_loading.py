@@ -68,11 +68,14 @@ def read_patch(array: np.ndarray, origin: Sequence[int], patch_size: Sequence[in
     return patch
 
 
-def foreground_centre(class_locations: Mapping[int, np.ndarray], rng) -> tuple[int, tuple[int, ...]] | None:
+def foreground_centre(
+    class_locations: Mapping[int, np.ndarray], rng, ignore_label: int | None = None
+) -> tuple[int, tuple[int, ...]] | None:
     """(class, voxel) drawn uniformly among the classes present, then among their voxels; None if none.
 
-    Only the drawn class's coordinates are read (the store keeps only non-empty classes)."""
-    present = sorted(label for label in class_locations if label != 0)
+    ``ignore_label`` (unannotated voxels) is not a class and is never drawn. Only the drawn
+    class's coordinates are read (the store keeps only non-empty classes)."""
+    present = sorted(label for label in class_locations if label not in (0, ignore_label))
     if not present:
         return None
     label = present[rng.randint(len(present))]
@@ -95,7 +98,8 @@ class PatchDataLoader(SlimDataLoaderBase):
     """
 
     def __init__(self, data_folder: str | os.PathLike, case_ids: Sequence[str], batch_size: int,
-                 patch_size: Sequence[int], foreground_samples: int, read_size: Sequence[int] | None = None):
+                 patch_size: Sequence[int], foreground_samples: int, read_size: Sequence[int] | None = None,
+                 ignore_label: int | None = None):
         if not case_ids:
             raise ValueError("a data loader needs at least one case")
         if not 0 <= foreground_samples <= batch_size:
@@ -108,6 +112,7 @@ class PatchDataLoader(SlimDataLoaderBase):
         if any(r < p for r, p in zip(self.read_size, self.patch_size)):
             raise ValueError(f"read_size {self.read_size} is smaller than patch_size {self.patch_size}")
         self.foreground_samples = int(foreground_samples)
+        self.ignore_label = ignore_label
         self._store = PreprocessedCaseStore(self.data_folder)
 
     def sample(self, case_id: str, centre_on_foreground: bool, rng) -> tuple[np.ndarray, np.ndarray, int]:
@@ -117,7 +122,7 @@ class PatchDataLoader(SlimDataLoaderBase):
         segmentation = self._store.load_segmentation(case_id)
         centre, centre_class = None, RANDOM_CENTRE
         if centre_on_foreground:
-            chosen = foreground_centre(self._store.load_class_locations(case_id), rng)
+            chosen = foreground_centre(self._store.load_class_locations(case_id), rng, self.ignore_label)
             if chosen is not None:
                 centre_class, centre = chosen
         origin = patch_origin(data.shape[1:], self.patch_size, rng, centre)

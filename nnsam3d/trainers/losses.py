@@ -4,6 +4,11 @@ As in nnU-Net: Dice over the foreground classes only, computed over the whole ba
 ("batch Dice", so a class absent from one patch does not get a degenerate per-patch Dice), plus
 cross-entropy over all classes. The loss reported is ``CE + (1 - Dice)``, so it is positive and
 goes down as training improves.
+
+With an ignore label (sparse annotation, nnU-Net's convention) the voxels carrying it contribute
+nothing: cross-entropy averages over the annotated voxels only, and the Dice sums leave them out
+(probabilities and target both masked), so changing a label or a prediction inside the ignored
+region changes neither the loss nor its gradients. A patch without any annotated voxel gives 0.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from torch import nn
 
 
 def soft_dice_per_class(
-    probabilities: torch.Tensor, target_one_hot: torch.Tensor, smooth: float = 1e-5
+    probabilities: torch.Tensor, target_one_hot: torch.Tensor, smooth: float = 1e-5,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batch soft Dice per class.
 
-    probabilities, target_one_hot: (B, K, z, y, x). Returns (K,) with the sums taken over the
-    batch and space together.
+    probabilities, target_one_hot: (B, K, z, y, x); mask: None or (B, 1, z, y, x), 1 where a
+    voxel counts (annotated). Returns (K,) with the sums taken over the batch and space together.
     """
+    if mask is not None:
+        probabilities = probabilities * mask
+        target_one_hot = target_one_hot * mask
     axes = [0] + list(range(2, probabilities.ndim))
     intersection = (probabilities * target_one_hot).sum(axes)
     total = probabilities.sum(axes) + target_one_hot.sum(axes)
@@ -34,23 +43,37 @@ class DiceCrossEntropyLoss(nn.Module):
 
     forward(logits (B, K, z, y, x), target (B, 1, z, y, x) integer labels) → scalar. Computed in
     float32 whatever the autocast precision, because the Dice sums over a whole patch lose
-    precision in half precision.
+    precision in half precision. ``ignore_label``: target value of unannotated voxels (the
+    dataset's "ignore" label, ≥ K), left out of both terms; None when every voxel is annotated.
     """
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1e-5):
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1e-5,
+                 ignore_label: int | None = None):
         super().__init__()
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.smooth = smooth
+        self.ignore_label = ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         labels = target[:, 0].long()
-        cross_entropy = F.cross_entropy(logits, labels)
+        mask = None
+        if self.ignore_label is not None:
+            annotated = labels != self.ignore_label
+            mask = annotated[:, None].to(logits.dtype)
+            # Mean over the annotated voxels, 0 when there are none (without asking the GPU
+            # whether there are, which would make the host wait every step).
+            cross_entropy = F.cross_entropy(
+                logits, labels, ignore_index=self.ignore_label, reduction="sum"
+            ) / annotated.sum().clamp_min(1)
+            labels = torch.where(annotated, labels, 0)  # any class: the mask removes these voxels
+        else:
+            cross_entropy = F.cross_entropy(logits, labels)
         probabilities = torch.softmax(logits, dim=1)
         # scatter_ straight into float: F.one_hot would first build an int64 (B, z, y, x, K) copy.
         one_hot = torch.zeros_like(probabilities).scatter_(1, labels[:, None], 1.0)
-        dice = soft_dice_per_class(probabilities[:, 1:], one_hot[:, 1:], self.smooth)
+        dice = soft_dice_per_class(probabilities[:, 1:], one_hot[:, 1:], self.smooth, mask)
         return self.ce_weight * cross_entropy + self.dice_weight * (1 - dice.mean())
 
 

@@ -14,14 +14,17 @@ import math
 import torch
 
 
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, ignore_label: int | None = None) -> torch.Tensor:
     """(3, K-1) float64 [TP, FP, FN] per foreground class of an argmax prediction.
 
-    logits: (B, K, z, y, x); target: (B, 1, z, y, x) integer labels.
+    logits: (B, K, z, y, x); target: (B, 1, z, y, x) integer labels. Voxels labelled
+    ``ignore_label`` (unannotated) are not counted.
     """
     num_classes = logits.shape[1]
     prediction = logits.argmax(1)
     labels = target[:, 0].long()
+    if ignore_label is not None:
+        prediction = torch.where(labels == ignore_label, -1, prediction)  # matches no class
     counts = torch.zeros(3, num_classes - 1, dtype=torch.float64, device=logits.device)
     for index, label in enumerate(range(1, num_classes)):
         predicted, actual = prediction == label, labels == label

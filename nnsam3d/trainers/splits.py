@@ -1,9 +1,12 @@
 """Cross-validation splits: ``splits_final.json`` in the preprocessed dataset folder.
 
 The file uses nnU-Net's format, a list with one ``{"train": [...], "val": [...]}`` entry per
-fold, so that splits can be exchanged with nnU-Net. It is written once (seeded 5-fold over the
-sorted case identifiers) and reused by every later run and every trainer, so that all models of
-a dataset are validated on the same cases. A file the user put there is respected as is.
+fold, so that splits can be exchanged with nnU-Net. It is written once and reused by every later
+run and every trainer, so that all models of a dataset are validated on the same cases. The folds
+are nnU-Net's own for the same case identifiers (sorted identifiers, scikit-learn's
+``KFold(n_splits=5, shuffle=True, random_state=12345)``), so results compare fold by fold with an
+nnU-Net baseline. A file the user put there, or nnU-Net's own ``splits_final.json`` (from
+``$nnUNet_preprocessed`` or a path given to ``nnsam3d_train --splits``), is used as is.
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ class FoldCases:
 
 
 def make_splits(case_ids: list[str], num_folds: int = DEFAULT_NUM_FOLDS, seed: int = DEFAULT_SPLIT_SEED) -> list[dict]:
-    """Seeded k-fold partition of ``case_ids``: every case is in exactly one validation set.
+    """nnU-Net's k-fold partition of ``case_ids``: every case is in exactly one validation set.
 
-    Fold sizes differ by at most one case. The result depends only on the set of identifiers,
-    the fold count and the seed, not on the order the identifiers come in.
+    Identical to nnU-Net v2's ``generate_crossval_split`` on its sorted identifiers, i.e. to
+    ``sklearn.model_selection.KFold(num_folds, shuffle=True, random_state=seed)``: the indices
+    of the sorted identifiers are shuffled once by ``numpy.random.RandomState(seed)`` (numpy
+    keeps that legacy generator's stream fixed), the first ``n % k`` folds take one case more,
+    and both lists keep the sorted order. Reimplemented in these few lines rather than importing
+    scikit-learn at run time; ``tests/trainers/test_splits.py`` checks it against scikit-learn.
+    The result depends only on the set of identifiers, the fold count and the seed.
     """
     cases = sorted(case_ids)
     if len(cases) < num_folds:
@@ -47,12 +55,19 @@ def make_splits(case_ids: list[str], num_folds: int = DEFAULT_NUM_FOLDS, seed: i
             f"{num_folds}-fold cross-validation needs at least {num_folds} training cases, found "
             f"{len(cases)}. Train with fold 'all', or write your own {SPLITS_FILENAME} with fewer folds."
         )
-    order = np.random.default_rng(seed).permutation(len(cases))
+    order = np.arange(len(cases))
+    np.random.RandomState(seed).shuffle(order)
+    fold_sizes = np.full(num_folds, len(cases) // num_folds)
+    fold_sizes[: len(cases) % num_folds] += 1
     splits = []
-    for validation_indices in np.array_split(order, num_folds):
-        validation = sorted(cases[i] for i in validation_indices)
-        held_out = set(validation)
-        splits.append({"train": [c for c in cases if c not in held_out], "val": validation})
+    start = 0
+    for size in fold_sizes:
+        held_out = set(order[start : start + size].tolist())
+        start += size
+        splits.append({
+            "train": [c for i, c in enumerate(cases) if i not in held_out],
+            "val": [c for i, c in enumerate(cases) if i in held_out],
+        })
     return splits
 
 
@@ -74,24 +89,49 @@ def _check_splits(content, path: Path, available: set[str]) -> list[dict]:
     return content
 
 
+def _read_splits(path: Path) -> list:
+    try:
+        return read_json(path)
+    except ValueError as error:  # the message names the file
+        raise SplitsError(str(error)) from None
+
+
 def load_or_create_splits(
     preprocessed_dataset_dir: str | os.PathLike,
     case_ids: list[str],
     num_folds: int = DEFAULT_NUM_FOLDS,
     seed: int = DEFAULT_SPLIT_SEED,
     create: bool = True,
+    source: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Read ``splits_final.json``, writing it first (atomically) when it does not exist.
 
-    ``case_ids``: the preprocessed training cases. ``create=False`` only reads (the non-main
-    ranks of a distributed run read what rank 0 wrote).
+    ``case_ids``: the preprocessed training cases. ``source``: an existing splits file (nnU-Net's,
+    say) to adopt: it is checked and copied as is when the dataset has no splits yet; a dataset
+    that already has different splits keeps them and the call fails, so that the models of one
+    dataset never end up validated on different cases. Without ``source``, new splits are
+    nnU-Net's folds (:func:`make_splits`). ``create=False`` only reads (the non-main ranks of a
+    distributed run read what rank 0 wrote).
     """
     path = Path(preprocessed_dataset_dir) / SPLITS_FILENAME
+    available = set(case_ids)
+    if source is not None and create:
+        source = Path(source)
+        if not source.is_file():
+            raise SplitsError(f"{source}: splits file not found.")
+        adopted = _check_splits(_read_splits(source), source, available)
+        if path.is_file() and source.resolve() != path.resolve() and _read_splits(path) != adopted:
+            raise SplitsError(
+                f"{path} already holds different splits (the models trained so far were validated on them). "
+                f"Delete it to switch every model of this dataset to {source}."
+            )
+        if not path.is_file():
+            write_json_atomic(path, adopted)
     if not path.is_file():
         if not create:
             raise SplitsError(f"{path}: not found.")
         write_json_atomic(path, make_splits(case_ids, num_folds, seed))
-    return _check_splits(read_json(path), path, set(case_ids))
+    return _check_splits(_read_splits(path), path, available)
 
 
 def fold_cases(splits: list[dict], fold: int | str, case_ids: list[str]) -> FoldCases:
@@ -115,4 +155,9 @@ def parse_fold(text: str) -> str:
         return ALL_FOLDS
     if text.isdigit():
         return str(int(text))
+    if text[:2] in ("2d", "3d"):
+        raise ValueError(
+            f"'{text}' looks like an nnU-Net configuration, but nnsam3d has one configuration per plans "
+            f"(3D, like 3d_fullres): give the dataset and the fold only, e.g. nnsam3d_train 501 0"
+        )
     raise ValueError(f"fold must be a number (0-{DEFAULT_NUM_FOLDS - 1}) or 'all', got '{text}'")

@@ -85,6 +85,7 @@ def validate_cases(
         labels=description.labels,
         file_ending=description.file_ending,
         output_file=output_folder / SUMMARY_FILENAME,
+        chill=True,  # the reference folder (labelsTr) also holds the other folds' cases
     )
     message("validation of whole cases:\n" + format_summary_table(summary))
     return summary

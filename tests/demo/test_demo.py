@@ -37,7 +37,7 @@ def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys):
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
 
     summary = json.loads((workdir / "predictions" / "summary.json").read_text())
-    assert set(summary["mean"]) == {"liver", "kidney", "lesion"}
+    assert set(summary["labels"]) == {"liver", "kidney", "lesion"}
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
 
     checkpoint_time = (fold / "checkpoint_final.pth").stat().st_mtime_ns

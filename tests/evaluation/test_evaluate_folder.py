@@ -68,7 +68,8 @@ def test_summary_by_hand(folders, tmp_path):
     assert organ_a["Dice"] == pytest.approx(0.5) and organ_a["IoU"] == pytest.approx(1 / 3)
     assert organ_a["HD95_mm"] == pytest.approx(5.0)  # 2 slices of 2.5 mm, from the affine
     assert cases["case_a"]["metrics"]["tumour"] == {"Dice": None, "IoU": None, "NSD": None, "HD95_mm": None,
-                                                     "reference_voxels": 0, "prediction_voxels": 0}
+                                                     "reference_voxels": 0, "prediction_voxels": 0, "TP": 0, "FP": 0,
+                                                     "FN": 0, "TN": 12 * 16 * 16, "n_pred": 0, "n_ref": 0}
     organ_b = cases["case_b"]["metrics"]["organ"]
     assert (organ_b["Dice"], organ_b["NSD"], organ_b["HD95_mm"]) == (1.0, 1.0, 0.0)  # LPS file, same grid
     tumour_b = cases["case_b"]["metrics"]["tumour"]
@@ -114,10 +115,70 @@ def test_command_writes_the_summary_and_prints_the_table(folders, tmp_path, caps
     (reference.parent / "dataset.json").write_text(json.dumps(
         {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz"}))
     assert evaluate_main(["-ref", str(reference), "-pred", str(prediction)]) == 0
-    assert set(json.loads((prediction / "summary.json").read_text())["mean"]) == {"organ", "tumour"}
+    assert set(json.loads((prediction / "summary.json").read_text())["labels"]) == {"organ", "tumour"}
 
 
 def test_command_without_labels_says_how_to_give_them(tmp_path, capsys):
     (tmp_path / "ref").mkdir()
     assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path)]) == 1
     assert "-d DATASET or -l" in capsys.readouterr().err
+
+
+def test_summary_carries_nnunets_keys(folders):
+    """Scripts written for nnU-Net's summary.json: mean["1"], foreground_mean, metric_per_case, TP/FP/FN."""
+    reference, prediction = folders
+    summary = json.loads(json.dumps(evaluate_folders(reference, prediction, LABELS, ".nii.gz")))
+    assert summary["mean"]["1"] == summary["mean"]["organ"] and summary["mean"]["2"] == summary["mean"]["tumour"]
+    case_a = next(c for c in summary["metric_per_case"] if c["prediction_file"].endswith("case_a.nii.gz"))
+    organ = case_a["metrics"]["1"]
+    block = 4 * 8 * 8
+    assert (organ["TP"], organ["FP"], organ["FN"], organ["n_ref"], organ["n_pred"]) == (block / 2, block / 2, block / 2, block, block)
+    assert organ["TN"] == 12 * 16 * 16 - organ["TP"] - organ["FP"] - organ["FN"]
+    assert organ["Dice"] == pytest.approx(2 * organ["TP"] / (2 * organ["TP"] + organ["FP"] + organ["FN"]))
+    assert summary["mean"]["1"]["FP"] == pytest.approx(block / 4)  # case_a block/2, case_b 0
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(0.375)
+    assert summary["foreground_mean"]["n_ref"] == pytest.approx((block + (0 + 8) / 2) / 2)  # tumour: 8 voxels in case_b
+
+
+def test_missing_predictions_are_named_unless_chill(folders, capsys):
+    reference, prediction = folders
+    (prediction / "case_b.nii.gz").unlink()
+    with pytest.raises(EvaluationInputError, match=r"no prediction for 1 of the 2 reference case\(s\).*case_b.nii.gz.*--chill"):
+        evaluate_folders(reference, prediction, LABELS, ".nii.gz")
+    assert evaluate_main(["-ref", str(reference), "-pred", str(prediction), "-l", "1"]) == 1
+    assert "case_b.nii.gz" in capsys.readouterr().err and not (prediction / "summary.json").exists()
+    assert evaluate_main(["-ref", str(reference), "-pred", str(prediction), "-l", "1", "--chill"]) == 0
+    assert [c["case_id"] for c in json.loads((prediction / "summary.json").read_text())["per_case"]] == ["case_a"]
+
+
+def test_the_ignore_label_is_neither_scored_nor_a_class(tmp_path):
+    """Predictions inside the unannotated region change nothing; outside they count as usual."""
+    labels = {"background": 0, "organ": 1, "ignore": 2}
+    geometry = ras_geometry((16, 16, 12), (1.0, 1.0, 2.0))
+    shape = geometry.canonical_shape
+    reference = np.full(shape, 2, np.int16)  # sparsely annotated: slices 3-6 only
+    reference[3:7] = 0
+    reference[3:7, 4:12, 4:12] = 1
+    prediction = np.zeros(shape, np.int16)
+    prediction[3:7, 4:12, 4:12] = 1
+    write(tmp_path / "ref", "c", reference, geometry)
+    write(tmp_path / "pred", "c", prediction, geometry)
+    perfect = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels, ".nii.gz")
+    assert list(perfect["labels"]) == ["organ"] and perfect["ignore_label"] == 2
+    organ = perfect["per_case"][0]["metrics"]["organ"]
+    assert organ["Dice"] == 1.0 and organ["HD95_mm"] == 0.0 and organ["FP"] == 0
+    assert organ["TN"] == 4 * 16 * 16 - 4 * 8 * 8  # annotated voxels only
+    prediction[0:3] = 1  # organ predicted all over the unannotated slices: not scored
+    write(tmp_path / "pred", "c", prediction, geometry)
+    assert evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels, ".nii.gz")["per_case"] == perfect["per_case"]
+    prediction[5, 0, 0] = 1  # one false positive in an annotated slice: scored
+    write(tmp_path / "pred", "c", prediction, geometry)
+    one_fp = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels, ".nii.gz")["per_case"][0]["metrics"]["organ"]
+    assert one_fp["FP"] == 1 and one_fp["Dice"] < 1.0
+    # The command keeps the dataset's ignore label out of the metrics also when -l picks classes.
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}))
+    prediction[5, 0, 0] = 0
+    write(tmp_path / "pred", "c", prediction, geometry)
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-l", "1"]) == 0
+    assert json.loads((tmp_path / "pred" / "summary.json").read_text())["per_case"][0]["metrics"]["organ"]["FP"] == 0

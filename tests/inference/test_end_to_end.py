@@ -78,7 +78,7 @@ def test_ensemble_predicts_test_images_in_their_geometry(trained, tmp_path, caps
     # The predictions evaluate against labelsTs (quality is not the point after four iterations).
     assert evaluate_main(["-ref", str(raw_dir / "labelsTs"), "-pred", str(output), "-d", dataset]) == 0
     summary = json.loads((output / "summary.json").read_text())
-    assert set(summary["mean"]) == {"liver", "kidney", "lesion"} and len(summary["per_case"]) == 2
+    assert set(summary["labels"]) == {"liver", "kidney", "lesion"} and len(summary["per_case"]) == 2
 
 
 def test_evaluate_gives_the_expected_dice_on_hand_made_predictions(trained, tmp_path, capsys):

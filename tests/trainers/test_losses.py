@@ -84,3 +84,60 @@ def test_pseudo_dice_from_counts():
     assert dice[1] == pytest.approx(1.0)
     empty = torch.zeros_like(target)
     assert all(d != d for d in dice_from_counts(confusion_counts(_logits_for(empty), empty)))  # NaN: never seen
+
+
+IGNORE = 3  # the ignore label of a 3-class dataset (background, 1, 2)
+
+
+def _sparse_target() -> torch.Tensor:
+    """``_target()`` annotated only inside the box [1:7, 2:14, 2:14]; the rest carries IGNORE."""
+    target = torch.full((2, 1, 8, 16, 16), IGNORE, dtype=torch.int16)
+    target[:, :, 1:7, 2:14, 2:14] = _target()[:, :, 1:7, 2:14, 2:14]
+    return target
+
+
+def test_ignored_voxels_change_neither_the_loss_nor_its_gradients():
+    loss = DeepSupervisionLoss(DiceCrossEntropyLoss(ignore_label=IGNORE), 2)
+    target = _sparse_target()
+    ignored = target[:, 0] == IGNORE
+    torch.manual_seed(0)
+    outputs = [torch.randn(2, 3, 8, 16, 16, requires_grad=True), torch.randn(2, 3, 4, 8, 8, requires_grad=True)]
+    value = loss(outputs, target)
+    value.backward()
+    gradients = [o.grad.clone() for o in outputs]
+    assert value.item() > 0.5
+    assert gradients[0].movedim(1, -1)[ignored].abs().max() == 0  # no learning signal where nothing is annotated
+    assert gradients[0].movedim(1, -1)[~ignored].abs().max() > 0
+    # Anything at all predicted in the ignored region: same loss, same gradients.
+    perturbed = []
+    for output in outputs:
+        small_ignored = (downsample_target(target, output.shape[2:])[:, 0] == IGNORE)[:, None].expand_as(output)
+        perturbed.append(torch.where(small_ignored, 100 * torch.randn_like(output), output).detach().requires_grad_())
+    again = loss(perturbed, target)
+    again.backward()
+    assert again.item() == pytest.approx(value.item(), abs=1e-6)
+    for before, output in zip(gradients, perturbed):
+        torch.testing.assert_close(output.grad, before)
+
+
+def test_loss_with_an_ignore_label_equals_the_loss_on_the_annotated_box_alone():
+    """Independent reference: the same voxels without any ignore label."""
+    target = _sparse_target()
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 8, 16, 16)
+    box = (slice(None), slice(None), slice(1, 7), slice(2, 14), slice(2, 14))
+    assert DiceCrossEntropyLoss(ignore_label=IGNORE)(logits, target).item() == pytest.approx(
+        DiceCrossEntropyLoss()(logits[box], target[box]).item(), rel=1e-5)
+    # Nothing annotated: nothing to learn, a zero loss (not NaN).
+    nothing = torch.full_like(target, IGNORE)
+    assert DiceCrossEntropyLoss(ignore_label=IGNORE)(logits, nothing).item() == 0.0
+
+
+def test_pseudo_dice_does_not_count_ignored_voxels():
+    target = _sparse_target()
+    prediction = _target()
+    prediction[:, :, 0] = 1  # organ predicted on a slice that nobody annotated
+    with_ignore = confusion_counts(_logits_for(prediction), target, ignore_label=IGNORE)
+    dense = confusion_counts(_logits_for(prediction), _target())
+    assert with_ignore[1, 0] == 0 and dense[1, 0] > 0  # no false positives where nothing is annotated
+    assert dice_from_counts(with_ignore) == [pytest.approx(1.0), pytest.approx(1.0)]

@@ -1,9 +1,10 @@
-"""splits_final.json: seeded 5-fold, written once, user files respected, fold 'all'."""
+"""splits_final.json: nnU-Net's 5 folds, written once, user and nnU-Net files respected, fold 'all'."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from nnsam3d.trainers.splits import (
@@ -28,6 +29,45 @@ def test_five_folds_partition_the_cases_and_do_not_depend_on_input_order():
         assert len(fold["val"]) in (2, 3)
     assert make_splits(list(reversed(CASES))) == splits
     assert make_splits(CASES, seed=1) != splits
+
+
+def nnunet_generate_crossval_split(train_identifiers, seed=12345, n_splits=5):
+    """nnU-Net v2's algorithm (nnunetv2/utilities/crossval_split.py with nnUNetTrainer.do_split's
+    sorting), written here with scikit-learn as the independent reference."""
+    from sklearn.model_selection import KFold
+
+    identifiers = list(np.sort(list(train_identifiers)))
+    splits = []
+    for train_idx, test_idx in KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(identifiers):
+        splits.append({"train": list(np.array(identifiers)[train_idx]), "val": list(np.array(identifiers)[test_idx])})
+    return splits
+
+
+@pytest.mark.parametrize("count", [20, 23, 5])
+def test_folds_are_nnunets_for_the_same_case_ids(count):
+    ids = [f"BraTS_{i:03d}" for i in np.random.default_rng(count).permutation(400)[:count]]
+    reference = [{k: [str(c) for c in v] for k, v in fold.items()} for fold in nnunet_generate_crossval_split(ids)]
+    assert make_splits(ids) == reference
+    assert make_splits(ids, num_folds=3, seed=7) == nnunet_generate_crossval_split(ids, seed=7, n_splits=3)
+
+
+def test_nnunets_own_splits_file_is_adopted_as_is_and_never_silently_replaced(tmp_path):
+    theirs = tmp_path / "nnUNet_splits.json"
+    custom = [{"train": CASES[3:], "val": CASES[:3]}, {"train": CASES[:3], "val": CASES[3:]}]
+    theirs.write_text(json.dumps(custom))
+    ours = tmp_path / "preprocessed"
+    ours.mkdir()
+    assert load_or_create_splits(ours, CASES, source=theirs) == custom
+    assert json.loads((ours / SPLITS_FILENAME).read_text()) == custom
+    assert load_or_create_splits(ours, CASES, source=theirs) == custom  # the same again: fine
+    theirs.write_text(json.dumps(make_splits(CASES)))
+    with pytest.raises(SplitsError, match="already holds different splits"):
+        load_or_create_splits(ours, CASES, source=theirs)
+    with pytest.raises(SplitsError, match="not found"):
+        load_or_create_splits(ours, CASES, source=tmp_path / "missing.json")
+    theirs.write_text("[{")
+    with pytest.raises(SplitsError, match="nnUNet_splits.json: not valid JSON"):
+        load_or_create_splits(tmp_path / "other", CASES, source=theirs)
 
 
 def test_splits_are_written_once_and_reused(tmp_path):

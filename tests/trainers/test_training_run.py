@@ -60,7 +60,7 @@ def test_two_epochs_write_checkpoints_log_progress_and_validation(reference_run)
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert sorted(case["case_id"] for case in summary["per_case"]) == sorted(trainer.fold.val)
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
-    assert set(summary["mean"]) == {"liver", "kidney", "lesion"}
+    assert set(summary["labels"]) == {"liver", "kidney", "lesion"}
     for case in trainer.fold.val:
         assert (fold / "validation" / f"{case}.nii.gz").is_file()
     assert "foreground mean" in log
