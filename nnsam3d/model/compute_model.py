@@ -9,16 +9,21 @@ every linear layer, convolution, transposed convolution and attention product:
   (everything after the 3D patch embedding, which trains in every mode; the patch embedding's
   and the stem's first convolution's inputs are the image, which needs no gradient), and once
   more for its weight gradient where its weight trains (frozen SAM weights: no weight
-  gradient). Attention products have two operands that both need gradients: twice forward;
+  gradient). Attention runs through SDPA on the widened head (``layout.sdpa_head_width``: head
+  plus one relative-position column per key coordinate, see ``attention3d``): q·kᵀ and
+  attention·v over that width forward; backward recomputes q·kᵀ and needs four more products
+  (gradients of v, of the attention, of q and of k): 2.5 times the forward, as PyTorch counts
+  the fused kernels. The query products with the relative-position tables have two operands
+  that both get gradients: twice forward;
 * activation checkpointing: the encoder blocks' forward runs a second time during backward.
 
 Normalisations, activations, softmax, the loss and the optimiser are elementwise: a few FLOPs
 per element, below 1% of the total for every plan (they cost memory bandwidth, which the
 assumed sustained throughput of :mod:`nnsam3d.model.compute_budget` absorbs).
 
-The attention term (``attention`` in :meth:`FlopEstimate.breakdown`) counts the q·kᵀ and
-attention·v products over each block's windows, padding tokens included, plus the query
-products with the decomposed relative-position tables.
+The attention term (``attention`` in :meth:`FlopEstimate.breakdown`) counts the SDPA products
+over each block's windows, padding tokens included; ``rel_pos`` the query products with the
+decomposed relative-position tables.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from nnsam3d.model.layout import (
     decoder_widths,
     feature_levels,
     integer_upsampling_factor,
+    sdpa_head_width,
     window_layout,
 )
 
@@ -61,9 +67,9 @@ class FlopEstimate:
         return self.forward + self.backward
 
     def add(self, part: str, forward: float, *, input_gradient: bool, weight_gradient: bool,
-            operands: int = 1) -> None:
-        """One operation of ``forward`` FLOPs; ``operands``: inputs needing a gradient when
-        ``input_gradient`` (2 for a product of two activations)."""
+            operands: float = 1) -> None:
+        """One operation of ``forward`` FLOPs; ``operands``: backward cost in forwards when
+        ``input_gradient`` (2 for a product of two activations, 2.5 for fused attention)."""
         backward = forward * (operands * input_gradient + weight_gradient)
         self.forward += forward
         self.backward += backward
@@ -73,13 +79,21 @@ class FlopEstimate:
         return {**self.parts, "forward": self.forward, "backward": self.backward, "total": self.total}
 
 
-def attention_forward_flops(tokens_per_window: int, windows: int, heads: int, head_dim: int,
-                            rel_pos_extents: int) -> float:
-    """q·kᵀ and attention·v over ``windows`` windows (both ``2 * n² * head_dim`` per head), and
-    the query products with the relative-position tables (``2 * n * extent * head_dim`` per
-    head, summed over the three axes' window extents ``rel_pos_extents``)."""
-    n = tokens_per_window
-    return windows * heads * (2 * 2 * n * n * head_dim + 2 * n * rel_pos_extents * head_dim)
+SDPA_BACKWARD_FORWARDS = 2.5
+"""Fused attention's backward: the q·kᵀ recompute and four products, against two forward."""
+
+
+def attention_forward_flops(window: tuple[int, int, int], windows: int, heads: int, head_dim: int) -> float:
+    """SDPA's q·kᵀ and attention·v over ``windows`` boxes of ``window`` tokens, each
+    ``2 * n² * width`` per head on the widened head."""
+    n = prod(window)
+    return windows * heads * 2 * 2 * n * n * sdpa_head_width(head_dim, window)
+
+
+def relative_position_forward_flops(window: tuple[int, int, int], windows: int, heads: int, head_dim: int) -> float:
+    """Query products with the relative-position embeddings: ``2 * n * extent * head_dim`` per
+    head and axis, ``extent`` the window's size along the axis."""
+    return windows * heads * 2 * prod(window) * sum(window) * head_dim
 
 
 def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstimate:
@@ -104,8 +118,10 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstim
         block = FlopEstimate()
         block.add("encoder_linear", 2 * padded * dim * 3 * dim + 2 * padded * dim * dim,  # qkv, proj
                   input_gradient=True, weight_gradient=full)
-        block.add("attention", attention_forward_flops(layout.tokens_per_window, batch_size * layout.num_windows,
-                                                       heads, head_dim, sum(layout.window)),
+        windows = batch_size * layout.num_windows
+        block.add("attention", attention_forward_flops(layout.window, windows, heads, head_dim),
+                  input_gradient=True, weight_gradient=False, operands=SDPA_BACKWARD_FORWARDS)
+        block.add("rel_pos", relative_position_forward_flops(layout.window, windows, heads, head_dim),
                   input_gradient=True, weight_gradient=False, operands=2)
         block.add("encoder_linear", 2 * 2 * tokens * dim * hidden, input_gradient=True, weight_gradient=full)
         if index in config.adapter_blocks:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import conv_flop_count, flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from nnsam3d.model.compute_model import estimate_training_flops
+from nnsam3d.model.compute_model import SDPA_BACKWARD_FORWARDS, estimate_training_flops
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network
 
@@ -32,6 +32,15 @@ def grouped_conv_backward_flop(*args, out_val=None, **kwargs) -> int:
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def cpu_flash_attention_flop(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """The CPU's fused SDPA kernel, counted like the CUDA ones (PyTorch registers only those)."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def cpu_flash_attention_backward_flop(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
 class FlopCounter(TorchDispatchMode):
     """PyTorch's per-operation FLOP formulas (``torch.utils.flop_counter``) applied to every
     operation that runs; ``FlopCounterMode`` itself also tracks modules, 30x slower here."""
@@ -39,19 +48,33 @@ class FlopCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.total = 0
-        self.formulas = {**flop_registry, torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
+        aten = torch.ops.aten
+        self.formulas = {
+            **flop_registry,
+            aten.convolution_backward: grouped_conv_backward_flop,
+            aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flop,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flop,
+        }
+        self.unknown_attention = []
+        self.attention = 0  # FLOPs of the fused attention kernels alone
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         formula = self.formulas.get(func._overloadpacket)
+        if formula is None and "attention" in str(func):
+            self.unknown_attention.append(str(func))  # an attention kernel this test cannot count
         if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+            flops = formula(*args, **kwargs, out_val=out)
+            self.total += flops
+            if "scaled_dot_product" in str(func):
+                self.attention += flops
         return out
 
 
-def measured_step_flops(config: NetworkConfig, batch_size: int) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs of a real training step, counted by PyTorch's formulas."""
+def measured_step_flops(config: NetworkConfig, batch_size: int) -> tuple[float, float, float]:
+    """(forward, forward + backward, of which fused attention) FLOPs of a real training step,
+    counted by PyTorch's formulas."""
     torch.manual_seed(0)
     network = build_network(config).train()
     volume = torch.randn(batch_size, config.in_channels, *config.patch_size)
@@ -59,7 +82,8 @@ def measured_step_flops(config: NetworkConfig, batch_size: int) -> tuple[float, 
         outputs = network(volume)
         forward = counter.total
         sum(output.float().square().mean() for output in outputs).backward()
-    return forward, counter.total
+    assert not counter.unknown_attention, counter.unknown_attention
+    return forward, counter.total, counter.attention
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -67,8 +91,12 @@ def test_flop_count_matches_pytorch_counter_on_a_real_step(name):
     sizes = dict(patch_size=(8, 32, 32), token_size=(2, 16, 16), window_size=(2, 2, 2))
     config = NetworkConfig(backbone="vit_tiny", decoder_channels=(8, 16, 32, 64), num_classes=3,
                            **{**sizes, **CONFIGS[name]})
-    forward, total = measured_step_flops(config, batch_size=2)
+    forward, total, attention = measured_step_flops(config, batch_size=2)
     estimate = estimate_training_flops(config, 2)
+    # The attention term alone, exactly: the fused kernel ran on the widened head, windows padded.
+    # (Checkpointing runs its forward, one more forward of the attention's 1 + 2.5, once more: counted as recompute.)
+    expected = estimate.parts["attention"] * ((2 + SDPA_BACKWARD_FORWARDS) / (1 + SDPA_BACKWARD_FORWARDS) if config.activation_checkpointing else 1)
+    assert attention > 0 and expected == pytest.approx(attention, rel=1e-9)
     assert estimate.forward == pytest.approx(forward, rel=0.02)
     assert estimate.total == pytest.approx(total, rel=0.02)
     assert sum(value for key, value in estimate.parts.items()) == pytest.approx(estimate.total)
