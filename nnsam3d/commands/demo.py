@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nnsam3d.commands.train import USER_ERRORS as TRAINING_ERRORS
-from nnsam3d.demo.run_demo import DemoOptions, describe_outputs, run_demo
+from nnsam3d.demo.run_demo import DEMO_DATASETS, DemoOptions, describe_outputs, run_demo
 from nnsam3d.evaluation.evaluate_folder import format_summary_table
 from nnsam3d.planners.integrity import DatasetIntegrityError
 
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training iterations per epoch (default 25: many short epochs in the budget)")
     parser.add_argument("-np", dest="num_processes", type=int, default=2,
                         help="processes for preprocessing and evaluation (default 2)")
+    parser.add_argument("--format", choices=[ending[1:] for ending in DEMO_DATASETS], default="nii.gz",
+                        help="file format of the generated dataset and the predictions (default nii.gz; mha and nrrd "
+                        "go through SimpleITK)")
     parser.add_argument("--retrain", action="store_true", help="train fold 0 again even if it finished before")
     return parser
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         num_processes=arguments.num_processes,
         iterations_per_epoch=arguments.iterations_per_epoch,
         retrain=arguments.retrain,
+        file_ending=f".{arguments.format}",
     )
     try:
         result = run_demo(options)

@@ -31,6 +31,9 @@ from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 DEMO_FOLD = "0"
 
+DEMO_DATASETS = {".nii.gz": (990, "SyntheticCT"), ".mha": (996, "SyntheticCTmha"), ".nrrd": (997, "SyntheticCTnrrd")}
+"""File format (``--format``) → (dataset number, name): the same phantoms, one dataset per format."""
+
 
 @dataclass
 class DemoOptions:
@@ -42,6 +45,7 @@ class DemoOptions:
         checkpoint (``sam_checkpoint`` or the nnSAM3D_sam_checkpoints folder) and a GPU to be quick.
     iterations_per_epoch: short epochs so the time budget is used in many small steps, each
         followed by a pseudo-Dice line.
+    file_ending: format of the dataset's files and predictions (a key of ``DEMO_DATASETS``).
     """
 
     workdir: Path
@@ -52,6 +56,7 @@ class DemoOptions:
     num_processes: int = 2
     iterations_per_epoch: int = 25
     retrain: bool = False
+    file_ending: str = ".nii.gz"
 
 
 @dataclass
@@ -85,7 +90,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
     started = time.monotonic()
     workdir = Path(options.workdir).resolve()
     folders = use_work_folders(workdir)
-    spec = SyntheticDatasetSpec()
+    dataset_id, name = DEMO_DATASETS[options.file_ending]
+    spec = SyntheticDatasetSpec(dataset_id=dataset_id, name=name, file_ending=options.file_ending)
     dataset_dir = folders[paths.RAW_VARIABLE] / spec.folder_name
 
     _stage(f"1/5 synthetic dataset {spec.folder_name}")
@@ -95,7 +101,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
         generate_synthetic_dataset(folders[paths.RAW_VARIABLE], spec)
         print(
             f"wrote {spec.num_training} training and {spec.num_test} test cases (classes {', '.join(spec.labels)}; "
-            f"spacing {spec.spacing} mm; orientations {', '.join(spec.orientations)}) to {dataset_dir}"
+            f"spacing {spec.spacing} mm; orientations {', '.join(spec.orientations)}; {spec.file_ending} files) "
+            f"to {dataset_dir}"
         )
 
     _stage("2/5 integrity check, fingerprint, plan, preprocessing")
@@ -122,7 +129,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
         )
 
     _stage("4/5 predicting the held-out test images")
-    predictions_dir = workdir / "predictions"
+    # one folder per format, so that demos of several formats in one workdir keep their own summary
+    predictions_dir = workdir / ("predictions" if options.file_ending == ".nii.gz" else f"predictions_{options.file_ending[1:]}")
     predictor = Predictor.from_model_folder(model_dir, folds=[DEMO_FOLD], device=options.device, progress=True)
     report = predictor.predict_folder(dataset_dir / "imagesTs", predictions_dir)
     if not report.ok:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import nnsam3d
 from nnsam3d.inference.case_inputs import (
     CaseInputError,
     CaseSelection,
@@ -49,7 +50,6 @@ from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
 from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import load_checkpoint
-import nnsam3d
 from nnsam3d.io.dicom_seg import require_dicom_extra, write_dicom_seg
 from nnsam3d.io.dicom_series import DicomSeries
 from nnsam3d.io.geometry import ImageGeometry, from_canonical, to_canonical

@@ -51,3 +51,23 @@ def test_demo_rejects_a_non_positive_budget(tmp_path, capsys):
     assert demo_main(["--workdir", str(tmp_path / "demo"), "--minutes", "0"]) == 2
     assert "--minutes must be positive" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_in_mha_format_runs_end_to_end(nnsam3d_folders, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    workdir = tmp_path / "demo"
+    assert demo_main(["--workdir", str(workdir), "--format", "mha", "--minutes", "0.02", "--iterations-per-epoch", "1",
+                      "--device", "cpu"]) == 0
+    assert ".mha files" in capsys.readouterr().out
+    dataset = workdir / "raw" / "Dataset996_SyntheticCTmha"
+    assert not list(dataset.rglob("*.nii.gz"))
+    test_images = sorted((dataset / "imagesTs").glob("*_0000.mha"))
+    predictions = sorted((workdir / "predictions_mha").glob("*.mha"))
+    assert len(predictions) == len(test_images) == 4
+    for image_file, prediction_file in zip(test_images, predictions):
+        image, prediction = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(prediction_file))
+        assert prediction.GetSize() == image.GetSize() and prediction.GetOrigin() == image.GetOrigin()
+        assert prediction.GetSpacing() == image.GetSpacing() and prediction.GetDirection() == image.GetDirection()
+    summary = json.loads((workdir / "predictions_mha" / "summary.json").read_text())
+    assert summary["file_ending"] == ".mha" and len(summary["per_case"]) == 4
