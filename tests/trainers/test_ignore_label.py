@@ -125,3 +125,12 @@ def test_training_loss_ignores_unannotated_voxels_and_validation_never_predicts_
         assert predicted.max() < IGNORE
     summary = json.loads((validation / "summary.json").read_text())
     assert summary["ignore_label"] == IGNORE and list(summary["labels"]) == ["liver", "kidney", "lesion"]
+
+
+def test_integrity_accepts_sparse_annotation_but_not_a_case_with_nothing_annotated(tmp_path):
+    from nnsam3d.planners.integrity import _label_value_problems
+
+    description = _description({"background": 0, "organ": 1, "ignore": 2})
+    assert _label_value_problems(tmp_path / "a.nii.gz", np.array([0.0, 2.0, 2.0]), description) == []
+    problems = _label_value_problems(tmp_path / "b.nii.gz", np.array([2.0, 2.0]), description)
+    assert len(problems) == 1 and "nothing is annotated" in problems[0].problem
