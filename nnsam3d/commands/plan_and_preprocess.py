@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from nnsam3d.io.nifti import ImageReadError
-from nnsam3d.io.raw_dataset import DatasetFormatError
+from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.model.backbones import BACKBONES
-from nnsam3d.paths import DatasetNotFoundError
-from nnsam3d.planners.integrity import DatasetIntegrityError
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
-
-USER_ERRORS = (DatasetNotFoundError, DatasetFormatError, DatasetIntegrityError, ImageReadError)
-"""Problems with the user's dataset: reported as a message, without a traceback."""
 
 
 def _positive(kind):
@@ -28,7 +22,7 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_plan_and_preprocess",
         description=(
             "Fingerprint a raw dataset (nnU-Net v2 format in $nnSAM3D_raw), plan the 3DMedSAM "
@@ -40,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verify_dataset_integrity",
         action="store_true",
-        help="check the raw dataset first and stop, writing nothing, if anything is wrong",
+        help="also check what does not harm training but usually means a broken conversion (empty label maps, "
+        "CT intensities outside the Hounsfield range, stray files, numTraining); the checks that protect "
+        "training (NaN/inf, undeclared labels, disagreeing grids, unreadable files) always run",
     )
     parser.add_argument(
         "--gpu-memory-gb",
@@ -64,25 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        plan_and_preprocess(
-            args.dataset,
-            verify=args.verify_dataset_integrity,
-            gpu_memory_gb=args.gpu_memory_gb,
-            backbone=args.backbone,
-            num_processes=args.num_processes,
-            clean=args.clean,
-            plans_name=args.plans_name,
-        )
-    except USER_ERRORS as error:
-        message = str(error)
-        if isinstance(error, DatasetIntegrityError):
-            message += "\nNothing was written: no fingerprint, plans or preprocessed data."
-        parser.exit(1, f"{parser.prog}: error: {message}\n")
+def plan_and_preprocess_command(args: argparse.Namespace) -> int:
+    plan_and_preprocess(
+        args.dataset,
+        verify=args.verify_dataset_integrity,
+        gpu_memory_gb=args.gpu_memory_gb,
+        backbone=args.backbone,
+        num_processes=args.num_processes,
+        clean=args.clean,
+        plans_name=args.plans_name,
+    )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), plan_and_preprocess_command, argv)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,20 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
         raise ImageReadError(
             f"{path}: expected a 3D volume (one file per channel), found shape {image.shape}."
         )
+    _require_valid_grid(path, image.affine)
     return image
+
+
+def _require_valid_grid(path: Path, affine: np.ndarray) -> None:
+    """A zero or non-finite voxel size (or a singular affine) makes every later step meaningless
+    (resampling would divide by zero), so such a header is refused here, naming the file."""
+    affine = np.asarray(affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(affine)) or np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 0:
+        raise ImageReadError(
+            f"{path}: the header gives an invalid voxel grid (voxel sizes {', '.join(f'{z:g}' for z in zooms)} mm; "
+            f"a spacing must be positive and finite). Fix pixdim / the qform-sform affine of this file."
+        )
 
 
 def read_volume_in_file_order(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
@@ -226,7 +239,7 @@ def write_volume(
     image = nib.Nifti1Image(data, geometry.affine_array)
     image.set_qform(geometry.affine_array, code=int(geometry.qform_code) or 1)
     image.set_sform(geometry.affine_array, code=int(geometry.sform_code) or 1)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=data.nbytes + 352) as temporary:  # + the NIfTI header
         nib.save(image, str(temporary))
 
 

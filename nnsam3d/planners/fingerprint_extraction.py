@@ -1,6 +1,11 @@
 """Extract the dataset fingerprint (``dataset_fingerprint.json``) from the raw training cases.
 
-Per case, after the same read-and-crop the preprocessor does (``preprocessing.cropped_case``):
+Every case is checked while it is read (``integrity.read_checked_case``: unreadable files, grids
+that disagree, NaN/inf voxels, undeclared label values): a dataset with any such problem is
+refused with every problem listed, before anything is written, with or without
+``--verify_dataset_integrity``.
+
+Per case, after the same crop the preprocessor does (``preprocessing.cropped_case``):
 spacing, shapes before and after cropping to non-zero, a bounded random sample of each
 channel's intensities inside the labelled foreground (as nnU-Net: CT normalisation should
 reflect the structures to segment, not air or the table), and the voxel count of each class.
@@ -19,8 +24,9 @@ from typing import Sequence
 import numpy as np
 
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError, RawCase, labelled_training_cases
+from nnsam3d.planners.integrity import DatasetIntegrityError, IntegrityProblem, read_checked_case
 from nnsam3d.schemas.fingerprint import ClassStatistics, DatasetFingerprint, IntensityStatistics
-from nnsam3d.preprocessing.cropped_case import read_cropped_case
+from nnsam3d.preprocessing.cropped_case import crop_case
 from nnsam3d.preprocessing.parallel_cases import map_cases
 from nnsam3d.preprocessing.preprocessor import case_seed
 
@@ -50,9 +56,16 @@ class CaseFingerprint:
     class_voxel_counts: dict[int, int]
 
 
-def case_fingerprint(case: RawCase, foreground_labels: list[int], samples_per_case: int) -> CaseFingerprint:
-    """Read, crop and summarise one case (runs in a worker process)."""
-    cropped = read_cropped_case(case.image_files, label_file=case.label_file, case_id=case.case_id)
+def case_fingerprint(
+    case: RawCase, description: DatasetDescription, samples_per_case: int
+) -> CaseFingerprint | list[IntegrityProblem]:
+    """Read, check, crop and summarise one case (runs in a worker process); the case's problems
+    instead when it has any."""
+    checked = read_checked_case(case, description)
+    if checked.problems:
+        return checked.problems
+    cropped = crop_case(checked.images, checked.geometry, segmentation=checked.segmentation, case_id=case.case_id)
+    del checked
     segmentation = cropped.segmentation
     num_channels = cropped.images.shape[0]
 
@@ -82,7 +95,7 @@ def case_fingerprint(case: RawCase, foreground_labels: list[int], samples_per_ca
         foreground_samples=samples,
         foreground_min=minima,
         foreground_max=maxima,
-        class_voxel_counts={label: int(counts.get(label, 0)) for label in foreground_labels},
+        class_voxel_counts={label: int(counts.get(label, 0)) for label in description.foreground_labels},
     )
 
 
@@ -163,18 +176,18 @@ def extract_fingerprint(
     ``cases``: the labelled training cases when the caller has listed them already
     (``labelled_training_cases``); default: listed here.
     Raises ``DatasetFormatError`` naming the files when a case lacks a channel or its label,
-    and ``ImageReadError`` naming an unreadable file.
+    and ``DatasetIntegrityError`` listing every unreadable file, NaN/inf, undeclared label value
+    and disagreeing grid of any case.
     """
     if cases is None:
         cases = labelled_training_cases(Path(dataset_dir), description)
     summaries = map_cases(
-        partial(
-            case_fingerprint,
-            foreground_labels=description.foreground_labels,
-            samples_per_case=samples_per_case,
-        ),
+        partial(case_fingerprint, description=description, samples_per_case=samples_per_case),
         cases,
         num_processes,
         f"Fingerprint of {dataset_name}",
     )
+    problems = [problem for summary in summaries if isinstance(summary, list) for problem in summary]
+    if problems:
+        raise DatasetIntegrityError(dataset_dir, problems)
     return combine_case_fingerprints(summaries, description, dataset_name)

@@ -94,10 +94,9 @@ class ResumePoint:
 
 def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continue_training: bool) -> ResumePoint | None:
     """``--val``: the final checkpoint, which must exist. ``--c``: the checkpoint with the most epochs
-    among final and latest, None when the fold has none yet. Otherwise None (a new run).
-
-    ``checkpoint_best.pth`` is not resumed from: it is older than latest and resuming it would
-    repeat epochs.
+    among those that carry training state, whatever its name (final, latest or best: a run killed
+    before its first ``checkpoint_latest.pth`` may have left only ``checkpoint_best.pth``); None
+    when the fold has none yet. Otherwise None (a new run).
     """
     fold_folder = Path(fold_folder)
     if validation_only:
@@ -112,6 +111,7 @@ def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continu
         return None
     # Memory-mapped: only the chosen checkpoint's tensors are ever read from disk.
     found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name, mmap=True))
-             for name in (FINAL, LATEST) if (fold_folder / name).is_file()]
+             for name in (FINAL, LATEST, BEST) if (fold_folder / name).is_file()]
+    resumable = [point for point in found if point.state]
     # max() keeps the first of equals: on equal epochs final wins, it is what the finished run left.
-    return max(found, key=lambda point: point.checkpoint.epoch, default=None)
+    return max(resumable, key=lambda point: point.checkpoint.epoch, default=None)
