@@ -92,6 +92,10 @@ def test_kill_during_training_resumes_from_best_then_from_the_time_based_latest(
     assert (fold / "validation" / "summary.json").is_file()
 
 
+def _segmentations(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.nii.gz") if not p.name.startswith("."))
+
+
 def test_kill_during_prediction_then_continue(random_model, tmp_path, capsys):
     output = tmp_path / "predictions"
     arguments = ["-i", str(random_model.inputs), "-o", str(output), "-d", random_model.dataset, "--disable-tta",
@@ -109,12 +113,12 @@ def test_kill_during_prediction_then_continue(random_model, tmp_path, capsys):
         "from nnsam3d.commands.predict import main\n"
         f"main({arguments!r})\n"
     )
-    assert [p.name for p in output.glob("*.nii.gz")] == [f"{random_model.case_ids[0]}.nii.gz"]
+    # the killed write left only its hidden temporary file, never a half segmentation under the final name
+    assert _segmentations(output) == [f"{random_model.case_ids[0]}.nii.gz"]
 
     assert predict_main([*arguments, "--continue"]) == 0
     assert "1 already there (--continue)" in capsys.readouterr().err
-    written = sorted(output.glob("*.nii.gz"))
-    assert [p.name for p in written] == [f"{case}.nii.gz" for case in random_model.case_ids]
-    for path in written:
-        assert nib.load(path).shape == nib.load(random_model.inputs / f"{path.name[:-7]}_0000.nii.gz").shape
+    assert _segmentations(output) == [f"{case}.nii.gz" for case in random_model.case_ids]
+    for case in random_model.case_ids:
+        assert nib.load(output / f"{case}.nii.gz").shape == nib.load(random_model.inputs / f"{case}_0000.nii.gz").shape
 
