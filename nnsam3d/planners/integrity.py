@@ -9,6 +9,11 @@ Hounsfield range.
 
 Every problem names its file and what is wrong. Files are read once, one case per worker
 process at a time.
+
+The checks that protect training (unreadable files, disagreeing grids, NaN/inf, undeclared or
+non-integer labels) run on every ``nnsam3d_plan_and_preprocess``, flag or not: the fingerprint
+reads each case through :func:`read_checked_case`. The flag adds the layout checks above and
+the extras (empty label maps, implausible CT intensities).
 """
 
 from __future__ import annotations
@@ -331,7 +336,7 @@ def read_checked_case(
 ) -> CheckedCase:
     """Read one case's channel files and label file, each once, and check what protects training.
 
-    Always (fingerprinting and preprocessing run these on every case): unreadable or truncated
+    Always (the fingerprint extraction reads every case through here): unreadable or truncated
     files and invalid headers, channel and label grids that disagree (shape, spacing, affine,
     orientation), NaN/inf voxels, non-integer or undeclared label values.
     extras (``--verify_dataset_integrity``): label maps without foreground, and CT intensities

@@ -18,8 +18,10 @@ from nnsam3d.preprocessing.preprocessor import NonFiniteVoxelsWarning, replace_n
 
 def test_replace_non_finite_fills_each_channel_with_its_own_minimum():
     images = np.array([[[[1.0, np.nan], [np.inf, 5.0]]], [[[-3.0, 2.0], [-np.inf, 7.0]]]], dtype=np.float32)
-    with pytest.warns(NonFiniteVoxelsWarning, match="case_7: 2 NaN/infinite voxel"):
+    with pytest.warns(NonFiniteVoxelsWarning) as warned:
         assert replace_non_finite(images, "case_7") == 3
+    assert [str(w.message).split(" replaced")[0] for w in warned] == [
+        "case_7: 2 NaN/infinite voxel(s) in channel 0", "case_7: 1 NaN/infinite voxel(s) in channel 1"]
     np.testing.assert_array_equal(images[0, 0], [[1.0, 1.0], [1.0, 5.0]])
     np.testing.assert_array_equal(images[1, 0], [[-3.0, 2.0], [-3.0, 7.0]])
 
