@@ -6,14 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.model.backbones import BACKBONES
-from nnsam3d.model.sam_checkpoints import SamCheckpointError, download_sam_checkpoint
+from nnsam3d.model.sam_checkpoints import download_sam_checkpoint
 from nnsam3d.paths import SAM_CHECKPOINT_DIR_VARIABLE, sam_checkpoint_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     official = [name for name, spec in BACKBONES.items() if spec.has_official_checkpoint]
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_download_sam",
         description="Download SAM's official image-encoder checkpoint, verify its SHA-256 and keep it "
         "in the SAM checkpoint folder, where training finds it.",
@@ -33,16 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def download(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir if args.cache_dir is not None else sam_checkpoint_dir()
-    try:
-        path = download_sam_checkpoint(args.backbone, cache_dir, progress=not args.quiet, url=args.url)
-    except SamCheckpointError as error:
-        print(f"nnsam3d_download_sam: {error}", file=sys.stderr)
-        return 1
-    print(path)
+    print(download_sam_checkpoint(args.backbone, cache_dir, progress=not args.quiet, url=args.url))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), download, argv)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from nnsam3d import paths
+from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError, evaluate_folders, format_summary_table
-from nnsam3d.io.geometry import ImageReadError
-from nnsam3d.io.raw_dataset import IGNORE_LABEL_NAME, DatasetDescription, DatasetFormatError
+from nnsam3d.io.raw_dataset import IGNORE_LABEL_NAME, DatasetDescription
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_evaluate",
         description="Compare predicted label maps with reference label maps of the same names. Distances are in mm "
         "(spacing from the files' affines). Both masks empty: metrics undefined (null) and left out of means; "
@@ -44,34 +44,33 @@ def _description(arguments: argparse.Namespace) -> DatasetDescription | None:
     return DatasetDescription.from_file(beside) if beside.is_file() else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
-    try:
-        description = _description(arguments)
-        if arguments.labels is not None:
-            names = {v: k for k, v in description.labels.items()} if description else {}
-            labels = {names.get(v, str(v)): v for v in arguments.labels}
-            if description is not None and description.ignore_label is not None:  # still not scored
-                labels[IGNORE_LABEL_NAME] = description.ignore_label
-        elif description is not None:
-            labels = description.labels
-        else:
-            raise EvaluationInputError(
-                f"{arguments.reference}: no dataset.json next to it; say which labels to evaluate with -d DATASET or -l 1 2 ..."
-            )
-        ending = arguments.file_ending or (description.file_ending if description else ".nii.gz")
-        output = Path(arguments.output) if arguments.output else Path(arguments.prediction) / "summary.json"
-        summary = evaluate_folders(
-            arguments.reference, arguments.prediction, labels, ending, output_file=output,
-            nsd_tolerance_mm=arguments.nsd_tolerance_mm, num_processes=arguments.num_processes,
-            chill=arguments.chill,
+def evaluate(arguments: argparse.Namespace) -> int:
+    description = _description(arguments)
+    if arguments.labels is not None:
+        names = {v: k for k, v in description.labels.items()} if description else {}
+        labels = {names.get(v, str(v)): v for v in arguments.labels}
+        if description is not None and description.ignore_label is not None:  # still not scored
+            labels[IGNORE_LABEL_NAME] = description.ignore_label
+    elif description is not None:
+        labels = description.labels
+    else:
+        raise EvaluationInputError(
+            f"{arguments.reference}: no dataset.json next to it; say which labels to evaluate with -d DATASET or -l 1 2 ..."
         )
-    except (EvaluationInputError, ImageReadError, DatasetFormatError, paths.DatasetNotFoundError) as error:
-        print(f"nnsam3d_evaluate: error: {error}", file=sys.stderr)
-        return 1
+    ending = arguments.file_ending or (description.file_ending if description else ".nii.gz")
+    output = Path(arguments.output) if arguments.output else Path(arguments.prediction) / "summary.json"
+    summary = evaluate_folders(
+        arguments.reference, arguments.prediction, labels, ending, output_file=output,
+        nsd_tolerance_mm=arguments.nsd_tolerance_mm, num_processes=arguments.num_processes,
+        chill=arguments.chill,
+    )
     print(format_summary_table(summary))
     print(f"summary: {output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnsam3d.commands.nnunet_habits import checkpoint_choice, drop_configuration
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError
-from nnsam3d.inference.model_sharing import ModelSharingError, export_model
-from nnsam3d.io.checkpoint_file import CheckpointFormatError
-from nnsam3d.paths import DatasetNotFoundError, training_output_dir
+from nnsam3d.commands.command_line import command_parser, run_command
+from nnsam3d.commands.nnunet_habits import checkpoint_choice
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES
+from nnsam3d.inference.model_sharing import export_model
+from nnsam3d.paths import training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_export_model",
         description="Write a trained model (its fold checkpoints, plans, dataset.json, postprocessing.json and a "
         "model card with the cross-validation Dice and the SAM checkpoint it belongs to) into one zip file. "
@@ -33,20 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(drop_configuration(argv, parser.prog))
-    try:
-        model_dir = training_output_dir(arguments.dataset, arguments.trainer, arguments.plans)
-        card = export_model(model_dir, arguments.output, arguments.folds,
-                            [CHECKPOINT_FILES[name] for name in arguments.checkpoints])
-    except (DatasetNotFoundError, ModelFolderError, ModelSharingError, CheckpointFormatError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
+def export(arguments: argparse.Namespace) -> int:
+    model_dir = training_output_dir(arguments.dataset, arguments.trainer, arguments.plans)
+    card = export_model(model_dir, arguments.output, arguments.folds,
+                        [CHECKPOINT_FILES[name] for name in arguments.checkpoints])
     dice = card["cross_validation"].get("foreground_mean_dice")
-    print(f"{parser.prog}: {card['dataset']} {card['trainer']}__{card['plans']}, folds {', '.join(card['folds'])}"
+    print(f"nnsam3d_export_model: {card['dataset']} {card['trainer']}__{card['plans']}, folds {', '.join(card['folds'])}"
           f"{'' if dice is None else f', cross-validation Dice {dice:.4f}'} -> {arguments.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), export, argv)
 
 
 if __name__ == "__main__":

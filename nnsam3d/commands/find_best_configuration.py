@@ -5,18 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnsam3d.commands.nnunet_habits import drop_configuration
-from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
-from nnsam3d.model_selection.find_best_configuration import ConfigurationError, find_best_configuration
-from nnsam3d.io.geometry import ImageReadError
-from nnsam3d.io.raw_dataset import DatasetFormatError
-from nnsam3d.paths import DatasetNotFoundError
+from nnsam3d.commands.command_line import command_parser, run_command
+from nnsam3d.model_selection.find_best_configuration import find_best_configuration
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_find_best_configuration",
         description="Evaluate the cross-validation predictions of trained trainers (and their ensembles, where "
         "validation probabilities were saved with nnsam3d_train --npz), choose the best by mean foreground Dice, "
@@ -34,17 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_find_best_configuration"))
-    try:
-        find_best_configuration(
-            arguments.dataset, arguments.trainers, arguments.plans, folds=arguments.folds,
-            allow_ensembles=not arguments.disable_ensembling, num_processes=arguments.num_processes,
-        )
-    except (ConfigurationError, EvaluationInputError, ImageReadError, DatasetFormatError, DatasetNotFoundError) as error:
-        print(f"nnsam3d_find_best_configuration: error: {error}", file=sys.stderr)
-        return 1
+def find_best(arguments: argparse.Namespace) -> int:
+    find_best_configuration(
+        arguments.dataset, arguments.trainers, arguments.plans, folds=arguments.folds,
+        allow_ensembles=not arguments.disable_ensembling, num_processes=arguments.num_processes,
+    )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), find_best, argv)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnsam3d.inference.model_sharing import ModelSharingError, install_model, read_model_card
+from nnsam3d.commands.command_line import command_parser, run_command
+from nnsam3d.inference.model_sharing import install_model, read_model_card
 from nnsam3d.paths import RESULTS_VARIABLE, results_root
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_install_model",
         description=f"Install a model exported by nnsam3d_export_model into ${RESULTS_VARIABLE} "
         "(DatasetXXX_Name/TRAINER__PLANS), where nnsam3d_predict -d finds it. The model appears complete or not "
@@ -21,18 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
-    try:
-        card = read_model_card(arguments.model)
-        folder = install_model(arguments.model, results_root(), force=arguments.force)
-    except ModelSharingError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
-    print(f"{parser.prog}: installed {folder}")
+def install(arguments: argparse.Namespace) -> int:
+    card = read_model_card(arguments.model)
+    folder = install_model(arguments.model, results_root(), force=arguments.force)
+    print(f"nnsam3d_install_model: installed {folder}")
     print(f"predict with: nnsam3d_predict -i IN -o OUT -d {card['dataset']} -tr {card['trainer']} -p {card['plans']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), install, argv)
 
 
 if __name__ == "__main__":

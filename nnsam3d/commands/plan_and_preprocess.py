@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnsam3d.commands.nnunet_habits import drop_configuration
-from nnsam3d.io.geometry import ImageReadError
-from nnsam3d.io.raw_dataset import DatasetFormatError
+from nnsam3d.commands.command_line import USER_ERRORS, command_parser, describe_error, run_command
 from nnsam3d.model.backbones import BACKBONES
-from nnsam3d.paths import DatasetNotFoundError
-from nnsam3d.planners.integrity import DatasetIntegrityError
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
-
-USER_ERRORS = (DatasetNotFoundError, DatasetFormatError, DatasetIntegrityError, ImageReadError)
-"""Problems with the user's dataset: reported as a message, without a traceback."""
 
 
 def _positive(kind):
@@ -30,7 +23,7 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_plan_and_preprocess",
         description=(
             "Fingerprint a raw dataset (nnU-Net v2 format in $nnSAM3D_raw), plan the 3DMedSAM "
@@ -43,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verify_dataset_integrity",
         action="store_true",
-        help="check the raw dataset first and stop, writing nothing, if anything is wrong",
+        help="also check what does not harm training but usually means a broken conversion (empty label maps, "
+        "CT intensities outside the Hounsfield range, stray files, numTraining); the checks that protect "
+        "training (NaN/inf, undeclared labels, disagreeing grids, unreadable files) always run",
     )
     parser.add_argument(
         "--gpu-memory-gb",
@@ -76,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(drop_configuration(argv, parser.prog))
+def plan_and_preprocess_command(args: argparse.Namespace) -> int:
+    """Each dataset in turn; with several, one that fails is reported and the others still run."""
     failed = []
     for dataset in args.datasets:
         try:
@@ -93,16 +87,19 @@ def main(argv: list[str] | None = None) -> int:
                 plans_name=args.plans_name,
             )
         except USER_ERRORS as error:
-            message = str(error)
-            if isinstance(error, DatasetIntegrityError):
-                message += "\nNothing was written: no fingerprint, plans or preprocessed data."
-            sys.stderr.write(f"{parser.prog}: error: {message}\n")
+            if len(args.datasets) == 1:
+                raise
+            print(f"nnsam3d_plan_and_preprocess: error: {describe_error(error, USER_ERRORS)}", file=sys.stderr)
             failed.append(dataset)
     if failed:
-        several = len(args.datasets) > 1
-        parser.exit(1, f"{parser.prog}: {len(failed)} of {len(args.datasets)} datasets failed: {', '.join(failed)}\n"
-                    if several else None)
+        print(f"nnsam3d_plan_and_preprocess: {len(failed)} of {len(args.datasets)} datasets failed: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), plan_and_preprocess_command, argv)
 
 
 if __name__ == "__main__":

@@ -5,26 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from nnsam3d.commands.nnunet_habits import checkpoint_choice, drop_configuration, no_effect
-from nnsam3d.inference.case_inputs import CaseInputError
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
-from nnsam3d.inference.model_sharing import ModelSharingError, opened_model
-from nnsam3d.inference.predictor import DICOM_SEG, IncompatibleModelsError, Predictor
-from nnsam3d.io.checkpoint_file import CheckpointFormatError
-from nnsam3d.io.dicom_seg import MissingOptionalDependencyError
-from nnsam3d.model.sam_checkpoints import SamCheckpointError
-from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
+from nnsam3d.commands.command_line import command_parser, run_command
+from nnsam3d.commands.nnunet_habits import checkpoint_choice, no_effect
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ensemble_folder
+from nnsam3d.inference.model_sharing import opened_model
+from nnsam3d.inference.predictor import DICOM_SEG, Predictor
+from nnsam3d.paths import resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
-USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
-               SamCheckpointError, MissingOptionalDependencyError, ModelSharingError)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_predict",
         description="Predict label maps for new cases with a trained model (its folds ensembled). Outputs are "
         "OUT/CASE<file ending> in each input's exact geometry.",
@@ -76,59 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(drop_configuration(argv, "nnsam3d_predict"))
-    try:
-        options = dict(
-            folds=arguments.folds,
-            checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
-            device=arguments.device,
-            step_size=arguments.step_size,
-            use_mirroring=not arguments.disable_tta,
-            batch_size=arguments.batch_size,
-            progress=not arguments.no_progress,
-            sam_checkpoint=arguments.sam_checkpoint,
+def predict(arguments: argparse.Namespace) -> int:
+    options = dict(
+        folds=arguments.folds,
+        checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
+        device=arguments.device,
+        step_size=arguments.step_size,
+        use_mirroring=not arguments.disable_tta,
+        batch_size=arguments.batch_size,
+        progress=not arguments.no_progress,
+        sam_checkpoint=arguments.sam_checkpoint,
+    )
+    if arguments.model is not None:
+        with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes
+            predictor = Predictor.from_model_folder(model_dir, **options)
+    elif len(arguments.trainers) == 1:
+        predictor = Predictor.from_model_folder(
+            training_output_dir(resolve_dataset_name(arguments.dataset), arguments.trainers[0], arguments.plans),
+            **options,
         )
-        if arguments.model is not None:
-            with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes
-                predictor = Predictor.from_model_folder(model_dir, **options)
-        elif len(arguments.trainers) == 1:
-            predictor = Predictor.from_model_folder(
-                training_output_dir(resolve_dataset_name(arguments.dataset), arguments.trainers[0], arguments.plans),
-                **options,
-            )
-        else:
-            dataset_name = resolve_dataset_name(arguments.dataset)
-            model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
-            predictor = Predictor.from_model_folders(
-                model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
-                **options,
-            )
-        names = {v: k for k, v in predictor.description.labels.items()}
-        print(
-            f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
-            f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
-            f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
-            f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
-            file=sys.stderr,
+    else:
+        dataset_name = resolve_dataset_name(arguments.dataset)
+        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
+        predictor = Predictor.from_model_folders(
+            model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
+            **options,
         )
-        report = predictor.predict_folder(
-            arguments.input,
-            arguments.output,
-            save_probabilities=arguments.save_probabilities,
-            skip_existing=arguments.skip_existing,
-            num_parts=arguments.num_parts,
-            part_id=arguments.part_id,
-            save_overlays=arguments.save_overlays,
-            output_format=arguments.output_format,
-        )
-    except (*USER_ERRORS, ValueError) as error:  # ValueError: bad option values (device, step size), malformed files
-        print(f"nnsam3d_predict: error: {error}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError as error:
-        print(f"nnsam3d_predict: error: the GPU ran out of memory ({error}); try --batch-size 1 or --device cpu.",
-              file=sys.stderr)
-        return 1
+    names = {v: k for k, v in predictor.description.labels.items()}
+    print(
+        f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
+        f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
+        f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
+        f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
+        file=sys.stderr,
+    )
+    report = predictor.predict_folder(
+        arguments.input,
+        arguments.output,
+        save_probabilities=arguments.save_probabilities,
+        skip_existing=arguments.skip_existing,
+        num_parts=arguments.num_parts,
+        part_id=arguments.part_id,
+        save_overlays=arguments.save_overlays,
+        output_format=arguments.output_format,
+    )
     print(
         f"nnsam3d_predict: {len(report.completed)} case(s) written to {arguments.output}"
         + (f", {len(report.skipped)} already there (--continue)" if report.skipped else "")
@@ -141,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {failure.case_id}: {failure.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ValueError: bad option values (device, step size) found while setting up
+    return run_command(build_parser(), predict, argv, user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

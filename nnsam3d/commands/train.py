@@ -5,27 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnsam3d.commands.nnunet_habits import drop_configuration
-from nnsam3d.io.checkpoint_file import CheckpointFormatError
-from nnsam3d.io.raw_dataset import DatasetFormatError
-from nnsam3d.model.sam_checkpoints import SamCheckpointError
-from nnsam3d.paths import DatasetNotFoundError
+from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
-from nnsam3d.trainers.request import TrainingInputError, TrainingRequest
+from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import launch_training
-from nnsam3d.trainers.registry import DEFAULT_TRAINER, UnknownTrainerError
-from nnsam3d.trainers.splits import SplitsError, parse_fold
-
-USER_ERRORS = (
-    DatasetNotFoundError,
-    DatasetFormatError,
-    FileNotFoundError,
-    SamCheckpointError,
-    CheckpointFormatError,
-    SplitsError,
-    TrainingInputError,
-    UnknownTrainerError,
-)
+from nnsam3d.trainers.registry import DEFAULT_TRAINER
+from nnsam3d.trainers.splits import parse_fold
 
 
 def _fold(text: str) -> str:
@@ -36,7 +21,7 @@ def _fold(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_train",
         description="Train one fold of 3DMedSAM on a preprocessed dataset (run nnsam3d_plan_and_preprocess first). "
         "Results go to $nnSAM3D_results/DatasetXXX_Name/TRAINER__PLANS/fold_K/.",
@@ -96,18 +81,14 @@ def request_from_arguments(arguments: argparse.Namespace) -> TrainingRequest:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(drop_configuration(argv, parser.prog))
-    try:
-        launch_training(arguments.trainer, request_from_arguments(arguments), arguments.num_gpus)
-    except USER_ERRORS as error:
-        print(f"nnsam3d_train: error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # bad option combinations (device, --num-gpus, ...)
-        print(f"nnsam3d_train: error: {error}", file=sys.stderr)
-        return 2
+def train(arguments: argparse.Namespace) -> int:
+    launch_training(arguments.trainer, request_from_arguments(arguments), arguments.num_gpus)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ValueError: bad option combinations (device, --num-gpus, ...) found while setting up
+    return run_command(build_parser(), train, argv, user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

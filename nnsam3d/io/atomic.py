@@ -15,49 +15,71 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from nnsam3d.io.disk_space import DiskFullError, disk_full_message, is_disk_full
+
+
+class InvalidJSONError(ValueError):
+    """A JSON file that does not parse; the message names the file and the position."""
+
 
 @contextmanager
-def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(final_path: str | os.PathLike, expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; move it into place when the block succeeds.
 
     The temporary name keeps the final name as its suffix because some writers choose the
     format from the ending (``.nii.gz`` compresses, ``.npy`` is not appended twice).
+    A full disk, however the writer reports it, raises :class:`~nnsam3d.io.disk_space.DiskFullError`
+    naming the folder and the space needed (``expected_bytes`` when the caller knows it, else at
+    least what was written before the disk filled up); the temporary file is removed.
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if is_disk_full(error, final_path.parent):
+            raise DiskFullError(disk_full_message(final_path.parent, f"creating {final_path.parent.name}", None)) from error
+        raise
     temporary = final_path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{final_path.name}")
     try:
         yield temporary
         os.replace(temporary, final_path)
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, DiskFullError) or not is_disk_full(error, final_path.parent):
+            raise
+        written = temporary.stat().st_size if temporary.exists() else 0
+        temporary.unlink(missing_ok=True)  # so that the message reports the space really free
+        needed = expected_bytes if expected_bytes else (written or None)
+        raise DiskFullError(disk_full_message(final_path.parent, f"writing {final_path.name}", needed)) from error
     finally:
         if temporary.exists():
             temporary.unlink()
 
 
 def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
-    with atomic_path(path) as temporary:
+    text = json.dumps(content, indent=2, sort_keys=False) + "\n"
+    with atomic_path(path, expected_bytes=len(text.encode("utf-8"))) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(content, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a broken file raises ``ValueError`` naming it."""
+    """Read a JSON file; a broken file raises :class:`InvalidJSONError` (a ``ValueError``) naming it."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}).") from error
+        raise InvalidJSONError(f"{path}: not valid JSON ({error}).") from error
 
 
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=array.nbytes + 128) as temporary:
         np.save(temporary, array, allow_pickle=False)
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as temporary:
+    # compressed: the raw size is an upper bound of what is needed
+    with atomic_path(path, expected_bytes=sum(a.nbytes for a in arrays.values()) or None) as temporary:
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 
@@ -65,5 +87,18 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=tensor_bytes(obj) or None) as temporary:
         torch.save(obj, temporary)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside nested dicts/lists/tuples: about the size ``torch.save`` writes."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes() if obj.device.type != "meta" else 0
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0

@@ -15,6 +15,7 @@ only flips and transpositions are applied.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -103,6 +104,19 @@ class ImageGeometry:
             affine=tuple(tuple(float(v) for v in row) for row in image.affine),
             qform_code=qform_code,
             sform_code=sform_code,
+        )
+
+
+def require_valid_grid(path: str | os.PathLike, affine: np.ndarray) -> None:
+    """A zero or non-finite voxel size (or a singular affine) makes every later step meaningless
+    (resampling would divide by zero), so such a header is refused here, naming the file."""
+    affine = np.asarray(affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(affine)) or np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 0:
+        raise ImageReadError(
+            f"{path}: the header gives an invalid voxel grid (voxel sizes {', '.join(f'{z:g}' for z in zooms)} mm; "
+            f"a spacing must be positive and finite). Fix the spacing / orientation (NIfTI: pixdim and the "
+            f"qform-sform affine) of this file."
         )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from nnsam3d.io.atomic import atomic_path
 from nnsam3d.io.dicom_series import DicomSeries, read_dicom_series
-from nnsam3d.io.geometry import ImageGeometry, ImageReadError, from_canonical, to_canonical
+from nnsam3d.io.geometry import ImageGeometry, ImageReadError, from_canonical, require_valid_grid, to_canonical
 from nnsam3d.io.nibabel_io import NibabelIO
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError
 from nnsam3d.io.simpleitk_io import SimpleITKIO
@@ -125,7 +125,9 @@ def read_volume_in_file_order(
     image_io: the reader (default: chosen by the path's ending)."""
     if isinstance(path, DicomSeries):
         return read_dicom_series(path)
-    return _io_for_path(path, image_io).read(path)
+    data, geometry = _io_for_path(path, image_io).read(path)
+    require_valid_grid(path, geometry.affine_array)
+    return data, geometry
 
 
 def read_volume(
@@ -179,7 +181,7 @@ def write_volume_in_file_order(
 
     image_io: the writer (default: chosen by the path's ending)."""
     writer = _io_for_path(path, image_io)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=data.nbytes + 352) as temporary:  # + a header (NIfTI's is 352 bytes)
         writer.write(data, geometry, temporary)
 
 

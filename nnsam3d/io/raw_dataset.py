@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -201,15 +202,25 @@ def find_cases_in_folder(
     folder = Path(folder)
     pattern = channel_pattern(file_ending)
     channels_by_case: dict[str, dict[int, Path]] = {}
+    not_files: dict[str, list[Path]] = {}
     for entry in sorted(folder.iterdir()):
         match = pattern.match(entry.name)
-        if match and entry.is_file():
-            channels_by_case.setdefault(match.group("case"), {})[int(match.group("channel"))] = entry
+        if not match:
+            continue
+        channels_by_case.setdefault(match.group("case"), {})
+        if entry.is_file():
+            channels_by_case[match.group("case")][int(match.group("channel"))] = entry
+        else:
+            # A broken symbolic link or a link loop: dropping the case silently would train on less.
+            not_files.setdefault(match.group("case"), []).append(entry)
     complete, problems = [], {}
     for case_id, channels in sorted(channels_by_case.items()):
         missing = [i for i in range(num_channels) if i not in channels]
         unexpected = sorted(set(channels) - set(range(num_channels)))
-        if missing:
+        if case_id in not_files:
+            reasons = "; ".join(f"{entry} is a {unreadable_entry_reason(entry)}" for entry in not_files[case_id])
+            problems[case_id] = f"{folder / case_id}: {reasons}"
+        elif missing:
             names = ", ".join(f"{case_id}_{i:04d}{file_ending}" for i in missing)
             problems[case_id] = f"{folder / case_id}: missing channel file(s) {names}."
         elif unexpected:
@@ -221,6 +232,22 @@ def find_cases_in_folder(
         else:
             complete.append(RawCase(case_id, tuple(channels[i] for i in range(num_channels))))
     return complete, problems
+
+
+def unreadable_entry_reason(path: Path) -> str:
+    """Why a name that should be a case file is not a readable file; reads after 'is a'."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports loops this way
+            return "symbolic link loop (it leads back to itself), not a file; replace it with the image file."
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "symbolic link loop (it leads back to itself), not a file; replace it with the image file."
+            return f"broken symbolic link (to {os.readlink(path)}); replace it with the image file."
+    if path.is_dir():
+        return "folder, not an image file."
+    return "entry that is not a readable file."
 
 
 def training_cases(dataset_dir: str | os.PathLike, description: DatasetDescription) -> list[RawCase]:
@@ -256,7 +283,8 @@ def labelled_training_cases(dataset_dir: str | os.PathLike, description: Dataset
             result.append(case)
         else:
             label = label_path(dataset_dir, case.case_id, description.file_ending)
-            messages.append(f"{label}: label file missing for training case '{case.case_id}'.")
+            reason = f"is a {unreadable_entry_reason(label)}" if label.is_symlink() else f"label file missing for training case '{case.case_id}'."
+            messages.append(f"{label}: {reason}")
     if not result and not messages:
         messages.append(
             f"{images_dir}: no training images named CASE_XXXX{description.file_ending} "

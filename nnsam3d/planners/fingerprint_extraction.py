@@ -1,6 +1,11 @@
 """Extract the dataset fingerprint (``dataset_fingerprint.json``) from the raw training cases.
 
-Per case, after the same read-and-crop the preprocessor does (``preprocessing.cropped_case``):
+Every case is checked while it is read (``integrity.read_checked_case``: unreadable files, grids
+that disagree, NaN/inf voxels, undeclared label values): a dataset with any such problem is
+refused with every problem listed, before anything is written, with or without
+``--verify_dataset_integrity``.
+
+Per case, after the same crop the preprocessor does (``preprocessing.cropped_case``):
 spacing, shapes before and after cropping to non-zero, a bounded random sample of each
 channel's intensities inside the labelled foreground (as nnU-Net: CT normalisation should
 reflect the structures to segment, not air or the table), and the voxel count of each class.
@@ -18,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsam3d.io.image_io import ImageIO, image_io_for_dataset
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError, RawCase, labelled_training_cases
+from nnsam3d.planners.integrity import DatasetIntegrityError, IntegrityProblem, read_checked_case
 from nnsam3d.schemas.fingerprint import ClassStatistics, DatasetFingerprint, IntensityStatistics
-from nnsam3d.preprocessing.cropped_case import read_cropped_case
+from nnsam3d.preprocessing.cropped_case import crop_case
 from nnsam3d.preprocessing.parallel_cases import map_cases
 from nnsam3d.preprocessing.preprocessor import case_seed
 
@@ -52,19 +57,18 @@ class CaseFingerprint:
 
 
 def case_fingerprint(
-    case: RawCase,
-    foreground_labels: list[int],
-    samples_per_case: int,
-    ignore_label: int | None = None,
-    image_io: ImageIO | None = None,
-) -> CaseFingerprint:
-    """Read (with ``image_io``, default by file ending), crop and summarise one case (runs in a
-    worker process).
-
-    Foreground intensities come from annotated foreground only: voxels of the ``ignore_label``
-    (unannotated) may be anything and are left out.
-    """
-    cropped = read_cropped_case(case.image_files, label_file=case.label_file, case_id=case.case_id, image_io=image_io)
+    case: RawCase, description: DatasetDescription, samples_per_case: int
+) -> CaseFingerprint | list[IntegrityProblem]:
+    """Read, check, crop and summarise one case (runs in a worker process); the case's problems
+    instead when it has any."""
+    checked = read_checked_case(case, description)
+    if checked.problems:
+        return checked.problems
+    cropped = crop_case(checked.images, checked.geometry, segmentation=checked.segmentation, case_id=case.case_id)
+    del checked
+    # Foreground intensities come from annotated foreground only: voxels of the ignore label
+    # (unannotated) may be anything and are left out.
+    ignore_label = description.ignore_label
     segmentation = cropped.segmentation
     num_channels = cropped.images.shape[0]
 
@@ -96,7 +100,7 @@ def case_fingerprint(
         foreground_samples=samples,
         foreground_min=minima,
         foreground_max=maxima,
-        class_voxel_counts={label: int(counts.get(label, 0)) for label in foreground_labels},
+        class_voxel_counts={label: int(counts.get(label, 0)) for label in description.foreground_labels},
     )
 
 
@@ -177,20 +181,18 @@ def extract_fingerprint(
     ``cases``: the labelled training cases when the caller has listed them already
     (``labelled_training_cases``); default: listed here.
     Raises ``DatasetFormatError`` naming the files when a case lacks a channel or its label,
-    and ``ImageReadError`` naming an unreadable file.
+    and ``DatasetIntegrityError`` listing every unreadable file, NaN/inf, undeclared label value
+    and disagreeing grid of any case.
     """
     if cases is None:
         cases = labelled_training_cases(Path(dataset_dir), description)
     summaries = map_cases(
-        partial(
-            case_fingerprint,
-            foreground_labels=description.foreground_labels,
-            samples_per_case=samples_per_case,
-            ignore_label=description.ignore_label,
-            image_io=image_io_for_dataset(description),
-        ),
+        partial(case_fingerprint, description=description, samples_per_case=samples_per_case),
         cases,
         num_processes,
         f"Fingerprint of {dataset_name}",
     )
+    problems = [problem for summary in summaries if isinstance(summary, list) for problem in summary]
+    if problems:
+        raise DatasetIntegrityError(dataset_dir, problems)
     return combine_case_fingerprints(summaries, description, dataset_name)

@@ -9,6 +9,11 @@ Hounsfield range.
 
 Every problem names its file and what is wrong. Files are read once, one case per worker
 process at a time.
+
+The checks that protect training (unreadable files, disagreeing grids, NaN/inf, undeclared or
+non-integer labels) run on every ``nnsam3d_plan_and_preprocess``, flag or not: the fingerprint
+reads each case through :func:`read_checked_case`. The flag adds the layout checks above and
+the extras (empty label maps, implausible CT intensities).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from nnsam3d.io.image_io import (
     ImageIO,
     UnsupportedFormatError,
     image_io_for_dataset,
+    read_volume,
     read_volume_in_file_order,
 )
 from nnsam3d.io.raw_dataset import (
@@ -34,6 +40,7 @@ from nnsam3d.io.raw_dataset import (
     RawCase,
     find_cases_in_folder,
     label_path,
+    unreadable_entry_reason,
     with_labels,
 )
 from nnsam3d.planners.normalization_rules import normalization_scheme_for
@@ -164,7 +171,9 @@ def _layout_problems(
         for case_id in case_ids:
             label = label_path(dataset_dir, case_id, ending)
             if not label.is_file():
-                problems.append(IntegrityProblem(label, f"label file missing for training case '{case_id}'."))
+                reason = (f"is a {unreadable_entry_reason(label)}" if label.is_symlink()
+                          else f"label file missing for training case '{case_id}'.")
+                problems.append(IntegrityProblem(label, reason))
         problems += _unaccounted_files(labels_dir, ending, label_names, f"label file without images in {images_dir}.")
     cases = with_labels(dataset_dir, complete, ending)
 
@@ -180,12 +189,15 @@ def _layout_problems(
 # one case's files (runs in worker processes)
 
 
-def _read(path: Path, image_io: ImageIO) -> tuple[np.ndarray, ImageGeometry] | IntegrityProblem:
-    """File-order voxels (i, j, k) as float32 and the geometry, or the reason it cannot be read."""
-    # File order, not canonical: every check here is per voxel or per file, so the reorienting
-    # copy would buy nothing.
+def _read(path: Path, image_io: ImageIO, canonical: bool) -> tuple[np.ndarray, ImageGeometry] | IntegrityProblem:
+    """Voxels as float32 and the geometry, or the reason the file cannot be read.
+
+    canonical: (z, y, x) as the pipeline holds volumes, for callers that keep the data; else the
+    file's order (i, j, k), which spares the reorienting copy: every check here is per voxel or
+    per file, so the order does not matter to them.
+    """
     try:
-        return read_volume_in_file_order(path, image_io)
+        return read_volume(path, image_io) if canonical else read_volume_in_file_order(path, image_io)
     except ImageReadError as error:
         return IntegrityProblem(path, str(error).removeprefix(f"{path}: "))
 
@@ -225,8 +237,11 @@ def _hounsfield_problem(path: Path, finite: np.ndarray) -> IntegrityProblem | No
     return None
 
 
-def _label_value_problems(path: Path, finite: np.ndarray, description: DatasetDescription) -> list[IntegrityProblem]:
-    """``finite``: the label file's finite voxel values."""
+def _label_value_problems(
+    path: Path, finite: np.ndarray, description: DatasetDescription, require_foreground: bool = True
+) -> list[IntegrityProblem]:
+    """``finite``: the label file's finite voxel values. require_foreground: a map holding only
+    background is a problem."""
     rounded = np.rint(finite)
     problems = []
     if not np.array_equal(rounded, finite):
@@ -246,7 +261,7 @@ def _label_value_problems(path: Path, finite: np.ndarray, description: DatasetDe
                 f"(declared: {sorted(declared)}).",
             )
         )
-    if description.ignore_label is not None and [int(v) for v in present] == [description.ignore_label]:
+    if require_foreground and description.ignore_label is not None and [int(v) for v in present] == [description.ignore_label]:
         problems.append(
             IntegrityProblem(
                 path,
@@ -254,7 +269,7 @@ def _label_value_problems(path: Path, finite: np.ndarray, description: DatasetDe
                 f"Annotate some voxels, or remove the case from imagesTr/labelsTr.",
             )
         )
-    elif not any(int(v) > 0 for v in present):
+    elif require_foreground and not any(int(v) > 0 for v in present):
         problems.append(
             IntegrityProblem(
                 path,
@@ -310,17 +325,46 @@ def _mm(values) -> str:
     return " x ".join(f"{v:.4g}" for v in values)
 
 
-def check_case(case: RawCase, description: DatasetDescription) -> list[IntegrityProblem]:
-    """Every problem of one case's channel files and label file, each file read once."""
+@dataclass
+class CheckedCase:
+    """One case read by :func:`read_checked_case`.
+
+    images: (C, z, y, x) float32, canonical order; None when the data was not kept or a file failed.
+    segmentation: (z, y, x) int16 label map, or None.
+    geometry: the grid of the first channel file.
+    problems: what is wrong with the case's files (empty: the case may be used).
+    """
+
+    images: np.ndarray | None
+    segmentation: np.ndarray | None
+    geometry: ImageGeometry | None
+    problems: list[IntegrityProblem]
+
+
+def read_checked_case(
+    case: RawCase, description: DatasetDescription, *, extras: bool = False, keep_data: bool = True
+) -> CheckedCase:
+    """Read one case's channel files and label file, each once, and check what protects training.
+
+    Always (the fingerprint extraction reads every case through here): unreadable or truncated
+    files and invalid headers, channel and label grids that disagree (shape, spacing, affine,
+    orientation), NaN/inf voxels, non-integer or undeclared label values.
+    extras (``--verify_dataset_integrity``): label maps without foreground, and CT intensities
+    outside the Hounsfield range; neither harms training, but both usually mean a conversion
+    went wrong.
+    keep_data: return the voxels (canonical order) for the caller to use; else only the problems.
+    """
     problems: list[IntegrityProblem | None] = []
     reference: tuple[Path, ImageGeometry] | None = None
+    channels: list[np.ndarray] = []
+    segmentation = None
     # (file, modality); the label has no modality
     files = [(path, description.modality(index)) for index, path in enumerate(case.image_files)]
     if case.label_file is not None:
         files.append((case.label_file, None))
     image_io = image_io_for_dataset(description)
     for path, modality in files:
-        read = _read(path, image_io)
+        read = _read(path, image_io, canonical=keep_data)
         if isinstance(read, IntegrityProblem):
             problems.append(read)
             continue
@@ -336,11 +380,24 @@ def check_case(case: RawCase, description: DatasetDescription) -> list[Integrity
         del is_finite
         problems.append(_non_finite_problem(path, data, all_finite))
         if modality is None:
-            problems += _label_value_problems(path, finite, description)
-        elif normalization_scheme_for(modality) == "CTNormalization":
-            problems.append(_hounsfield_problem(path, finite))
+            problems += _label_value_problems(path, finite, description, require_foreground=extras)
+            if keep_data:
+                segmentation = np.rint(data).astype(np.int16)
+        else:
+            if extras and normalization_scheme_for(modality) == "CTNormalization":
+                problems.append(_hounsfield_problem(path, finite))
+            if keep_data:
+                channels.append(data)
         del data, finite
-    return [problem for problem in problems if problem is not None]
+    problems = [problem for problem in problems if problem is not None]
+    if problems or not keep_data:
+        return CheckedCase(None, None, None, problems)
+    return CheckedCase(np.stack(channels), segmentation, reference[1], [])
+
+
+def check_case(case: RawCase, description: DatasetDescription) -> list[IntegrityProblem]:
+    """Every problem of one case's channel files and label file (extras included), each file read once."""
+    return read_checked_case(case, description, extras=True, keep_data=False).problems
 
 
 # ---------------------------------------------------------------------------------------------

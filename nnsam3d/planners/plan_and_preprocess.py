@@ -39,9 +39,21 @@ def plans_path(dataset: str | int, plans_name: str = DEFAULT_PLANS_NAME) -> Path
     return paths.preprocessed_dataset_dir(dataset) / f"{plans_name}.json"
 
 
-def _reusable_fingerprint(path: Path, case_ids: list[str]) -> DatasetFingerprint | None:
-    """The stored fingerprint if it is readable and covers exactly the current cases."""
+def _newest_change(cases: Sequence[RawCase]) -> float:
+    """Latest modification time (s) of the cases' files."""
+    files = [path for case in cases for path in (*case.image_files, case.label_file) if path is not None]
+    return max((path.stat().st_mtime for path in files), default=0.0)
+
+
+def _reusable_fingerprint(path: Path, cases: Sequence[RawCase]) -> DatasetFingerprint | None:
+    """The stored fingerprint if it is readable, covers exactly the current cases, and no case
+    file changed since it was made (its extraction checked every file; a replaced file must be
+    checked again)."""
     if not path.is_file():
+        return None
+    case_ids = [case.case_id for case in cases]
+    if _newest_change(cases) > path.stat().st_mtime:
+        print(f"nnsam3d: training files changed since {path} was made; extracting it again.", file=sys.stderr)
         return None
     try:
         fingerprint = DatasetFingerprint.load(path)
@@ -76,7 +88,7 @@ def dataset_fingerprint(
         cases = labelled_training_cases(raw_dir, description)
     path = fingerprint_path(dataset_name)
     if not clean:
-        fingerprint = _reusable_fingerprint(path, [case.case_id for case in cases])
+        fingerprint = _reusable_fingerprint(path, cases)
         if fingerprint is not None:
             return fingerprint
     fingerprint = extract_fingerprint(raw_dir, description, dataset_name, num_processes, cases=cases)
@@ -97,8 +109,10 @@ def plan_and_preprocess(
 ) -> Plans:
     """Fingerprint, plan and preprocess ``dataset`` (number or ``DatasetXXX_Name``); return the plans.
 
-    verify: run the integrity check first; on any problem raise
-        ``planners.integrity.DatasetIntegrityError`` listing them all, having written nothing.
+    verify: run the full integrity check first (``--verify_dataset_integrity``: also empty label
+        maps, implausible CT intensities, stray files, numTraining). Without it, the checks that
+        protect training still run while the fingerprint reads every case. Either way a problem
+        raises ``planners.integrity.DatasetIntegrityError`` listing them all, having written nothing.
     gpu_memory_gb: memory target (GiB) of the plan; default: the visible GPU, else a CPU plan.
     compute_budget_hours: hours per fold of the default schedule on the reference GPU
         (``planners.compute_budget``); default: about a day.
@@ -141,5 +155,6 @@ def plan_and_preprocess(
     plans.save(plans_path(dataset_name, plans_name))
     print(plans.explanation, flush=True)
 
-    preprocess_dataset(dataset_name, plans, num_processes=num_processes, clean=clean, cases=cases)
+    preprocess_dataset(dataset_name, plans, num_processes=num_processes, clean=clean, cases=cases,
+                       fingerprint=fingerprint)
     return plans

@@ -20,15 +20,20 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from nnsam3d import paths
 from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
 from nnsam3d.io.image_io import ImageIO, image_io_for_dataset
+from nnsam3d.io.disk_space import DiskFullError, disk_full_message, require_free_space
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
+from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CASE_PROPERTIES_SCHEMA_VERSION
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.preprocessing.parallel_cases import map_cases
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
+from nnsam3d.preprocessing.resampling import compute_new_shape
 
 SETTINGS_FILE = ".preprocessing.json"
 
@@ -75,6 +80,20 @@ def _preprocess_and_store(case: RawCase, plans: Plans, folder: Path, image_io: I
     return case.case_id
 
 
+def estimated_store_bytes(fingerprint: DatasetFingerprint, plans: Plans, case_ids: Sequence[str]) -> int:
+    """Bytes the stored cases ``case_ids`` will take: float32 channels and int16 labels on the
+    target grid (the foreground locations add well under 1%)."""
+    index = {case_id: i for i, case_id in enumerate(fingerprint.case_ids)}
+    bytes_per_voxel = 4 * len(plans.normalization) + 2
+    total = 0
+    for case_id in case_ids:
+        if case_id in index:
+            i = index[case_id]
+            shape = compute_new_shape(fingerprint.shapes_after_cropping[i], fingerprint.spacings[i], plans.target_spacing)
+            total += int(np.prod(shape)) * bytes_per_voxel
+    return total
+
+
 def _say(message: str) -> None:
     print(f"nnsam3d: {message}", file=sys.stderr)
 
@@ -86,6 +105,7 @@ def preprocess_dataset(
     num_processes: int = 2,
     clean: bool = False,
     cases: Sequence[RawCase] | None = None,
+    fingerprint: DatasetFingerprint | None = None,
 ) -> PreprocessingSummary:
     """Preprocess every training case of ``dataset`` (number or ``DatasetXXX_Name``) with ``plans``.
 
@@ -94,6 +114,9 @@ def preprocess_dataset(
     ``num_processes`` worker processes, one case per worker at a time.
     ``cases``: the labelled training cases when the caller has listed them already
     (``io.raw_dataset.labelled_training_cases``); default: listed here.
+    fingerprint: the dataset's fingerprint, when known, to refuse before starting (raising
+        ``io.disk_space.DiskFullError``) when the disk cannot hold the cases to preprocess. A disk
+        that fills up anyway raises the same error; finished cases are kept for the rerun.
     """
     dataset_name = paths.resolve_dataset_name(dataset)
     raw_dir = paths.raw_dataset_dir(dataset_name)
@@ -126,12 +149,24 @@ def preprocess_dataset(
     skipped = sorted(wanted - {case.case_id for case in todo})
     if skipped:
         _say(f"{len(skipped)} of {len(cases)} cases already preprocessed in {store.folder}; skipping them.")
-    done = map_cases(
-        partial(_preprocess_and_store, plans=plans, folder=store.folder, image_io=image_io),
-        todo,
-        num_processes,
-        f"Preprocessing {dataset_name}",
-    )
+    if fingerprint is not None and todo:
+        needed = estimated_store_bytes(fingerprint, plans, [case.case_id for case in todo])
+        require_free_space(store.folder, needed, f"preprocessing {len(todo)} case(s)")
+    try:
+        done = map_cases(
+            partial(_preprocess_and_store, plans=plans, folder=store.folder, image_io=image_io),
+            todo,
+            num_processes,
+            f"Preprocessing {dataset_name}",
+        )
+    except DiskFullError as error:
+        if fingerprint is None:
+            raise
+        remaining = [case.case_id for case in todo if not store.is_complete(case.case_id)]
+        needed = estimated_store_bytes(fingerprint, plans, remaining)
+        raise DiskFullError(
+            disk_full_message(store.folder, f"preprocessing the {len(remaining)} remaining case(s)", needed)
+        ) from error
 
     _copy_dataset_json(raw_dir / "dataset.json", output_dir / "dataset.json")
     return PreprocessingSummary(store=store, preprocessed=done, skipped=skipped, removed=removed)

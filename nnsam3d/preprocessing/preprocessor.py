@@ -2,7 +2,9 @@
 
 For one case, in this order (every volume in canonical (z, y, x) order, see ``io.geometry``):
 
-1. crop to the box of voxels non-zero in any channel (``cropped_case``);
+1. crop to the box of voxels non-zero in any channel (``cropped_case``); replace NaN/infinite
+   voxels by the channel's smallest finite value, with a warning naming the case (training data
+   never has any: fingerprinting refuses such files; a case to predict is segmented anyway);
 2. normalise each channel as ``plans.normalization`` says (``normalization``), before resampling,
    so that the non-zero mask and CT clipping act on the original voxels;
 3. resample to ``plans.target_spacing``: images with order ``plans.image_resampling_order``,
@@ -21,6 +23,7 @@ Entry points for inference: :func:`preprocess_case_files` (files → network inp
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,6 +46,35 @@ from nnsam3d.preprocessing.resampling import (
 MAX_LOCATIONS_PER_CLASS = 10_000
 """Foreground voxel locations kept per class and case: enough to centre patches anywhere in a
 class, small enough to load with the case. Classes with fewer voxels keep all of them."""
+
+
+class NonFiniteVoxelsWarning(UserWarning):
+    """A case's image held NaN or infinite voxels, which were replaced before preprocessing."""
+
+
+def replace_non_finite(images: np.ndarray, case_id: str) -> int:
+    """Replace NaN/±inf voxels of each channel of ``images`` (C, z, y, x), in place, by that
+    channel's smallest finite value (0 when it has none); returns how many were replaced.
+
+    The smallest value is the background (air in CT, 0 in most MRI), the least surprising value
+    for a voxel whose intensity is unknown; CT normalisation then clips it to its lower bound.
+    """
+    replaced = 0
+    for channel, values in enumerate(images):
+        finite = np.isfinite(values)
+        if finite.all():
+            continue
+        count = int(finite.size - np.count_nonzero(finite))
+        fill = float(values[finite].min()) if finite.any() else 0.0
+        values[~finite] = fill
+        replaced += count
+        warnings.warn(
+            f"{case_id}: {count} NaN/infinite voxel(s) in channel {channel} replaced by {fill:g}, the channel's "
+            f"smallest finite value, before prediction; check the file if this is unexpected.",
+            NonFiniteVoxelsWarning,
+            stacklevel=2,
+        )
+    return replaced
 
 
 @dataclass
@@ -97,6 +129,7 @@ def preprocess_cropped_case(case: CroppedCase, plans: Plans) -> PreprocessedCase
     unchanged use :func:`preprocess_case`, which copies.
     """
     original_spacing = case.spacing
+    replace_non_finite(case.images, case.case_id)
     mask = case.nonzero_mask() if needs_nonzero_mask(plans.normalization) else None
     images = normalize_image(case.images, plans.normalization, mask)
     del mask

@@ -81,6 +81,9 @@ class nnSAM3DTrainer:
     lr_schedule: str = "poly"
     gradient_clip_norm: float | None = DEFAULT_GRADIENT_CLIP_NORM
     checkpoint_every: int = 5
+    checkpoint_minutes: float = 3.0
+    """``checkpoint_latest.pth`` is also written after the first epoch ending this many minutes after
+    the last one, so that a killed run loses at most this much plus one epoch."""
     pseudo_dice_ema_factor: float = 0.9
     elastic_deformation: bool = False
 
@@ -391,6 +394,7 @@ class nnSAM3DTrainer:
             f"{self.iterations_per_epoch} iterations, peak lr {self.peak_learning_rate():.1e}"
         )
         budget = TimeBudget(self.request.time_budget_minutes, ctx)
+        latest_written = time.monotonic()
         for epoch in range(self.epochs_completed, self.num_epochs):
             record = self.run_epoch(epoch)
             self.epochs_completed = epoch + 1
@@ -399,8 +403,13 @@ class nnSAM3DTrainer:
                 self.best_ema = record.pseudo_dice_ema
                 self.save_checkpoint(checkpointing.BEST)
                 self.log.message(f"new best pseudo-Dice EMA {self.best_ema:.4f}: {checkpointing.BEST} written")
-            if self.epochs_completed % self.checkpoint_every == 0 and self.epochs_completed < self.num_epochs:
+            # rank 0's clock decides, so that every rank joins the same checkpoint writes
+            minutes_since_latest = ctx.value_of_main(int(time.monotonic() - latest_written)) / 60
+            if self.epochs_completed < self.num_epochs and (
+                self.epochs_completed % self.checkpoint_every == 0 or minutes_since_latest >= self.checkpoint_minutes
+            ):
                 self.save_checkpoint(checkpointing.LATEST)
+                latest_written = time.monotonic()
             if budget.after_epoch(record.seconds, self.epochs_completed, self.num_epochs,
                                   self.optimization.schedule, self.iterations_per_epoch):
                 self.log.message(

@@ -111,12 +111,10 @@ def model_only(training_state: dict) -> dict:
 
 def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continue_training: bool) -> ResumePoint | None:
     """``--val``: the final checkpoint, which must exist. ``--c``: the checkpoint with the most epochs
-    among final and latest that carry the optimiser state, None when the fold has none yet.
-    Otherwise None (a new run).
-
-    ``checkpoint_best.pth`` is not resumed from: it is older than latest and resuming it would
-    repeat epochs. A final checkpoint without the optimiser state (see the module) is a model,
-    not a resume point.
+    among those that carry the optimiser state, whatever their name (final, latest or best: a run
+    killed before its first ``checkpoint_latest.pth`` may have left only ``checkpoint_best.pth``);
+    None when the fold has none yet. Otherwise None (a new run). A final checkpoint without the
+    optimiser state (see the module) is a model, not a resume point.
     """
     fold_folder = Path(fold_folder)
     if validation_only:
@@ -131,13 +129,12 @@ def find_resume_point(fold_folder: str | Path, *, validation_only: bool, continu
         return None
     # Memory-mapped: only the chosen checkpoint's tensors are ever read from disk.
     found = [ResumePoint(fold_folder / name, load_checkpoint(fold_folder / name, mmap=True))
-             for name in (FINAL, LATEST) if (fold_folder / name).is_file()]
+             for name in (FINAL, LATEST, BEST) if (fold_folder / name).is_file()]
     resumable = [point for point in found if RESUME_STATE_KEY in point.state]
     if found and not resumable:
         raise TrainingInputError(
             f"{found[0].path}: holds the trained model but not the optimiser state needed to resume "
             f"({LATEST} carries it and is missing). Train this fold again without --c, or restore {LATEST}."
         )
-    found = resumable
     # max() keeps the first of equals: on equal epochs final wins, it is what the finished run left.
-    return max(found, key=lambda point: point.checkpoint.epoch, default=None)
+    return max(resumable, key=lambda point: point.checkpoint.epoch, default=None)

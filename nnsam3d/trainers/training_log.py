@@ -36,12 +36,36 @@ class EpochRecord:
     seconds: float
 
 
-def format_epoch(record: EpochRecord, num_epochs: int, class_names: list[str]) -> str:
+RECENT_EPOCHS_FOR_ESTIMATE = 5
+"""The remaining time is estimated from the mean duration of this many recent epochs."""
+
+
+def remaining_seconds(history: list[EpochRecord], num_epochs: int) -> float:
+    """Estimated seconds until epoch ``num_epochs`` ends, from the recent epochs' durations."""
+    if not history:
+        return math.nan
+    recent = [r.seconds for r in history[-RECENT_EPOCHS_FOR_ESTIMATE:]]
+    return max(0, num_epochs - history[-1].epoch) * sum(recent) / len(recent)
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` → ``'1 min 15 s'``; ``3900`` → ``'1 h 05 min'``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def format_epoch(record: EpochRecord, num_epochs: int, class_names: list[str], remaining: float = math.nan) -> str:
+    """One console/log line; ``remaining``: estimated seconds left (shown when known and non-zero)."""
     dice = ", ".join(f"{name} {value:.3f}" for name, value in zip(class_names, record.pseudo_dice))
+    left = f", about {format_duration(remaining)} left" if remaining > 0 else ""
     return (
         f"epoch {record.epoch}/{num_epochs}: train loss {record.train_loss:.4f}, val loss {record.val_loss:.4f}, "
         f"pseudo-Dice [{dice}] (EMA {record.pseudo_dice_ema:.4f}), lr {record.learning_rate:.2e}, "
-        f"{record.seconds:.1f} s"
+        f"{record.seconds:.1f} s{left}"
     )
 
 
@@ -72,7 +96,7 @@ class TrainingLog:
 
     def record_epoch(self, record: EpochRecord, num_epochs: int, class_names: list[str]) -> None:
         self.history.append(record)
-        self.message(format_epoch(record, num_epochs, class_names))
+        self.message(format_epoch(record, num_epochs, class_names, remaining_seconds(self.history, num_epochs)))
         if self.enabled:
             plot_progress(self.history, class_names, self.folder / PROGRESS_FILENAME)
 

@@ -13,12 +13,16 @@ from nnsam3d.commands.demo import main as demo_main
 
 def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys):
     workdir = tmp_path / "demo"
-    arguments = ["--workdir", str(workdir), "--minutes", "0.05", "--iterations-per-epoch", "2", "--device", "cpu"]
+    # a fixed amount of work (3 epochs x 2 iterations) cut short by a tiny time budget
+    arguments = ["--workdir", str(workdir), "--epochs", "3", "--iterations-per-epoch", "2", "--minutes", "0.001",
+                 "--device", "cpu"]
 
     assert demo_main(arguments) == 0
     printed = capsys.readouterr().out
-    for expected in ("1/5", "2/5", "3/5", "4/5", "5/5", "liver", "kidney", "lesion", "foreground mean"):
+    for expected in ("1/5", "2/5", "3/5", "4/5", "5/5", "liver", "kidney", "lesion", "foreground mean",
+                     "3 epochs x 2 iterations, at most 0.001 minutes", "left\n"):
         assert expected in printed
+    assert "Note: the time budget (0.001 minutes) ended training after 1 of 3 epochs" in printed
 
     dataset = workdir / "raw" / "Dataset990_SyntheticCT"
     fold = workdir / "results" / "Dataset990_SyntheticCT" / "nnSAM3DTrainer__nnsam3d_plans" / "fold_0"

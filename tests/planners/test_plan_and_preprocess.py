@@ -113,9 +113,7 @@ def test_user_errors_exit_with_a_message_and_write_nothing(
 ):
     if break_dataset is not None:
         break_dataset(small_ct_dataset)
-    with pytest.raises(SystemExit) as caught:
-        main([*argv, "--backbone", "vit_tiny"])
-    assert caught.value.code == 1
+    assert main([*argv, "--backbone", "vit_tiny"]) == 1
     stderr = capsys.readouterr().err
     assert expected in stderr and "Traceback" not in stderr
     assert list(nnsam3d_folders.preprocessed.iterdir()) == []

