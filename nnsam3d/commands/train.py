@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget-minutes", type=float, default=None,
                         help="stop after the epoch in which this much training time is used up, then "
                         "finish as if the schedule had ended (final checkpoint and validation)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile of the network (off by default; pays a compilation "
+                        "of a minute or more at the start, can speed up long GPU runs)")
     return parser
 
 
@@ -88,6 +91,7 @@ def request_from_arguments(arguments: argparse.Namespace) -> TrainingRequest:
         seed=arguments.seed,
         num_workers=arguments.num_workers,
         time_budget_minutes=arguments.time_budget_minutes,
+        compile=arguments.compile,
     )
 
 

@@ -47,7 +47,7 @@ from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.nifti import ImageGeometry, from_canonical, read_volume, to_canonical
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
-from nnsam3d.model.network import build_network
+from nnsam3d.model.network import build_network, compile_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
@@ -114,6 +114,7 @@ class Predictor:
         ``postprocessing.json`` when present).
     accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
     progress: progress bars over cases and windows.
+    compile: run each network through ``torch.compile`` (``model.network.compile_network``).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class Predictor:
         postprocessing: PostprocessingRules | None = None,
         accumulator_dtype: torch.dtype = torch.float16,
         progress: bool = False,
+        compile: bool = False,
     ):
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -151,8 +153,11 @@ class Predictor:
             if hasattr(network, "deep_supervision"):
                 network.deep_supervision = False
             self.networks.append(network)
+        # The compiled modules only run the windows; self.networks stay the plain networks.
         self.window_ensemble = WindowEnsemble(
-            self.networks, SPATIAL_AXES if self.use_mirroring else (), autocast_dtype=autocast_dtype_for(self.device)
+            [compile_network(network) for network in self.networks] if compile else self.networks,
+            SPATIAL_AXES if self.use_mirroring else (),
+            autocast_dtype=autocast_dtype_for(self.device),
         )
 
     # ------------------------------------------------------------------ construction from files

@@ -36,7 +36,7 @@ from nnsam3d.io.atomic import atomic_path
 from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.model.network import build_network, count_parameters
+from nnsam3d.model.network import build_network, compile_network, count_parameters
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers import checkpointing
@@ -191,6 +191,8 @@ class nnSAM3DTrainer:
             network.load_state_dict(self.resume_from.checkpoint.network_weights)
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.network_module)
+        if self.request.compile:
+            self.network = compile_network(self.network)
         self.loss = self.build_loss()
 
         self.epochs_completed = 0

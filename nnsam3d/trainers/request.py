@@ -22,6 +22,7 @@ class TrainingRequest:
     num_epochs, iterations_per_epoch: override the trainer's schedule (None keeps it).
     num_workers: augmentation worker processes; None chooses (0 on the CPU, several per GPU).
     time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
+    compile: train through ``torch.compile`` of the network (``model.network.compile_network``).
     """
 
     dataset: str
@@ -37,6 +38,7 @@ class TrainingRequest:
     seed: int = 0
     num_workers: int | None = None
     time_budget_minutes: float | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
