@@ -127,3 +127,31 @@ def module_dataset(tmp_path_factory, _dataset_template, point_folders):
     with pytest.MonkeyPatch.context() as patch:
         point_folders(root, patch)
         yield install_tiny_dataset(_dataset_template, root), root
+
+
+def assert_reported_dice_matches_files(summary: dict, prediction_dir: Path, reference_dir: Path,
+                                       labels: dict[str, int]) -> None:
+    """The Dice an evaluation summary reports is the Dice of the files on disk: recomputed here
+    with numpy, case by case and class by class (None where both masks are empty)."""
+    import nibabel as nib
+    import numpy as np
+
+    assert summary["per_case"], "the summary lists no case"
+    for case in summary["per_case"]:
+        prediction = np.asarray(nib.load(prediction_dir / Path(case["prediction_file"]).name).dataobj)
+        reference = np.asarray(nib.load(reference_dir / Path(case["reference_file"]).name).dataobj)
+        for name, value in labels.items():
+            overlap = 2 * np.count_nonzero((prediction == value) & (reference == value))
+            total = np.count_nonzero(prediction == value) + np.count_nonzero(reference == value)
+            reported = case["metrics"][name]["Dice"]
+            if total == 0:
+                assert reported is None, (case["case_id"], name)
+            else:
+                assert reported == pytest.approx(overlap / total), (case["case_id"], name)
+
+
+@pytest.fixture(scope="session")
+def reported_dice_check():
+    """:func:`assert_reported_dice_matches_files`, for test modules (which cannot import this
+    conftest under --import-mode=importlib)."""
+    return assert_reported_dice_matches_files

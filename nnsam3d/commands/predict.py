@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "counts: accepted for nnU-Net scripts, without effect here", action=no_effect(
                             "-npp/-nps", "one background thread reads and preprocesses the next case and one exports "
                             "the previous case while the network runs"))
+    parser.add_argument("--compile", action="store_true",
+                        help="run the networks through torch.compile (off by default; pays a compilation "
+                        "of a minute or more at the start, helps on GPUs for many cases)")
     return parser
 
 
@@ -78,6 +81,7 @@ def predict(arguments: argparse.Namespace) -> int:
         batch_size=arguments.batch_size,
         progress=not arguments.no_progress,
         sam_checkpoint=arguments.sam_checkpoint,
+        compile=arguments.compile,
     )
     if arguments.model is not None:
         with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", dest="splits_file", default=None, metavar="SPLITS_JSON",
                         help="a splits_final.json (nnU-Net's, say) to use as this dataset's folds; default: the "
                         "dataset's own, else nnU-Net's from $nnUNet_preprocessed, else nnU-Net's 5 folds")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile of the network (off by default; pays a compilation "
+                        "of a minute or more at the start, can speed up long GPU runs)")
     return parser
 
 
@@ -78,6 +81,7 @@ def request_from_arguments(arguments: argparse.Namespace) -> TrainingRequest:
         num_workers=arguments.num_workers,
         time_budget_minutes=arguments.time_budget_minutes,
         splits_file=arguments.splits_file,
+        compile=arguments.compile,
     )
 
 

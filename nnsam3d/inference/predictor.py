@@ -57,6 +57,7 @@ from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, image_io_for_dataset, re
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 from nnsam3d.model.sam_checkpoints import SamSource
 from nnsam3d.model.trained_weights import rebuild_trained_network
+from nnsam3d.model.network import compile_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
@@ -125,6 +126,7 @@ class Predictor:
         ``postprocessing.json`` when present).
     accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
     progress: progress bars over cases and windows.
+    compile: run each network through ``torch.compile`` (``model.network.compile_network``).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Predictor:
         postprocessing: PostprocessingRules | None = None,
         accumulator_dtype: torch.dtype = torch.float16,
         progress: bool = False,
+        compile: bool = False,
     ):
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -164,8 +167,11 @@ class Predictor:
             if hasattr(network, "deep_supervision"):
                 network.deep_supervision = False
             self.networks.append(network)
+        # The compiled modules only run the windows; self.networks stay the plain networks.
         self.window_ensemble = WindowEnsemble(
-            self.networks, SPATIAL_AXES if self.use_mirroring else (), autocast_dtype=autocast_dtype_for(self.device)
+            [compile_network(network) for network in self.networks] if compile else self.networks,
+            SPATIAL_AXES if self.use_mirroring else (),
+            autocast_dtype=autocast_dtype_for(self.device),
         )
 
     # ------------------------------------------------------------------ construction from files

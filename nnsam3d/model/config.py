@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from nnsam3d.model.backbones import get_backbone
-from nnsam3d.model.layout import token_grid
+from nnsam3d.model.layout import token_grid, window_layout
 
 NETWORK_CONFIG_SCHEMA_VERSION = 1
 
@@ -92,6 +92,12 @@ class NetworkConfig:
     def token_grid(self) -> tuple[int, int, int]:
         """Tokens per axis (z, y, x) for one patch."""
         return token_grid(self.patch_size, self.token_size)
+
+    @property
+    def window_padding_ratio(self) -> float:
+        """Tokens a window block processes per real token (1.0: the windows tile the grid);
+        global blocks have no padding."""
+        return window_layout(self.token_grid, self.window_size).padding_ratio
 
     @property
     def num_tokens(self) -> int:

@@ -7,8 +7,9 @@ Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums ov
   transposed convolution (kernel = stride = the integer ratio) brings it to the decoder level
   it joins: the deepest block joins the coarsest level (the token grid), the others one level
   finer each (for tokens of 16 in-plane: 1/8, 1/4, 1/2).
-* **Stem**: conv-norm-act on the input at full resolution, then two stride-2 ones: skips at
-  full, 1/2 and 1/4 resolution, so that boundaries finer than a 16-voxel token survive.
+* **Stem**: conv-norm-act on the input at full resolution, then two strided ones (stride 2
+  along the axes where the level halves, 1 where it does not): skips at levels 0, 1, 2, so that
+  boundaries finer than a 16-voxel token survive.
 * **Levels**, coarse to fine: the upsampled coarser level, the neck and the stem skip of that
   level are *summed* (LinkNet/FPN style: it halves the input width of the full-resolution
   convolution, the most expensive layer on a CPU), then 3x3x3 conv-norm-act blocks (one at
@@ -17,11 +18,12 @@ Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums ov
 * **Heads**: 1x1x1 convolutions to the class logits at full resolution and, with deep
   supervision, at levels 1 and 2.
 
-Level shapes are ``ceil(s / 2)`` and ``ceil(s / 4)`` per axis for levels 1 and 2, whatever the
-input size: with z = 20 the deep-supervision outputs have 10 and 5 slices, with z = 10 they
-have 5 and 3. Where an upsampled tensor does not land on the level's shape (odd sizes), it is
-cropped at the far end (the stride-2 stem and ceil-halving place coarse voxels at even fine
-indices) or, where it is too small, trilinearly resized.
+Level shapes (``layout.decoder_level_shapes``) halve each axis while it is finer than the token
+grid and never go below it: with tokens 4 deep and z = 20 the deep-supervision outputs have 10
+and 5 slices; with tokens 2 deep and z = 16 they have 8 and 8 (the grid), with tokens 1 deep 16
+and 16. No level is coarser than the token grid, so every token reaches the logits. Where an
+upsampled or strided tensor does not land on the level's shape (odd sizes, non-integer ratios)
+it is trilinearly resized, never cropped.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from torch import Tensor, nn
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
-    STEM_LEVELS,
     Shape3,
     convs_per_level,
     decoder_level_shapes,
     decoder_widths,
     feature_levels,
     integer_upsampling_factor,
+    stem_strides,
 )
 
 LEAKY_RELU_SLOPE = 1e-2
@@ -46,20 +48,18 @@ INSTANCE_NORM_EPS = 1e-5
 
 
 def fit_to_shape(x: Tensor, shape: Shape3) -> Tensor:
-    """Crop ``(B, C, *spatial)`` at the far end of each axis that is too long, then resize
-    trilinearly if any axis is still too short. Returns ``x`` itself when it already fits."""
+    """``(B, C, *spatial)`` resized trilinearly to ``shape`` where it differs (odd sizes and
+    non-integer ratios); ``x`` itself when it already fits. Never crops: a cropped voxel would
+    be a token or a stem voxel that never reaches the logits."""
     if tuple(x.shape[2:]) == tuple(shape):
         return x
-    x = x[:, :, : shape[0], : shape[1], : shape[2]]
-    if tuple(x.shape[2:]) != tuple(shape):
-        x = F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)
-    return x
+    return F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)
 
 
 class ConvNormAct(nn.Sequential):
     """3D convolution (no bias: the norm removes it), InstanceNorm, in-place LeakyReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int | Shape3 = 1):
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
             nn.InstanceNorm3d(out_channels, eps=INSTANCE_NORM_EPS, affine=True),
@@ -107,8 +107,8 @@ class Decoder3D(nn.Module):
             for level in self.feature_levels
         )
         self.stem = nn.ModuleList(
-            ConvNormAct(widths.stem[level], widths.stem[level + 1], stride=1 if level == 0 else 2)
-            for level in range(STEM_LEVELS)
+            ConvNormAct(widths.stem[level], widths.stem[level + 1], stride=stride)
+            for level, stride in enumerate(stem_strides(shapes))
         )
         self.upsamplers = nn.ModuleList(
             upsampling_convolution(
@@ -139,7 +139,7 @@ class Decoder3D(nn.Module):
         skip = x
         for level, conv in enumerate(self.stem):
             skip = conv(skip)
-            terms[level].append(skip)
+            terms[level].append(fit_to_shape(skip, shapes[level]))
         for neck, lateral, feature, level in zip(self.necks, self.laterals, features, self.feature_levels):
             terms[level].append(fit_to_shape(lateral(neck(feature)), shapes[level]))
 

@@ -10,9 +10,9 @@ Vocabulary:
 * *token grid*: tokens per axis, ``spatial // token_size``.
 * *window*: tokens per attention window per axis; a window larger than the grid on an axis is
   clipped to the grid on that axis (a global block's window is the whole grid).
-* *decoder levels*: level 0 is the input resolution, levels 1 and 2 are exactly ``ceil(s / 2)``
-  and ``ceil(s / 4)`` per axis (the deep-supervision outputs), deeper levels halve each axis
-  that is still finer than the token grid until the token grid is reached.
+* *decoder levels*: level 0 is the input resolution; each further level halves every axis
+  still finer than the token grid, never below the grid, until the token grid is reached
+  (at least three levels: levels 1 and 2 carry the deep-supervision outputs).
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ class WindowLayout:
     def is_padded(self) -> bool:
         return self.padded_grid != self.grid
 
+    @property
+    def padding_ratio(self) -> float:
+        """Padded tokens per real token (1.0 without padding): the block's wasted work factor."""
+        return prod(self.padded_grid) / prod(self.grid)
+
 
 def window_layout(grid: Shape3, window: Shape3 | None) -> WindowLayout:
     """Window layout of a block; ``window=None`` means global attention (one window = grid)."""
@@ -109,28 +114,50 @@ def hw_relative_position_length(sam_grid: int, sam_window: int, is_global: bool)
     return 2 * (sam_grid if is_global else sam_window) - 1
 
 
+STEM_LEVELS = 3
+"""The convolutional stem on the input gives skips at levels 0, 1, 2 (full, 1/2, 1/4)."""
+
+
 def decoder_level_shapes(spatial_shape: Shape3, grid: Shape3) -> list[Shape3]:
     """Voxel shape of every decoder level, from the input resolution to the coarsest.
 
-    Levels 0, 1, 2 are the input shape and ``ceil(s / 2)``, ``ceil(s / 4)`` per axis: the
-    full-resolution logits and the two deep-supervision outputs. Then each axis still finer
-    than the token grid is halved (never below the grid, never back up) until no axis is finer
-    than the grid. With token size (4, 16, 16) and a (32, 128, 128) patch that gives
-    (32,128,128), (16,64,64), (8,32,32), (8,16,16), (8,8,8).
+    Level 0 is the input shape. Each further level halves (``ceil(s / 2)``) every axis still
+    finer than the token grid, never going below the grid on any axis, until every axis is at
+    the grid; there are always at least ``STEM_LEVELS`` levels (the full-resolution logits and
+    the two deep-supervision outputs). So no level is coarser than the token grid along any
+    axis, and every encoder token reaches the level its feature joins: an axis whose tokens
+    are 1 or 2 voxels deep stops halving at the grid. With token size (4, 16, 16) and a
+    (32, 128, 128) patch that gives (32,128,128), (16,64,64), (8,32,32), (8,16,16), (8,8,8);
+    with token size (2, 16, 16) and a (32, 64, 64) patch (32,64,64), (16,32,32), (16,16,16),
+    (16,8,8), (16,4,4).
     """
     shapes: list[Shape3] = [tuple(spatial_shape)]
-    for _ in range(2):
-        shapes.append(tuple(ceil(s / 2) for s in shapes[-1]))
-    while any(s > g for s, g in zip(shapes[-1], grid)):
+    while len(shapes) < STEM_LEVELS or any(s > g for s, g in zip(shapes[-1], grid)):
         shapes.append(tuple(max(ceil(s / 2), min(g, s)) for s, g in zip(shapes[-1], grid)))
     return shapes
+
+
+def stem_strides(shapes: list[Shape3]) -> list[Shape3]:
+    """Stride per axis of each stem convolution (one per level below ``STEM_LEVELS``): 2 along
+    the axes where the level halves the one before it, 1 where it keeps it (level 0: all 1).
+    A padded 3x3x3 convolution of stride 2 turns ``s`` voxels into ``ceil(s / 2)``."""
+    return [
+        (1, 1, 1) if level == 0 else tuple(2 if c < f else 1 for f, c in zip(shapes[level - 1], shapes[level]))
+        for level in range(STEM_LEVELS)
+    ]
+
+
+def strided_shape(shape: Shape3, stride: Shape3) -> Shape3:
+    """Output shape of a padded 3x3x3 convolution of ``stride`` on ``shape`` voxels."""
+    return tuple(ceil(s / t) for s, t in zip(shape, stride))
 
 
 def integer_upsampling_factor(fine: Shape3, coarse: Shape3) -> Shape3:
     """Kernel/stride of the transposed convolution that takes ``coarse`` towards ``fine``.
 
-    ``fine // coarse`` per axis, at least 1. Where the ratio is not an integer (odd sizes) the
-    result is then fitted to ``fine`` (cropped or interpolated, see ``decoder3d.fit_to_shape``).
+    ``fine // coarse`` per axis, at least 1; never longer than ``fine`` when ``fine >= coarse``,
+    which the levels guarantee. Where the ratio is not an integer (odd sizes) the result is then
+    resized to ``fine`` (see ``decoder3d.fit_to_shape``); nothing is cropped.
     """
     return tuple(max(1, f // c) for f, c in zip(fine, coarse))
 
@@ -149,10 +176,6 @@ def feature_levels(num_features: int, num_levels: int) -> list[int]:
 def level_channels(decoder_channels: tuple[int, ...], level: int) -> int:
     """Width of decoder level ``level``: ``decoder_channels[level]``, the last entry beyond."""
     return decoder_channels[min(level, len(decoder_channels) - 1)]
-
-
-STEM_LEVELS = 3
-"""The convolutional stem on the input gives skips at levels 0, 1, 2 (full, 1/2, 1/4)."""
 
 
 @dataclass(frozen=True)

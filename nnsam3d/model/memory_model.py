@@ -51,7 +51,6 @@ from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
-    STEM_LEVELS,
     WindowLayout,
     convs_per_level,
     decoder_level_shapes,
@@ -61,6 +60,8 @@ from nnsam3d.model.layout import (
     hw_relative_position_length,
     integer_upsampling_factor,
     sdpa_head_width,
+    stem_strides,
+    strided_shape,
     window_layout,
 )
 
@@ -315,24 +316,22 @@ def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         tally.parameters(lateral, True, lateral)
 
     stem_widths = widths.stem
-    for level in range(STEM_LEVELS):
+    stem_input = config.patch_size
+    for level, stride in enumerate(stem_strides(shapes)):
         weight = stem_widths[level] * stem_widths[level + 1] * CONV_KERNEL_VOXELS
         tally.parameters(weight + 2 * stem_widths[level + 1], True, weight)
-        tally.saved(f"stem_{level}", _conv_norm_act(batch, stem_widths[level + 1], prod(shapes[level]), bytes_))
+        # The stem's own output (resized to the level afterwards only for non-integer ratios).
+        stem_input = strided_shape(stem_input, stride)
+        tally.saved(f"stem_{level}", _conv_norm_act(batch, stem_widths[level + 1], prod(stem_input), bytes_))
 
     for level, shape in enumerate(shapes):
         width, voxels = channels[level], prod(shape)
         if level + 1 < len(shapes):
             weight = channels[level + 1] * width * prod(integer_upsampling_factor(shape, shapes[level + 1]))
             tally.parameters(weight, True, weight)
-        terms = levels.count(level) + (level < STEM_LEVELS) + (level + 1 < len(shapes))
-        if terms > 1:
-            fused = voxels  # a fresh sum
-        else:  # the coarsest level's single lateral, possibly a cropped view of a larger output
-            factor = integer_upsampling_factor(shape, grid)
-            lateral = tuple(g * f for g, f in zip(grid, factor))
-            fused = prod(lateral) if all(a >= s for a, s in zip(lateral, shape)) else voxels
-        tally.saved(f"level_{level}", bytes_.low * batch * width * fused)
+        # The level's input: a fresh sum, or the coarsest level's single lateral (at the
+        # level's shape, directly or resized; nothing is cropped).
+        tally.saved(f"level_{level}", bytes_.low * batch * width * voxels)
         for _ in range(convs_per_level(level)):
             weight = width * width * CONV_KERNEL_VOXELS
             tally.parameters(weight + 2 * width, True, weight)

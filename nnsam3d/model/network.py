@@ -27,8 +27,10 @@ class MedSAM3D(nn.Module):
 
     forward(x): x ``(B, C, z, y, x)`` with every spatial size a multiple of
     ``config.token_size``. Returns logits ``(B, K, z, y, x)`` when ``deep_supervision`` is
-    False, else ``(full, half, quarter)`` with shapes ``(B, K, z, y, x)``,
-    ``(B, K, ceil(z/2), ceil(y/2), ceil(x/2))`` and ``(B, K, ceil(z/4), ceil(y/4), ceil(x/4))``.
+    False, else ``(full, half, quarter)`` at decoder levels 0, 1, 2
+    (``layout.decoder_level_shapes``): ``(B, K, z, y, x)``, then each axis halved (ceil) twice
+    but never below the token grid, e.g. ``(B, K, z/2, y/2, x/2)`` and ``(B, K, z/4, y/4, x/4)``
+    for tokens 4 or more voxels along every axis.
     ``deep_supervision`` starts as ``config.deep_supervision`` and may be toggled at any time.
     """
 
@@ -72,6 +74,17 @@ def apply_trainable_mode(network: MedSAM3D) -> None:
     """Set ``requires_grad`` of every parameter from ``network.config``."""
     for name, parameter in network.named_parameters():
         parameter.requires_grad_(parameter_is_trainable(name, network.config))
+
+
+def compile_network(network: nn.Module) -> nn.Module:
+    """``torch.compile`` of ``network`` (PyTorch's default inductor backend; on the CPU it needs
+    a C++ compiler). Compilation happens at the first call, for the input shape of that call;
+    training and sliding-window inference keep one patch size, so it happens once. The compiled
+    module shares parameters and state with ``network``: checkpoints are still written from
+    ``network`` itself."""
+    import torch
+
+    return torch.compile(network)
 
 
 def load_sam_weights(network: MedSAM3D, sam_checkpoint: str | os.PathLike) -> None:

@@ -363,7 +363,7 @@ def explain_plan(
         f"because {candidates.reason}.",
         f"Tokens of {_dims(network.token_size)} voxels ({_dims(token_mm, 1)} mm): {in_plane_text}; depth chosen "
         f"so that a token is about as deep as it is wide in mm; attention windows of "
-        f"{_dims(network.window_size)} tokens.",
+        f"{_dims(network.window_size)} tokens ({network.window_padding_ratio:.2f} tokens processed per real token).",
         f"Patch {_dims(network.patch_size)} voxels ({_dims(patch_mm)} mm, {network.num_tokens} tokens), covering "
         f"{volume_coverage:.0%} of the median image volume ({', '.join(f'{c:.0%}' for c in coverage)} per axis): "
         f"{patch_reason}.",

@@ -111,21 +111,49 @@ def patch_size_path(
     return path
 
 
-def depth_window_size(depth_tokens: int) -> int:
-    """Depth of the attention window (tokens): at most ``MAX_DEPTH_WINDOW`` and the grid depth,
-    chosen to waste the least padding of the depth grid (the deeper on ties)."""
+MAX_WINDOW_PADDING_RATIO = 1.25
+"""Most padded tokens per real token a window block may process (padding tokens cost as much
+attention as real ones, and a corner window of mostly padding is unlike anything SAM saw)."""
+
+
+def balanced_window(tokens: int, largest: int) -> int:
+    """Window (tokens) along one axis of ``tokens`` tokens: the fewest windows of at most
+    ``largest`` tokens that cover the axis, made as equal as possible,
+    ``ceil(tokens / ceil(tokens / largest))``. ``largest`` itself where it tiles the axis or the
+    axis is no longer. The padding is less than one token per window, so the padded/real ratio
+    along the axis is below ``1 + 1 / largest`` (1.072 for SAM's 14), and windows hold more
+    than ``largest / 2`` tokens per axis."""
+    if tokens <= largest:
+        return tokens
+    return -(-tokens // -(-tokens // largest))
+
+
+def padding_along(tokens: int, window: int) -> float:
+    """Padded/real ratio along one axis."""
+    return -(-tokens // window) * window / tokens
+
+
+def depth_window_size(depth_tokens: int, in_plane_ratio: float = 1.0) -> int:
+    """Depth of the attention window (tokens): the grid depth up to ``MAX_DEPTH_WINDOW``; beyond,
+    the window of 2..``MAX_DEPTH_WINDOW`` that wastes the least padding (the deeper on ties)
+    while the block's padded/real ratio (``in_plane_ratio`` times the depth's) stays within
+    ``MAX_WINDOW_PADDING_RATIO``; 1 when none does."""
     if depth_tokens <= MAX_DEPTH_WINDOW:
         return depth_tokens
-    return min(
-        range(MAX_DEPTH_WINDOW, 1, -1),
-        key=lambda window: -(-depth_tokens // window) * window - depth_tokens,
-    )
+    fitting = [
+        window
+        for window in range(MAX_DEPTH_WINDOW, 1, -1)
+        if in_plane_ratio * padding_along(depth_tokens, window) <= MAX_WINDOW_PADDING_RATIO
+    ]
+    return min(fitting, key=lambda window: padding_along(depth_tokens, window), default=1)
 
 
 def window_size_for(token_grid: Sequence[int]) -> tuple[int, int, int]:
-    """Attention window (tokens, z, y, x) for a patch with ``token_grid`` tokens per axis."""
-    return (
-        depth_window_size(token_grid[0]),
-        min(SAM_WINDOW, token_grid[1]),
-        min(SAM_WINDOW, token_grid[2]),
-    )
+    """Attention window (tokens, z, y, x) for a patch with ``token_grid`` tokens per axis.
+
+    In-plane: SAM's 14 where it tiles the grid (or the grid is smaller), else the balanced
+    window (:func:`balanced_window`); then the depth window within the padding budget, so that
+    window blocks process at most ``MAX_WINDOW_PADDING_RATIO`` padded tokens per real token."""
+    in_plane = tuple(balanced_window(tokens, SAM_WINDOW) for tokens in token_grid[1:])
+    in_plane_ratio = padding_along(token_grid[1], in_plane[0]) * padding_along(token_grid[2], in_plane[1])
+    return (depth_window_size(token_grid[0], in_plane_ratio), *in_plane)

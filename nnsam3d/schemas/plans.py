@@ -120,6 +120,8 @@ class Plans:
     normalization: one entry per input channel.
     median_shape: median case shape (voxels, z, y, x) after cropping and resampling.
     network: the 3DMedSAM configuration (patch size, backbone, token size, window, adapters...).
+        The file also records its ``window_padding_ratio`` (derived, not read back): tokens a
+        window block processes per real token.
     batch_size: patches per training step (at least 2).
     foreground_oversampling: share of each batch centred on foreground.
     memory: the budget and the estimate behind the choice.
@@ -179,6 +181,7 @@ class Plans:
             "backbone": self.network.backbone,
             "foreground_oversampling": self.foreground_oversampling,
             "network": self.network.to_json(),
+            "window_padding_ratio": round(self.network.window_padding_ratio, 4),
             "memory": asdict(self.memory),
             "compute": None if self.compute is None else asdict(self.compute),
             "explanation": self.explanation,
@@ -192,7 +195,8 @@ class Plans:
             return cls(
                 dataset_name=content["dataset_name"],
                 plans_name=content.get("plans_name", DEFAULT_PLANS_NAME),
-                # "anisotropic_axis" is written for readers of the file but derived, so not read back
+                # "anisotropic_axis" and "window_padding_ratio" are written for readers of the file
+                # but derived (from the spacing and the network), so not read back
                 target_spacing=tuple(content["target_spacing"]),
                 image_resampling_order=int(content.get("image_resampling_order", 3)),
                 median_shape=tuple(content["median_shape"]),

@@ -34,7 +34,7 @@ from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.model.network import build_network, count_parameters
+from nnsam3d.model.network import build_network, compile_network, count_parameters
 from nnsam3d.model.sam_checkpoints import SamSource, resolve_sam_checkpoint
 from nnsam3d.model.trained_weights import rebuild_trained_network
 from nnsam3d.schemas.plans import Plans
@@ -200,6 +200,8 @@ class nnSAM3DTrainer:
             )
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.network_module)
+        if self.request.compile:
+            self.network = compile_network(self.network)
         self.loss = self.build_loss()
 
         self.epochs_completed = 0

@@ -23,6 +23,7 @@ class TrainingRequest:
     num_workers: augmentation worker processes; None chooses (0 on the CPU, several per GPU).
     time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
     splits_file: a ``splits_final.json`` (nnU-Net's, say) to adopt as the dataset's folds.
+    compile: train through ``torch.compile`` of the network (``model.network.compile_network``).
     """
 
     dataset: str
@@ -39,6 +40,7 @@ class TrainingRequest:
     num_workers: int | None = None
     time_budget_minutes: float | None = None
     splits_file: str | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)

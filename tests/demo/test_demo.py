@@ -11,7 +11,7 @@ import numpy as np
 from nnsam3d.commands.demo import main as demo_main
 
 
-def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys):
+def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys, reported_dice_check):
     workdir = tmp_path / "demo"
     # a fixed amount of work (3 epochs x 2 iterations) cut short by a tiny time budget
     arguments = ["--workdir", str(workdir), "--epochs", "3", "--iterations-per-epoch", "2", "--minutes", "0.001",
@@ -42,7 +42,8 @@ def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys):
 
     summary = json.loads((workdir / "predictions" / "summary.json").read_text())
     assert set(summary["labels"]) == {"liver", "kidney", "lesion"}
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert len(summary["per_case"]) == len(predictions)
+    reported_dice_check(summary, workdir / "predictions", dataset / "labelsTs", {"liver": 1, "kidney": 2, "lesion": 3})
 
     checkpoint_time = (fold / "checkpoint_final.pth").stat().st_mtime_ns
     assert demo_main(arguments) == 0

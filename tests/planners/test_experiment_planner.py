@@ -14,6 +14,7 @@ import pytest
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.compute_model import estimate_training_flops
+from nnsam3d.model.layout import window_layout
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.planners.experiment_planner import (
     SAM_BACKBONES,
@@ -170,6 +171,41 @@ def test_plans_for_8_24_40_80_gb_grow_monotonically_within_budget(ct_fingerprint
     # Sensible differences: 80 GB buys much more context than 8 GB.
     assert math.prod(plans[-1].patch_size) >= 3 * math.prod(plans[0].patch_size)
     assert len({capacity(p) for p in plans}) >= 3
+
+
+def prostate_mri_fingerprint() -> DatasetFingerprint:
+    """Strongly anisotropic MRI (3.6 x 0.6 x 0.6 mm, 20 x 320 x 320): tokens one voxel deep."""
+    shapes = [(20 + i % 3, 320, 320) for i in range(32)]
+    return make_fingerprint("Dataset905_ProstateLike", [(3.6, 0.6, 0.6)] * 32, shapes, shapes, {"0": "T2", "1": "ADC"})
+
+
+def brain_mri_fingerprint() -> DatasetFingerprint:
+    """Isotropic 1 mm brain MRI, 140 x 170 x 140 after cropping."""
+    shapes = [(140, 170, 140)] * 50
+    return make_fingerprint("Dataset906_BrainIsoLike", [(1.0, 1.0, 1.0)] * 50, shapes, shapes, {"0": "T1"})
+
+
+@pytest.mark.parametrize("dataset", ["ct", "phantom", "prostate", "brain"])
+@pytest.mark.parametrize("with_checkpoint", [(), SAM_BACKBONES], ids=["vit_b only", "all SAM checkpoints"])
+def test_window_blocks_waste_little_padding_at_every_budget(
+    dataset, with_checkpoint, ct_fingerprint, ct_description, phantom_fingerprint, phantom_description
+):
+    fingerprint, description = {
+        "ct": (ct_fingerprint, ct_description),
+        "phantom": (phantom_fingerprint, phantom_description),
+        "prostate": (prostate_mri_fingerprint(), phantom_description),
+        "brain": (brain_mri_fingerprint(), ct_description),
+    }[dataset]
+    for gb in BUDGETS_GB:
+        plan = gpu_plan(fingerprint, description, gb, with_checkpoint=with_checkpoint)
+        network = plan.network
+        layout = window_layout(network.token_grid, network.window_size)
+        assert layout.padding_ratio <= 1.25, (gb, network.token_grid, network.window_size)
+        # SAM's 14 in-plane wherever it tiles the grid; never a window of mostly padding.
+        for tokens, window in zip(network.token_grid[1:], network.window_size[1:]):
+            assert window == 14 if tokens % 14 == 0 else window > min(tokens, 14) / 2
+        # Recorded in the plans for their readers.
+        assert plan.to_json()["window_padding_ratio"] == pytest.approx(layout.padding_ratio, abs=1e-4)
 
 
 @pytest.mark.parametrize("with_checkpoint", [(), SAM_BACKBONES], ids=["vit_b only", "all SAM checkpoints"])

@@ -2,8 +2,11 @@
 
 import pytest
 
+from nnsam3d.model.layout import window_layout
 from nnsam3d.planners.network_geometry import (
+    MAX_WINDOW_PADDING_RATIO,
     MIN_TOKENS_PER_AXIS,
+    SAM_WINDOW,
     depth_token_size,
     depth_window_size,
     patch_size_cap,
@@ -67,6 +70,22 @@ def test_depth_window_is_a_few_tokens_wasting_little_padding(depth_tokens, windo
     assert depth_window_size(depth_tokens) == window
 
 
-def test_in_plane_window_is_sams_clipped_to_the_grid():
-    assert window_size_for((8, 32, 32)) == (4, 14, 14)
+def test_in_plane_window_is_sams_where_it_tiles_else_balanced():
+    assert window_size_for((8, 28, 42)) == (4, 14, 14)
     assert window_size_for((4, 8, 10)) == (4, 8, 10)
+    # 32 tokens: three windows of 11 (33 padded) instead of three of 14 (42 padded).
+    assert window_size_for((8, 32, 32)) == (4, 11, 11)
+    assert window_size_for((8, 15, 23)) == (4, 8, 12)
+    # 5 slices deep with padded in-plane windows: no depth window of 2..4 keeps the block within
+    # the budget (6 / 5 * 16 / 15 * 24 / 23 > 1.25), so window blocks attend within one slice.
+    assert window_size_for((5, 15, 23)) == (1, 8, 12)
+    assert window_size_for((5, 16, 16)) == (3, 8, 8)
+
+
+@pytest.mark.parametrize("depth", range(1, 40))
+@pytest.mark.parametrize("in_plane", [1, 5, 13, 14, 15, 17, 21, 23, 29, 32, 37, 45, 64])
+def test_window_padding_stays_within_the_budget(depth, in_plane):
+    grid = (depth, in_plane, in_plane + 3)
+    window = window_size_for(grid)
+    assert window_layout(grid, window).padding_ratio <= MAX_WINDOW_PADDING_RATIO
+    assert all(w > min(g, SAM_WINDOW) / 2 for w, g in zip(window[1:], grid[1:]))

@@ -63,3 +63,11 @@ def test_fold_argument_accepts_numbers_and_all_only():
     assert parser.parse_args(["501", "3", "-tr", "X", "--npz", "--c"]).save_probabilities
     with pytest.raises(SystemExit):
         parser.parse_args(["501", "fold3"])
+
+
+def test_compile_is_off_by_default_and_reaches_the_request():
+    from nnsam3d.commands.train import request_from_arguments
+
+    parser = build_parser()
+    assert not request_from_arguments(parser.parse_args(["501", "0"])).compile
+    assert request_from_arguments(parser.parse_args(["501", "0", "--compile"])).compile

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnsam3d import paths
 from nnsam3d.commands.train import main
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.schemas.plans import Plans
@@ -43,7 +44,7 @@ def _final_weights(fold_folder: Path) -> dict:
     return load_checkpoint(fold_folder / "checkpoint_final.pth").network_weights
 
 
-def test_two_epochs_write_checkpoints_log_progress_and_validation(reference_run):
+def test_two_epochs_write_checkpoints_log_progress_and_validation(reference_run, reported_dice_check):
     trainer, fold, _ = reference_run
     for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth",
                  "training_log.txt", "progress.png"):
@@ -59,7 +60,8 @@ def test_two_epochs_write_checkpoints_log_progress_and_validation(reference_run)
     # Whole validation cases, predicted, exported in their original geometry and evaluated.
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert sorted(case["case_id"] for case in summary["per_case"]) == sorted(trainer.fold.val)
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    labels_tr = paths.raw_root() / trainer.dataset_name / "labelsTr"
+    reported_dice_check(summary, fold / "validation", labels_tr, {"liver": 1, "kidney": 2, "lesion": 3})
     assert set(summary["labels"]) == {"liver", "kidney", "lesion"}
     for case in trainer.fold.val:
         assert (fold / "validation" / f"{case}.nii.gz").is_file()
