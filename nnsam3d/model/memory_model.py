@@ -39,7 +39,11 @@ rounding; twice the largest single activation (a gradient and its input gradient
 together while backward passes that tensor, e.g. the widened query of the largest attention
 block or the full-resolution decoder tensor); the logits at all deep-supervision levels plus
 three fp32 tensors of their size for the loss (probabilities, log-probabilities, gradient);
-with checkpointing, the activations of the largest block while it is recomputed.
+with checkpointing, the larger of that and the recompute of the largest block (its activations
+plus two of its largest tensor), which comes after the decoder's backward and does not overlap
+it. ``LIBRARY_WORKSPACE_BYTES`` is CUDA's alone (``MemoryEstimate.allowance``): the peak of live
+tensor storage over a whole step (``MemoryEstimate.step_peak``), tracked on the CPU and the meta
+device by :mod:`nnsam3d.model.live_memory`, is tested against the rest.
 """
 
 from __future__ import annotations
@@ -87,6 +91,17 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.parameters + self.gradients + self.optimizer_state + self.activations + self.workspace
 
+    @property
+    def allowance(self) -> int:
+        """The stated allowance for CUDA's library workspaces and allocator rounding (in ``workspace``)."""
+        return LIBRARY_WORKSPACE_BYTES
+
+    @property
+    def step_peak(self) -> int:
+        """Peak of live tensor storage over a whole step (forward, loss, backward, AdamW): what
+        ``live_memory.LiveStorageTracker`` measures; ``total`` adds the CUDA allowance."""
+        return self.total - self.allowance
+
     def breakdown(self) -> dict[str, int]:
         return {
             "parameters": self.parameters,
@@ -127,6 +142,7 @@ class _Tally:
     matmul_weights: int = 0
     largest_tensor: int = 0
     largest_block: int = 0
+    largest_block_tensor: int = 0
     activations: dict[str, int] = field(default_factory=dict)
 
     def parameters(self, count: int, trainable: bool, matmul_weight: int = 0) -> None:
@@ -222,7 +238,9 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         else:
             for nbytes in block.values():
                 tally.saved(part, nbytes)
-        tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)  # one of q, k, v, out
+        single = max(block["attention"] // 4, *(v for k, v in block.items() if k != "attention"))  # one of q, k, v, out
+        tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)
+        tally.largest_block_tensor = max(tally.largest_block_tensor, single)
 
     # The last block's output is saved only by its neck (earlier outputs are the next block's
     # saved input). Under autocast every neck saves its own 2-byte copy of its feature.
@@ -347,5 +365,12 @@ def _workspace(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally)
     shapes = decoder_level_shapes(config.patch_size, config.token_grid)
     logits = batch * config.num_classes * sum(prod(shapes[level]) for level in DEEP_SUPERVISION_LEVELS)
     loss = bytes_.low * logits + 3 * FP32 * logits
-    recompute = tally.largest_block if config.activation_checkpointing else 0
-    return LIBRARY_WORKSPACE_BYTES + 2 * tally.largest_tensor + loss + recompute
+    decoder_and_loss = 2 * tally.largest_tensor + loss
+    if not config.activation_checkpointing:
+        return LIBRARY_WORKSPACE_BYTES + decoder_and_loss
+    # A checkpointed block is recomputed only once the decoder's and the loss's backward are over
+    # and their buffers freed: the two transients do not overlap (counting both over-estimated
+    # checkpointed plans by 1.2-2x). Recomputing, a block holds its activations plus a gradient
+    # and an input gradient of its largest tensor.
+    recompute = tally.largest_block + 2 * tally.largest_block_tensor
+    return LIBRARY_WORKSPACE_BYTES + max(decoder_and_loss, recompute)

@@ -128,7 +128,9 @@ def test_estimate_grows_with_batch_and_shrinks_with_checkpointing():
 
     checkpointing = config.replace(activation_checkpointing=True)
     assert blocks(checkpointing) < 0.2 * blocks(config)
-    assert estimate_training_memory(checkpointing, 2, "bf16").workspace > two.workspace  # one block recomputed
+    # The recomputed block comes after the decoder's backward: the larger of the two transients counts.
+    recomputing = estimate_training_memory(checkpointing, 2, "bf16").workspace
+    assert recomputing >= two.workspace  # (the whole-step tests in test_step_memory.py check the peak itself)
     full = estimate_training_memory(config.replace(trainable="full"), 2, "bf16")
     assert full.optimizer_state > 10 * two.optimizer_state
 

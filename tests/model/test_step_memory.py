@@ -1,0 +1,96 @@
+"""The whole-step memory model against the peak of live tensor storage over a real step.
+
+A real training step (forward, the trainer's loss over the deep-supervision outputs, backward,
+AdamW) runs under ``live_memory.LiveStorageTracker``; parameters, the previous step's gradients,
+AdamW's state and the batch count from the start. On the CPU with fp32 and with bf16 autocast
+(which approximates CUDA's rules), and for vit_b on the meta device (shapes only) at the
+planner's 8 and 24 GiB patches for a typical CT. ``MemoryEstimate.step_peak`` must be within 15%.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nnsam3d.model import attention3d
+from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.live_memory import LiveStorageTracker
+from nnsam3d.model.memory_model import estimate_training_memory
+from nnsam3d.model.network import MedSAM3D, apply_trainable_mode, build_network
+from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
+from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
+from nnsam3d.trainers.optimization import Optimization, Precision, WarmupDecaySchedule, build_optimizer
+
+TOLERANCE = 0.15
+TINY = dict(backbone="vit_tiny", patch_size=(16, 64, 64), token_size=(4, 16, 16), window_size=(2, 2, 2),
+            num_classes=3, adapter_dim=16, adapter_blocks=(0, 1, 2, 3))
+CPU_CONFIGS = {
+    "adapters fp32": (dict(), "fp32"),
+    "adapters bf16": (dict(), "bf16"),
+    "checkpointing fp32": (dict(activation_checkpointing=True), "fp32"),
+    "checkpointing bf16": (dict(activation_checkpointing=True), "bf16"),
+    "full fp32": (dict(trainable="full"), "fp32"),
+}
+VIT_B_PLAN_PATCHES = {
+    # The planner's vit_b plans for a typical abdominal CT (2.5 x 0.8 x 0.8 mm, 120 x 512 x 512) on the
+    # SDPA path: 8 GiB (memory-bound, checkpointing) and 24 GiB (compute-bound).
+    "vit_b 8 GiB plan": dict(patch_size=(96, 288, 288), activation_checkpointing=True),
+    "vit_b 24 GiB plan": dict(patch_size=(120, 448, 448), activation_checkpointing=True),
+}
+
+
+def tracked_step_peak(network, precision: Precision, batch_size: int) -> int:
+    """Peak live storage of the second of two trainer-like steps (the first creates AdamW's state)."""
+    config = network.config
+    optimizer = build_optimizer(network, 1e-4, 1e-2)
+    optimization = Optimization(optimizer, WarmupDecaySchedule(optimizer, 1e-4, 10, 0.1, "poly"), precision)
+    loss_function = DeepSupervisionLoss(DiceCrossEntropyLoss(), DEEP_SUPERVISION_OUTPUTS)
+    data = torch.zeros(batch_size, config.in_channels, *config.patch_size)
+    target = torch.zeros(batch_size, 1, *config.patch_size, dtype=torch.int16)
+
+    def step():
+        with precision.autocast():
+            loss = loss_function(network(data), target)
+        optimization.step(loss)
+
+    step()
+    existing = [*network.parameters(), *(p.grad for p in network.parameters() if p.grad is not None),
+                *(t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)),
+                data, target]
+    with LiveStorageTracker(existing) as tracker:
+        step()
+    return tracker.peak
+
+
+@pytest.mark.parametrize("name", list(CPU_CONFIGS))
+def test_whole_step_peak_on_cpu(name):
+    extra, precision = CPU_CONFIGS[name]
+    config = NetworkConfig(**{**TINY, **extra})
+    torch.manual_seed(0)
+    network = build_network(config).train()
+    measured = tracked_step_peak(network, Precision("cpu", torch.bfloat16 if precision == "bf16" else None, None), 2)
+    estimate = estimate_training_memory(config, 2, precision)
+    error = estimate.step_peak / measured - 1
+    print(f"{name}: measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.1%})")
+    assert abs(error) < TOLERANCE
+
+
+def fused_attention_on_meta(query, key, value, scale):
+    """On the meta device SDPA takes its math path; the CPU fused kernel's meta version saves what
+    the fused kernels save (as in test_memory_model)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, scale=scale)[0]
+
+
+@pytest.mark.parametrize("name", list(VIT_B_PLAN_PATCHES))
+def test_whole_step_peak_of_vit_b_plans_on_the_meta_device(name, monkeypatch):
+    monkeypatch.setattr(attention3d.F, "scaled_dot_product_attention", fused_attention_on_meta)
+    config = NetworkConfig(backbone="vit_b", num_classes=14, adapter_blocks=tuple(range(12)),
+                           **VIT_B_PLAN_PATCHES[name])
+    with torch.device("meta"):
+        network = MedSAM3D(config)
+        apply_trainable_mode(network)
+        measured = tracked_step_peak(network, Precision("cpu", None, None), 2)
+    estimate = estimate_training_memory(config, 2, "fp32")
+    error = estimate.step_peak / measured - 1
+    print(f"{name}: measured {measured / 2**30:.2f} GiB, estimate {estimate.step_peak / 2**30:.2f} GiB ({error:+.1%})")
+    assert abs(error) < TOLERANCE
