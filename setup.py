@@ -32,7 +32,12 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # nnsam3d_predict --ray: prediction on a Ray cluster.
+        "ray": ["ray>=2.9"],
+        # The Ray prediction tests run in CI too.
+        "test": ["pytest>=7", "ray>=2.9"],
+    },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],
     },

@@ -10,12 +10,14 @@ import torch
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ModelFolderError, ensemble_folder
 from nnsam3d.inference.predictor import IncompatibleModelsError, Predictor
+from nnsam3d.inference.ray_prediction import RayOptions, RayUnavailableError, predict_folder_on_ray
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
 
-USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError)
+USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CaseInputError, CheckpointFormatError, IncompatibleModelsError,
+               RayUnavailableError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write OUT/overlays/CASE.png: predicted contours over the image in three planes")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: the plans')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ray = parser.add_argument_group("Ray cluster (pip install 'nnsam3d[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="predict on a Ray cluster: cases are tasks, each worker holds the ensemble. Without ADDRESS "
+                     "a local cluster on this machine; 'auto' the cluster this node joined (ray start); or HOST:PORT")
+    ray.add_argument("--ray-workers", type=int, default=None,
+                     help="workers to start (default: one per GPU of the cluster, else CPUs / --ray-cpus-per-worker)")
+    ray.add_argument("--ray-cpus-per-worker", type=int, default=1,
+                     help="CPU slots (and PyTorch threads on a CPU) each worker reserves (default 1)")
     return parser
+
+
+def _predict_here(arguments, model_dirs, postprocessing_folder, options, folder_options):
+    predictor = Predictor.from_model_folders(model_dirs, postprocessing_folder=postprocessing_folder, **options)
+    names = {v: k for k, v in predictor.description.labels.items()}
+    print(
+        f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
+        f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
+        f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
+        f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
+        file=sys.stderr,
+    )
+    return predictor.predict_folder(arguments.input, arguments.output, **folder_options)
+
+
+def _predict_on_ray(arguments, model_dirs, postprocessing_folder, options, folder_options):
+    folds, checkpoint_name, device = options.pop("folds"), options.pop("checkpoint_name"), options.pop("device")
+    progress = options.pop("progress")
+    return predict_folder_on_ray(
+        model_dirs, arguments.input, arguments.output,
+        ray_options=RayOptions(address=None if arguments.ray == "local" else arguments.ray,
+                               num_workers=arguments.ray_workers, cpus_per_worker=arguments.ray_cpus_per_worker),
+        folds=folds, checkpoint_name=checkpoint_name, device=device, postprocessing_folder=postprocessing_folder,
+        predictor_options=options, progress=progress,
+        log=lambda message: print(f"nnsam3d_predict (ray): {message}", file=sys.stderr),
+        **folder_options,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,30 +105,20 @@ def main(argv: list[str] | None = None) -> int:
             progress=not arguments.no_progress,
         )
         model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
-        if len(model_dirs) == 1:
-            predictor = Predictor.from_model_folder(model_dirs[0], **options)
-        else:
-            predictor = Predictor.from_model_folders(
-                model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
-                **options,
-            )
-        names = {v: k for k, v in predictor.description.labels.items()}
-        print(
-            f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
-            f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
-            f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
-            f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
-            file=sys.stderr,
+        postprocessing_folder = (
+            model_dirs[0] if len(model_dirs) == 1 else ensemble_folder(dataset_name, arguments.trainers, arguments.plans)
         )
-        report = predictor.predict_folder(
-            arguments.input,
-            arguments.output,
+        folder_options = dict(
             save_probabilities=arguments.save_probabilities,
             skip_existing=arguments.skip_existing,
             num_parts=arguments.num_parts,
             part_id=arguments.part_id,
             save_overlays=arguments.save_overlays,
         )
+        if arguments.ray is not None:
+            report = _predict_on_ray(arguments, model_dirs, postprocessing_folder, options, folder_options)
+        else:
+            report = _predict_here(arguments, model_dirs, postprocessing_folder, options, folder_options)
     except (*USER_ERRORS, ValueError) as error:  # ValueError: bad option values (device, step size), malformed files
         print(f"nnsam3d_predict: error: {error}", file=sys.stderr)
         return 1
@@ -102,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"nnsam3d_predict: {len(report.completed)} case(s) written to {arguments.output}"
         + (f", {len(report.skipped)} already there (--continue)" if report.skipped else "")
+        + (f", {len(report.retried)} retried after their worker died" if report.retried else "")
         + f"; {report.wall_seconds:.1f} s, of which {report.network_seconds:.1f} s in the network.",
         file=sys.stderr,
     )

@@ -26,19 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnsam3d.inference.case_inputs import (
-    CaseInputError,
-    CaseSelection,
-    find_input_cases,
-    restrict_selection,
-)
+from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
-from nnsam3d.inference.export import (
-    case_name_of,
-    export_prediction,
-    probabilities_file_for,
-    probabilities_to_label_map,
-)
+from nnsam3d.inference.export import case_name_of, export_prediction, probabilities_to_label_map
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
 from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
@@ -321,18 +311,27 @@ class Predictor:
         part_id: int = 0,
     ) -> CaseSelection:
         """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
-        ending = self.description.file_ending
-        selection = restrict_selection(
-            find_input_cases(input_path, ending, self.description.num_channels), num_parts, part_id
+        return select_cases(input_path, output_dir, self.description, skip_existing=skip_existing,
+                            save_probabilities=save_probabilities, num_parts=num_parts, part_id=part_id)
+
+    def case_stages(
+        self, output_dir: str | os.PathLike, *, save_probabilities: bool = False, save_overlays: bool = False
+    ) -> CaseStages[RawCase, PreprocessedCase, _PredictedCase]:
+        """Load, predict and save of one case into ``output_dir``: the stages of
+        :func:`run_case_pipeline`, also run one case at a time by the Ray workers."""
+        output_dir = Path(output_dir)
+        return CaseStages(
+            case_id=lambda case: case.case_id,
+            load=self._preprocess,
+            predict=self._predict_loaded,
+            save=lambda case, predicted: self._write_case(
+                predicted,
+                case.image_files,
+                output_dir / f"{case.case_id}{self.description.file_ending}",
+                save_probabilities,
+                output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
+            ),
         )
-        if skip_existing:
-            remaining = []
-            for case in selection.cases:
-                output_file = Path(output_dir) / f"{case.case_id}{ending}"
-                done = output_file.is_file() and (not save_probabilities or probabilities_file_for(output_file).is_file())
-                (selection.skipped if done else remaining).append(case.case_id if done else case)
-            selection.cases = remaining
-        return selection
 
     def predict_folder(
         self,
@@ -356,34 +355,14 @@ class Predictor:
         Cases with a missing channel or an unreadable file are reported in the returned
         report's ``failures`` (by name, with the reason); the others are predicted.
         """
-        input_path, output_dir = Path(input_path), Path(output_dir)
-        source_folder = input_path if input_path.is_dir() else input_path.parent
-        if output_dir.resolve() == source_folder.resolve():
-            raise CaseInputError(
-                f"{output_dir}: the output folder is the input folder; predictions would be mistaken for "
-                f"input channels. Choose another output folder."
-            )
         selection = self.select_cases(
             input_path, output_dir, skip_existing=skip_existing, save_probabilities=save_probabilities,
             num_parts=num_parts, part_id=part_id,
         )
-        report = PipelineReport(skipped=list(selection.skipped))
-        for case_id, message in selection.problems.items():
-            report.add_failure(case_id, message)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        report = PipelineReport.of_selection(selection)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         network_seconds_before = self.window_ensemble.network_seconds
-        stages = CaseStages(
-            case_id=lambda case: case.case_id,
-            load=self._preprocess,
-            predict=self._predict_loaded,
-            save=lambda case, predicted: self._write_case(
-                predicted,
-                case.image_files,
-                output_dir / f"{case.case_id}{self.description.file_ending}",
-                save_probabilities,
-                output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
-            ),
-        )
+        stages = self.case_stages(output_dir, save_probabilities=save_probabilities, save_overlays=save_overlays)
         report = run_case_pipeline(selection.cases, stages, progress=self.progress, report=report)
         # Time in the networks themselves, not in the sliding window's bookkeeping.
         report.network_seconds = self.window_ensemble.network_seconds - network_seconds_before
