@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnsam3d.inference.ray_prediction import RayOptions, import_ray, predict_folder_on_ray
+from nnsam3d.inference.ray_prediction import LOCAL_CLUSTER_CONFIG, RayOptions, import_ray, predict_folder_on_ray
 
 from benchmark_support import environment, write_result
 from predict_speed import demo_model
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(folder)
         predictor, test_images = demo_model(root, arguments.num_cases, num_folds=1)
         plain_run(predictor, test_images, root / "warmup")  # first-call costs
-        ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False,
+                 **LOCAL_CLUSTER_CONFIG)
         try:
             for index in range(arguments.rounds):
                 loads = [os.getloadavg()[0]]

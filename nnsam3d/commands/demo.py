@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary_table(result.summary))
     print(f"\nDemo finished in {result.seconds / 60:.1f} minutes. Outputs:")
     print(describe_outputs(result, options.workdir))
+    print(f"\nReport of the test predictions (open in a browser): {result.report_file.as_uri()}")
     return 0
 
 

@@ -44,6 +44,11 @@ from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 RAY_EXTRA_HINT = "pip install 'nnsam3d[ray]' (or pip install ray)"
 CASES_IN_FLIGHT_PER_WORKER = 3
 """One being read, one in the network, one being written (see the module)."""
+REPLACEMENT_TIMEOUT_SECONDS = 600.0
+"""How long a run with no worker left waits for a replacement to start before it gives up."""
+LOCAL_CLUSTER_CONFIG = {"_system_config": {"worker_niceness": 0}}
+"""A local cluster's workers at normal priority, as the single-machine predictor runs (Ray's
+default lowers them to nice 15, which on a busy machine leaves them the others' leftovers)."""
 
 
 class RayUnavailableError(RuntimeError):
@@ -188,7 +193,8 @@ def predict_folder_on_ray(
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=options.address, log_to_driver=False, include_dashboard=False)
+            ray.init(address=options.address, log_to_driver=False, include_dashboard=False,
+                     **(LOCAL_CLUSTER_CONFIG if options.address is None and "RAY_ADDRESS" not in os.environ else {}))
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RayUnavailableError(f"cannot reach the Ray cluster at {options.address or 'local'}: {error}") from error
     try:
@@ -203,37 +209,66 @@ def predict_folder_on_ray(
             None if postprocessing_folder is None else str(postprocessing_folder),
             str(output_dir), save_probabilities, save_overlays, options.cpus_per_worker,
         )
-        return _run_cases(ray, worker_class, arguments, num_workers, options.max_attempts, input_path, output_dir,
+        workers = _Workers(ray, worker_class, arguments, {"CPU": options.cpus_per_worker, "GPU": gpus_per_worker},
+                           on_workers_ready, log)
+        return _run_cases(ray, workers, num_workers, options.max_attempts, input_path, output_dir,
                           dict(skip_existing=skip_existing, save_probabilities=save_probabilities,
                                num_parts=num_parts, part_id=part_id),
-                          progress, log, on_workers_ready)
+                          progress, log)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _start_workers(ray, worker_class, arguments, count: int, on_workers_ready, log) -> list:
-    workers = [worker_class.remote(*arguments) for _ in range(count)]
-    try:
-        described = ray.get([worker.describe.remote() for worker in workers])
-    except ray.exceptions.RayActorError as error:  # the constructor raised, e.g. an unreadable checkpoint
-        raise RayUnavailableError(f"a Ray worker could not load the model: {error}") from error
-    for info in described:
-        log(f"worker pid {info['pid']} on {info['host']} ({info['device']}) ready")
-    if on_workers_ready is not None:
-        on_workers_ready(described)
-    return workers, described
+class _Workers:
+    """The live workers of a run, and their replacement when one dies."""
+
+    def __init__(self, ray, worker_class, arguments, resources: dict[str, float], on_workers_ready, log):
+        self.ray, self.worker_class, self.arguments = ray, worker_class, arguments
+        self.resources = {name: amount for name, amount in resources.items() if amount}
+        self.on_workers_ready, self.log = on_workers_ready, log
+        self.live: list = []
+
+    def start(self, count: int, timeout_seconds: float | None = None) -> list[dict]:
+        """Start ``count`` workers and wait until they hold the model; their descriptions."""
+        workers = [self.worker_class.remote(*self.arguments) for _ in range(count)]
+        try:
+            described = self.ray.get([worker.describe.remote() for worker in workers], timeout=timeout_seconds)
+        except self.ray.exceptions.RayActorError as error:  # the constructor raised, e.g. an unreadable checkpoint
+            raise RayUnavailableError(f"a Ray worker could not load the model: {error}") from error
+        except self.ray.exceptions.GetTimeoutError as error:
+            raise RayUnavailableError(f"no Ray worker could be started within {timeout_seconds:.0f} s "
+                                      f"(needs {self.resources} free on some node)") from error
+        self.live += workers
+        for info in described:
+            self.log(f"worker pid {info['pid']} on {info['host']} ({info['device']}) ready")
+        if self.on_workers_ready is not None:
+            self.on_workers_ready(described)
+        return described
+
+    def replace(self, dead) -> None:
+        """Drop a dead worker; start another where the cluster has room now (a lost node's share
+        is gone, the survivors take its cases), and in any case when none is left."""
+        if dead not in self.live:
+            return  # its other cases fail the same way; replaced once
+        self.live.remove(dead)
+        available = self.ray.available_resources()
+        if not self.live or all(available.get(name, 0) >= amount for name, amount in self.resources.items()):
+            self.log("a worker died; starting a replacement")
+            self.start(1, timeout_seconds=REPLACEMENT_TIMEOUT_SECONDS)
+        else:
+            self.log(f"a worker died; {len(self.live)} worker(s) go on (no room for a replacement)")
 
 
-def _run_cases(ray, worker_class, arguments, num_workers, max_attempts, input_path, output_dir, selection_options,
-               progress, log, on_workers_ready) -> PipelineReport:
-    workers, described = _start_workers(ray, worker_class, arguments, num_workers, on_workers_ready, log)
+def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, output_dir, selection_options,
+               progress, log) -> PipelineReport:
+    described = workers.start(num_workers)
     started = time.perf_counter()  # like Predictor.predict_folder: the cases' time, not loading the model
     description = DatasetDescription.from_json(described[0]["description"], source="the Ray worker's model")
     selection = select_cases(input_path, output_dir, description, **selection_options)
     report = PipelineReport.of_selection(selection)
     output_dir.mkdir(parents=True, exist_ok=True)
-    log(f"{len(selection.cases)} case(s) over {len(workers)} worker(s); {described[0]['checkpoints']}; "
+    log(f"{len(selection.cases)} case(s) over {len(workers.live)} worker(s); {described[0]['checkpoints']}; "
         f"postprocessing: {described[0]['postprocessing']}")
 
     pending = deque(selection.cases)
@@ -244,7 +279,7 @@ def _run_cases(ray, worker_class, arguments, num_workers, max_attempts, input_pa
     bar = tqdm(total=len(pending), desc="cases", unit="case", disable=not progress)
     try:
         while pending or in_flight:
-            for worker in workers:
+            for worker in workers.live:
                 while pending and load[worker] < CASES_IN_FLIGHT_PER_WORKER:
                     case = pending.popleft()
                     attempts[case.case_id] += 1
@@ -256,10 +291,7 @@ def _run_cases(ray, worker_class, arguments, num_workers, max_attempts, input_pa
             try:
                 message = ray.get(ready)
             except ray.exceptions.RayActorError as error:
-                if worker in workers:  # its other cases fail the same way; replace it once
-                    workers.remove(worker)
-                    log(f"a worker died ({type(error).__name__}); starting a replacement")
-                    workers += _start_workers(ray, worker_class, arguments, 1, on_workers_ready, log)[0]
+                workers.replace(worker)
                 if attempts[case.case_id] >= max_attempts:
                     report.add_failure(case.case_id, f"its Ray worker died {attempts[case.case_id]} times while "
                                                      f"predicting it (last: {type(error).__name__})")
@@ -274,10 +306,10 @@ def _run_cases(ray, worker_class, arguments, num_workers, max_attempts, input_pa
             else:
                 report.add_failure(case.case_id, message)
             bar.update(1)
-        network_seconds = sum(ray.get([worker.network_seconds.remote() for worker in workers]))
+        network_seconds = sum(ray.get([worker.network_seconds.remote() for worker in workers.live]))
     finally:
         bar.close()
-        for worker in workers:
+        for worker in workers.live:
             ray.kill(worker)
     report.wall_seconds += time.perf_counter() - started
     report.network_seconds = network_seconds

@@ -17,7 +17,7 @@ import torch
 
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.inference.ray_prediction import RayOptions, predict_folder_on_ray
+from nnsam3d.inference.ray_prediction import LOCAL_CLUSTER_CONFIG, RayOptions, predict_folder_on_ray
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'nnsam3d[ray]')")
 
@@ -28,7 +28,7 @@ FAST = {"use_mirroring": False, "step_size": 1.0}
 def ray_cluster():
     """A local cluster of 2 CPU slots with a small object store (the cases travel as file paths)."""
     ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, **LOCAL_CLUSTER_CONFIG)
     yield
     ray.shutdown()
 
