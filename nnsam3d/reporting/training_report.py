@@ -13,23 +13,21 @@ import base64
 import html
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
+from nnsam3d.inference.model_folders import available_folds
 from nnsam3d.io.atomic import read_json
 from nnsam3d.reporting.html_page import Page, Section, plain_table
 
-_FOLD_FOLDER = re.compile(r"^fold_(\d+|all)$")
 PROGRESS_FILENAME, SUMMARY_PATH = "progress.png", ("validation", "summary.json")
 BEST_CONFIGURATION_FILENAME = "best_configuration.json"
 
 
 def fold_folders(model_dir: Path) -> list[Path]:
     """``fold_0`` ... ``fold_all`` folders of a model folder, in fold order."""
-    folders = [p for p in model_dir.iterdir() if p.is_dir() and _FOLD_FOLDER.match(p.name)]
-    return sorted(folders, key=lambda p: (p.name == "fold_all", int(p.name[5:]) if p.name[5:].isdigit() else 0))
+    return [model_dir / f"fold_{fold}" for fold in available_folds(model_dir)]
 
 
 def model_folders(results_dir: Path) -> list[Path]:

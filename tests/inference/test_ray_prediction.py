@@ -33,16 +33,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-def copy_cases(mri_model, target, count=None):
-    target.mkdir(parents=True)
-    files = sorted((mri_model.raw_dir / "imagesTs").iterdir())
-    case_ids = sorted({f.name.rsplit("_", 1)[0] for f in files})[:count]
-    for file in files:
-        if file.name.rsplit("_", 1)[0] in case_ids:
-            shutil.copy(file, target / file.name)
-    return case_ids
-
-
 def reference_predictions(mri_model, inputs, output):
     """The single-process predictor's outputs, with one thread as each Ray worker uses."""
     threads = torch.get_num_threads()
@@ -68,7 +58,8 @@ def assert_same_outputs(case_ids, output, reference):
     assert not [p for p in output.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_two_workers_predict_a_folder_like_the_single_process_predictor(ray_cluster, mri_model, tmp_path, capsys):
+def test_two_workers_predict_a_folder_like_the_single_process_predictor(ray_cluster, mri_model, copy_cases, tmp_path,
+                                                                         capsys):
     inputs = tmp_path / "in"
     case_ids = copy_cases(mri_model, inputs)
     reference_predictions(mri_model, inputs, tmp_path / "reference")
@@ -98,7 +89,7 @@ def test_two_workers_predict_a_folder_like_the_single_process_predictor(ray_clus
     assert_same_outputs([case_ids[0], *case_ids[2:]], tmp_path / "ray", tmp_path / "reference")
 
 
-def test_a_killed_worker_loses_no_case(ray_cluster, mri_model, tmp_path):
+def test_a_killed_worker_loses_no_case(ray_cluster, mri_model, copy_cases, tmp_path):
     inputs = tmp_path / "in"
     case_ids = copy_cases(mri_model, inputs)
     for index in range(2):  # 8 cases: work left for the survivor when the first output appears
@@ -133,7 +124,7 @@ def test_a_killed_worker_loses_no_case(ray_cluster, mri_model, tmp_path):
     assert_same_outputs(case_ids, output, tmp_path / "reference")
 
 
-def test_without_ray_the_message_names_the_extra(mri_model, tmp_path, monkeypatch, capsys):
+def test_without_ray_the_message_names_the_extra(mri_model, copy_cases, tmp_path, monkeypatch, capsys):
     import builtins
 
     real_import = builtins.__import__
