@@ -77,7 +77,7 @@ td.text,th.text{text-align:left}
 #cases tbody tr{cursor:pointer}#cases tbody tr:hover{background:#f3f7ff}
 tr.flagged td.flags{background:#fff0f0;color:#a00}
 td.flags{text-align:left;min-width:12em;max-width:22em;font-size:12px}
-td.pictures{white-space:nowrap}
+td.pictures{white-space:nowrap;text-align:left}
 td.pictures img{height:64px;margin:1px;border:1px solid #ccc}
 td.empty{color:#bbb}
 #detail{position:fixed;inset:3% 4%;background:#fff;border:1px solid #888;box-shadow:0 4px 30px #0005;overflow:auto;
