@@ -15,6 +15,7 @@ COMMANDS = {
     "nnsam3d_convert_msd": "convert_msd",
     "nnsam3d_export_model": "export_model",
     "nnsam3d_install_model": "install_model",
+    "nnsam3d_report": "report",
 }
 
 setup(
@@ -42,7 +43,10 @@ setup(
         # segment-anything: the tests build SAM-format checkpoints and compare against SAM's own encoder;
         # nnsam3d itself reads SAM checkpoints without it. scikit-learn: the tests' independent reference
         # for nnU-Net's folds (KFold), not needed at run time.
-        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", *DICOM],
+        # nnsam3d_predict --ray: prediction on a Ray cluster.
+        "ray": ["ray>=2.9"],
+        # ray: the Ray prediction tests run in CI too.
+        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM],
     },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],

@@ -25,7 +25,8 @@ ALLOWED = {
     "inference": {"io", "paths", "model", "schemas", "preprocessing"},
     "trainers": {"io", "paths", "model", "schemas", "preprocessing", "inference", "evaluation"},
     "model_selection": {"io", "paths", "inference", "evaluation"},
-    "demo": {"io", "paths", "schemas", "planners", "trainers", "inference", "evaluation"},
+    "reporting": {"io", "paths", "schemas", "inference", "evaluation"},
+    "demo": {"io", "paths", "schemas", "planners", "trainers", "inference", "evaluation", "reporting"},
 }
 """What each part may import; ``commands`` may import anything and nothing imports it."""
 

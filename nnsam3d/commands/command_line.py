@@ -29,6 +29,7 @@ from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import ModelFolderError
 from nnsam3d.inference.model_sharing import ModelSharingError
 from nnsam3d.inference.predictor import IncompatibleModelsError
+from nnsam3d.inference.ray_prediction import RayUnavailableError
 from nnsam3d.io.atomic import InvalidJSONError
 from nnsam3d.io.disk_space import DiskFullError
 from nnsam3d.io.checkpoint_file import CheckpointFormatError
@@ -63,6 +64,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CaseInputError,
     IncompatibleModelsError,
     ModelSharingError,
+    RayUnavailableError,
     MissingOptionalDependencyError,
     FileNotFoundError,
     PermissionError,

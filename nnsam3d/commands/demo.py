@@ -78,6 +78,7 @@ def demo(arguments: argparse.Namespace) -> int:
         print("\n" + budget_note(result, options))
     print(f"\nDemo finished in {result.seconds / 60:.1f} minutes. Outputs:")
     print(describe_outputs(result, options.workdir))
+    print(f"\nReport of the test predictions (open in a browser): {result.report_file.as_uri()}")
     return 0
 
 

@@ -10,6 +10,7 @@ from nnsam3d.commands.nnunet_habits import checkpoint_choice, no_effect
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ensemble_folder
 from nnsam3d.inference.model_sharing import opened_model
 from nnsam3d.inference.predictor import DICOM_SEG, Predictor
+from nnsam3d.inference.ray_prediction import RayOptions, predict_folder_on_ray
 from nnsam3d.paths import resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
@@ -68,10 +69,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="run the networks through torch.compile (off by default; pays a compilation "
                         "of a minute or more at the start, helps on GPUs for many cases)")
+    ray = parser.add_argument_group("Ray cluster (pip install 'nnsam3d[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="predict on a Ray cluster: cases are tasks, each worker holds the ensemble. Without ADDRESS "
+                     "a local cluster on this machine; 'auto' the cluster this node joined (ray start); or HOST:PORT")
+    ray.add_argument("--ray-workers", type=int, default=None,
+                     help="workers to start (default: one per GPU of the cluster, else CPUs / --ray-cpus-per-worker)")
+    ray.add_argument("--ray-cpus-per-worker", type=int, default=1,
+                     help="CPU slots (and PyTorch threads on a CPU) each worker reserves (default 1)")
     return parser
 
 
-def predict(arguments: argparse.Namespace) -> int:
+def _predict_here(arguments, model_dirs, postprocessing_folder, options, folder_options):
+    predictor = Predictor.from_model_folders(model_dirs, postprocessing_folder=postprocessing_folder, **options)
+    names = {v: k for k, v in predictor.description.labels.items()}
+    print(
+        f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
+        f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
+        f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
+        f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
+        file=sys.stderr,
+    )
+    return predictor.predict_folder(arguments.input, arguments.output, **folder_options)
+
+
+def _predict_on_ray(arguments, model_dirs, postprocessing_folder, options, folder_options):
+    folds, checkpoint_name, device = options.pop("folds"), options.pop("checkpoint_name"), options.pop("device")
+    progress = options.pop("progress")
+    return predict_folder_on_ray(
+        model_dirs, arguments.input, arguments.output,
+        ray_options=RayOptions(address=None if arguments.ray == "local" else arguments.ray,
+                               num_workers=arguments.ray_workers, cpus_per_worker=arguments.ray_cpus_per_worker),
+        folds=folds, checkpoint_name=checkpoint_name, device=device, postprocessing_folder=postprocessing_folder,
+        predictor_options=options, progress=progress,
+        log=lambda message: print(f"nnsam3d_predict (ray): {message}", file=sys.stderr),
+        **folder_options,
+    )
+
+
+def _run(arguments, model_dirs, postprocessing_folder):
     options = dict(
         folds=arguments.folds,
         checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
@@ -83,32 +119,7 @@ def predict(arguments: argparse.Namespace) -> int:
         sam_checkpoint=arguments.sam_checkpoint,
         compile=arguments.compile,
     )
-    if arguments.model is not None:
-        with opened_model(arguments.model) as model_dir:  # a zip is extracted for as long as loading takes
-            predictor = Predictor.from_model_folder(model_dir, **options)
-    elif len(arguments.trainers) == 1:
-        predictor = Predictor.from_model_folder(
-            training_output_dir(resolve_dataset_name(arguments.dataset), arguments.trainers[0], arguments.plans),
-            **options,
-        )
-    else:
-        dataset_name = resolve_dataset_name(arguments.dataset)
-        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
-        predictor = Predictor.from_model_folders(
-            model_dirs, postprocessing_folder=ensemble_folder(dataset_name, arguments.trainers, arguments.plans),
-            **options,
-        )
-    names = {v: k for k, v in predictor.description.labels.items()}
-    print(
-        f"nnsam3d_predict: {len(predictor.networks)} network(s) on {predictor.device} "
-        f"({', '.join(str(p) for p in predictor.checkpoint_files)}); "
-        f"{'no mirroring' if arguments.disable_tta else 'mirroring on all axes'}, step size {arguments.step_size}; "
-        f"postprocessing: {predictor.postprocessing.describe(names) if predictor.postprocessing else 'none'}",
-        file=sys.stderr,
-    )
-    report = predictor.predict_folder(
-        arguments.input,
-        arguments.output,
+    folder_options = dict(
         save_probabilities=arguments.save_probabilities,
         skip_existing=arguments.skip_existing,
         num_parts=arguments.num_parts,
@@ -116,9 +127,26 @@ def predict(arguments: argparse.Namespace) -> int:
         save_overlays=arguments.save_overlays,
         output_format=arguments.output_format,
     )
+    run = _predict_on_ray if arguments.ray is not None else _predict_here
+    return run(arguments, model_dirs, postprocessing_folder, options, folder_options)
+
+
+def predict(arguments: argparse.Namespace) -> int:
+    if arguments.model is not None:
+        # a zip is extracted for as long as the run takes (Ray workers load from it too)
+        with opened_model(arguments.model) as model_dir:
+            report = _run(arguments, [model_dir], model_dir)
+    else:
+        dataset_name = resolve_dataset_name(arguments.dataset)
+        model_dirs = [training_output_dir(dataset_name, trainer, arguments.plans) for trainer in arguments.trainers]
+        postprocessing_folder = (
+            model_dirs[0] if len(model_dirs) == 1 else ensemble_folder(dataset_name, arguments.trainers, arguments.plans)
+        )
+        report = _run(arguments, model_dirs, postprocessing_folder)
     print(
         f"nnsam3d_predict: {len(report.completed)} case(s) written to {arguments.output}"
         + (f", {len(report.skipped)} already there (--continue)" if report.skipped else "")
+        + (f", {len(report.retried)} retried after their worker died" if report.retried else "")
         + f"; {report.wall_seconds:.1f} s, of which {report.network_seconds:.1f} s in the network.",
         file=sys.stderr,
     )

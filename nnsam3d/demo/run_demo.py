@@ -28,6 +28,8 @@ from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
+from nnsam3d.reporting.cohort_report import CohortInputs, dataset_labels, write_cohort_report, write_page
+from nnsam3d.reporting.training_report import training_page
 from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import train_fold
 from nnsam3d.trainers.registry import DEFAULT_TRAINER
@@ -84,6 +86,8 @@ class DemoResult:
     def cut_short(self) -> bool:
         """Whether a time budget ended training before the planned work was done."""
         return self.epochs_trained < self.epochs_planned
+    report_file: Path
+    training_report_file: Path
 
 
 def _stage(title: str) -> None:
@@ -158,16 +162,19 @@ def run_demo(options: DemoOptions) -> DemoResult:
         problems = "; ".join(f"{failure.case_id}: {failure.message}" for failure in report.failures)
         raise RuntimeError(f"prediction failed for some test cases: {problems}")
 
-    _stage("5/5 evaluation against labelsTs")
+    _stage("5/5 evaluation against labelsTs, report")
     description = DatasetDescription.from_file(dataset_dir / "dataset.json")
     summary_file = predictions_dir / "summary.json"
     summary = evaluate_folders(
         dataset_dir / "labelsTs", predictions_dir, description.labels, description.file_ending,
         output_file=summary_file, num_processes=options.num_processes,
     )
+    report_file, training_report_file = write_reports(spec.folder_name, dataset_dir, predictions_dir, model_dir,
+                                                      workdir / "report", options.num_processes)
     return DemoResult(summary, summary_file, predictions_dir, model_dir, time.monotonic() - started,
                       epochs_trained=load_checkpoint(final_checkpoint, mmap=True).epoch,
-                      epochs_planned=options.epochs)
+                      epochs_planned=options.epochs, report_file=report_file,
+                      training_report_file=training_report_file)
 
 
 def budget_note(result: DemoResult, options: DemoOptions) -> str:
@@ -177,6 +184,16 @@ def budget_note(result: DemoResult, options: DemoOptions) -> str:
         f"{result.epochs_planned} epochs, so these Dice values are lower than what the full demo reaches "
         f"(foreground mean about 0.95). Run again without --minutes (add --retrain) for the full result."
     )
+
+
+def write_reports(dataset: str, dataset_dir: Path, predictions_dir: Path, model_dir: Path, report_dir: Path,
+                  num_processes: int) -> tuple[Path, Path]:
+    """The test predictions' QC page (``report_dir/index.html``, as ``nnsam3d_report -i -p -ref -d``
+    writes it) and the training page (``report_dir/training/index.html``)."""
+    labels, file_ending, sizes, _ = dataset_labels(dataset, dataset_dir / "imagesTs", predictions_dir, None)
+    inputs = CohortInputs(dataset_dir / "imagesTs", predictions_dir, dataset_dir / "labelsTs", labels, file_ending, sizes)
+    cohort = write_cohort_report(inputs, report_dir, num_processes, title=f"nnsam3d demo: {dataset} test cases")
+    return cohort, write_page(training_page(model_dir), report_dir / "training")
 
 
 def describe_outputs(result: DemoResult, workdir: Path) -> str:
@@ -189,5 +206,6 @@ def describe_outputs(result: DemoResult, workdir: Path) -> str:
         f"fold 0 validation:               {fold / 'validation' / 'summary.json'}",
         f"test predictions:                {result.predictions_dir}",
         f"test evaluation:                 {result.summary_file}",
+        f"training report:                 {result.training_report_file.as_uri()}",
     ]
     return "\n".join(lines)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from nnsam3d.inference.export import probabilities_file_for
 from nnsam3d.io.dicom_series import DicomSeries, dicom_files_in, find_dicom_series
-from nnsam3d.io.raw_dataset import RawCase, channel_pattern, find_cases_in_folder
+from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, channel_pattern, find_cases_in_folder
 
 
 class CaseInputError(ValueError):
@@ -133,3 +134,42 @@ def restrict_selection(selection: CaseSelection, num_parts: int, part_id: int) -
         {k: v for k, v in selection.problems.items() if k in keep},
         list(selection.skipped),
     )
+
+
+def select_cases(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    description: DatasetDescription,
+    *,
+    skip_existing: bool = False,
+    save_probabilities: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    output_ending: str | None = None,
+) -> CaseSelection:
+    """The cases of ``input_path`` a run into ``output_dir`` predicts: this part's share
+    (``num_parts``/``part_id``), without those whose outputs exist when ``skip_existing``
+    (the label map, and the ``.npz`` too with ``save_probabilities``). ``output_ending``: that of
+    the written label maps (default: the dataset's file ending).
+
+    Raises :class:`CaseInputError` when the output folder is the input folder.
+    """
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    source_folder = input_path if input_path.is_dir() else input_path.parent
+    if output_dir.resolve() == source_folder.resolve():
+        raise CaseInputError(
+            f"{output_dir}: the output folder is the input folder; predictions would be mistaken for "
+            f"input channels. Choose another output folder."
+        )
+    ending = output_ending or description.file_ending
+    selection = restrict_selection(
+        find_input_cases(input_path, description.file_ending, description.num_channels), num_parts, part_id
+    )
+    if skip_existing:
+        remaining = []
+        for case in selection.cases:
+            output_file = output_dir / f"{case.case_id}{ending}"
+            done = output_file.is_file() and (not save_probabilities or probabilities_file_for(output_file).is_file())
+            (selection.skipped if done else remaining).append(case.case_id if done else case)
+        selection.cases = remaining
+    return selection

@@ -69,6 +69,7 @@ class PipelineReport:
 
     completed: identifiers written, in order. failures: cases that raised, with their message.
     skipped: identifiers not predicted because their output existed (``--continue``).
+    retried: identifiers predicted again after their worker died (Ray runs; once per retry).
     wall_seconds: the pipeline's wall-clock time.
     network_seconds: time inside the networks, filled in by whoever runs them
         (``Predictor.predict_folder``); the pipeline cannot tell it from the rest of its predict stage.
@@ -77,12 +78,21 @@ class PipelineReport:
     completed: list[str] = field(default_factory=list)
     failures: list[CaseFailure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     network_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @classmethod
+    def of_selection(cls, selection) -> "PipelineReport":
+        """A report starting with a :class:`CaseSelection`'s skipped cases and problem cases."""
+        report = cls(skipped=list(selection.skipped))
+        for case_id, message in selection.problems.items():
+            report.add_failure(case_id, message)
+        return report
 
     def add_failure(self, case_id: str, error: BaseException | str) -> None:
         self.failures.append(CaseFailure(case_id, describe_error(error)))

@@ -27,13 +27,17 @@ _COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#
             "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3")
 
 
-def largest_structure_centre(label_map: np.ndarray) -> tuple[int, int, int]:
-    """Voxel (z, y, x) at the centre of mass of the largest predicted structure (see module)."""
-    counts = np.bincount(label_map[label_map > 0].ravel().astype(np.int64)) if (label_map > 0).any() else None
-    if counts is None:
+def largest_structure_centre(label_map: np.ndarray, label: int | None = None) -> tuple[int, int, int]:
+    """Voxel (z, y, x) at the centre of mass of the largest connected component of ``label``
+    (None: of the foreground class with the most voxels); the image centre when it is absent."""
+    if label is None:
+        if not (label_map > 0).any():
+            return tuple(n // 2 for n in label_map.shape)
+        label = int(np.argmax(np.bincount(label_map[label_map > 0].ravel().astype(np.int64))))
+    mask = label_map == label
+    if not mask.any():
         return tuple(n // 2 for n in label_map.shape)
-    component = largest_component(label_map == int(np.argmax(counts)))
-    return tuple(int(round(c)) for c in ndimage.center_of_mass(component))
+    return tuple(int(round(c)) for c in ndimage.center_of_mass(largest_component(mask)))
 
 
 def _planes(volume: np.ndarray, centre: Sequence[int], spacing: Sequence[float]):
@@ -49,26 +53,29 @@ def _planes(volume: np.ndarray, centre: Sequence[int], spacing: Sequence[float])
     )
 
 
-def save_overlay(
+def overlay_figure(
     image: np.ndarray,
     label_map: np.ndarray,
     spacing: Sequence[float],
-    output_file: str | os.PathLike,
     label_names: dict[int, str] | None = None,
     title: str = "",
-) -> None:
-    """Write a PNG with the contours of ``label_map`` over ``image`` in three planes.
+    centre: Sequence[int] | None = None,
+    size_inches: tuple[float, float] = (12, 4.6),
+    dpi: int = 100,
+) -> Figure:
+    """The contours of ``label_map`` over ``image`` in three planes through ``centre`` (voxel
+    (z, y, x); default: the largest predicted structure), as a matplotlib figure on an Agg canvas.
 
     image: (z, y, x) canonical intensities (one channel). label_map: (z, y, x) on the same grid.
     spacing: mm along (z, y, x). label_names: label value → name for the legend.
     """
     if image.shape != label_map.shape:
         raise ValueError(f"image {image.shape} and label map {label_map.shape} differ in shape")
-    centre = largest_structure_centre(label_map)
+    centre = tuple(centre) if centre is not None else largest_structure_centre(label_map)
     finite = image[np.isfinite(image)]
     low, high = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
     labels = [int(v) for v in np.unique(label_map) if v > 0]
-    figure = Figure(figsize=(12, 4.6), dpi=100)
+    figure = Figure(figsize=size_inches, dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     image_planes = _planes(image, centre, spacing)
@@ -78,14 +85,32 @@ def save_overlay(
         for label in labels:
             mask = labels_2d == label
             if mask.any() and not mask.all():
-                axis.contour(mask.astype(np.float32), levels=[0.5], colors=[_COLOURS[(label - 1) % len(_COLOURS)]],
+                axis.contour(mask.astype(np.float32), levels=[0.5], colors=[label_colour(label)],
                              linewidths=1.2, origin="lower")
         axis.set_title(name)
         axis.set_axis_off()
     if labels:
-        handles = [Line2D([0], [0], color=_COLOURS[(v - 1) % len(_COLOURS)], lw=2) for v in labels]
+        handles = [Line2D([0], [0], color=label_colour(v), lw=2) for v in labels]
         names = [label_names.get(v, str(v)) if label_names else str(v) for v in labels]
         figure.legend(handles, names, loc="lower center", ncol=min(len(labels), 8), frameon=False)
     figure.suptitle(f"{title}  (planes through voxel z={centre[0]}, y={centre[1]}, x={centre[2]})".strip())
+    return figure
+
+
+def label_colour(label: int) -> str:
+    """The contour colour of a label value (the same in every picture)."""
+    return _COLOURS[(label - 1) % len(_COLOURS)]
+
+
+def save_overlay(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    spacing: Sequence[float],
+    output_file: str | os.PathLike,
+    label_names: dict[int, str] | None = None,
+    title: str = "",
+) -> None:
+    """Write a PNG of :func:`overlay_figure` (planes through the largest structure)."""
+    figure = overlay_figure(image, label_map, spacing, label_names, title)
     with atomic_path(output_file) as temporary:
         figure.savefig(temporary, format="png")

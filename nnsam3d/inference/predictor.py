@@ -28,19 +28,13 @@ import torch
 from torch import nn
 
 import nnsam3d
-from nnsam3d.inference.case_inputs import (
-    CaseInputError,
-    CaseSelection,
-    find_input_cases,
-    restrict_selection,
-)
+from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.export import (
     DICOM_SEG_ENDING,
     LabelWriter,
     case_name_of,
     export_prediction,
-    probabilities_file_for,
     probabilities_to_label_map,
 )
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
@@ -107,6 +101,21 @@ class _PredictedCase:
 
     probabilities: np.ndarray
     properties: CaseProperties
+
+
+def output_ending_for(description: DatasetDescription, output_format: str | None) -> str:
+    """The ending of written label maps for ``output_format`` (see :meth:`Predictor.predict_folder`)."""
+    if output_format is None:
+        return description.file_ending
+    if output_format == DICOM_SEG:
+        return DICOM_SEG_ENDING
+    ending = output_format if output_format.startswith(".") else f".{output_format}"
+    if ending not in SUPPORTED_FILE_ENDINGS:
+        raise CaseInputError(
+            f"output format '{output_format}' is not supported; choose {DICOM_SEG} or one of "
+            f"{', '.join(SUPPORTED_FILE_ENDINGS)}."
+        )
+    return ending
 
 
 class Predictor:
@@ -353,18 +362,35 @@ class Predictor:
         output_format: str | None = None,
     ) -> CaseSelection:
         """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
+        return select_cases(input_path, output_dir, self.description, skip_existing=skip_existing,
+                            save_probabilities=save_probabilities, num_parts=num_parts, part_id=part_id,
+                            output_ending=self.output_ending(output_format))
+
+    def case_stages(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        save_probabilities: bool = False,
+        save_overlays: bool = False,
+        output_format: str | None = None,
+    ) -> CaseStages[RawCase, PreprocessedCase, _PredictedCase]:
+        """Load, predict and save of one case into ``output_dir``: the stages of
+        :func:`run_case_pipeline`, also run one case at a time by the Ray workers."""
+        output_dir = Path(output_dir)
         ending = self.output_ending(output_format)
-        selection = restrict_selection(
-            find_input_cases(input_path, self.description.file_ending, self.description.num_channels), num_parts, part_id
+        return CaseStages(
+            case_id=lambda case: case.case_id,
+            load=self._preprocess,
+            predict=self._predict_loaded,
+            save=lambda case, predicted: self._write_case(
+                predicted,
+                case.image_files,
+                output_dir / f"{case.case_id}{ending}",
+                save_probabilities,
+                output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
+                output_format,
+            ),
         )
-        if skip_existing:
-            remaining = []
-            for case in selection.cases:
-                output_file = Path(output_dir) / f"{case.case_id}{ending}"
-                done = output_file.is_file() and (not save_probabilities or probabilities_file_for(output_file).is_file())
-                (selection.skipped if done else remaining).append(case.case_id if done else case)
-            selection.cases = remaining
-        return selection
 
     def predict_folder(
         self,
@@ -393,13 +419,6 @@ class Predictor:
         Cases with a missing channel or an unreadable file are reported in the returned
         report's ``failures`` (by name, with the reason); the others are predicted.
         """
-        input_path, output_dir = Path(input_path), Path(output_dir)
-        source_folder = input_path if input_path.is_dir() else input_path.parent
-        if output_dir.resolve() == source_folder.resolve():
-            raise CaseInputError(
-                f"{output_dir}: the output folder is the input folder; predictions would be mistaken for "
-                f"input channels. Choose another output folder."
-            )
         selection = self.select_cases(
             input_path, output_dir, skip_existing=skip_existing, save_probabilities=save_probabilities,
             num_parts=num_parts, part_id=part_id, output_format=output_format,
@@ -413,25 +432,11 @@ class Predictor:
                     f"references its source slices); {', '.join(not_dicom[:3])} are image files. Use an image "
                     f"format such as .nii.gz for them."
                 )
-        ending = self.output_ending(output_format)
-        report = PipelineReport(skipped=list(selection.skipped))
-        for case_id, message in selection.problems.items():
-            report.add_failure(case_id, message)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        report = PipelineReport.of_selection(selection)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         network_seconds_before = self.window_ensemble.network_seconds
-        stages = CaseStages(
-            case_id=lambda case: case.case_id,
-            load=self._preprocess,
-            predict=self._predict_loaded,
-            save=lambda case, predicted: self._write_case(
-                predicted,
-                case.image_files,
-                output_dir / f"{case.case_id}{ending}",
-                save_probabilities,
-                output_dir / OVERLAY_FOLDER / f"{case.case_id}.png" if save_overlays else None,
-                output_format,
-            ),
-        )
+        stages = self.case_stages(output_dir, save_probabilities=save_probabilities, save_overlays=save_overlays,
+                                  output_format=output_format)
         report = run_case_pipeline(selection.cases, stages, progress=self.progress, report=report)
         # Time in the networks themselves, not in the sliding window's bookkeeping.
         report.network_seconds = self.window_ensemble.network_seconds - network_seconds_before
@@ -439,17 +444,7 @@ class Predictor:
 
     def output_ending(self, output_format: str | None) -> str:
         """The ending of written label maps for ``output_format`` (see :meth:`predict_folder`)."""
-        if output_format is None:
-            return self.description.file_ending
-        if output_format == DICOM_SEG:
-            return DICOM_SEG_ENDING
-        ending = output_format if output_format.startswith(".") else f".{output_format}"
-        if ending not in SUPPORTED_FILE_ENDINGS:
-            raise CaseInputError(
-                f"output format '{output_format}' is not supported; choose {DICOM_SEG} or one of "
-                f"{', '.join(SUPPORTED_FILE_ENDINGS)}."
-            )
-        return ending
+        return output_ending_for(self.description, output_format)
 
     def label_writer(self, output_format: str | None, image_files: Sequence) -> LabelWriter:
         """How a case's canonical label map is written: DICOM-SEG referencing the case's series, or an

@@ -20,13 +20,13 @@ from nnsam3d import paths
 from nnsam3d.io.image_io import image_io_for_dataset
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase, labelled_training_cases
 from nnsam3d.planners.experiment_planner import plan_experiment
-from nnsam3d.schemas.fingerprint import DatasetFingerprint
+from nnsam3d.schemas.fingerprint import FINGERPRINT_FILENAME, DatasetFingerprint
 from nnsam3d.planners.fingerprint_extraction import extract_fingerprint
 from nnsam3d.planners.integrity import check_dataset_integrity
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 from nnsam3d.preprocessing.dataset_preprocessing import preprocess_dataset
 
-FINGERPRINT_FILE = "dataset_fingerprint.json"
+FINGERPRINT_FILE = FINGERPRINT_FILENAME
 
 
 def fingerprint_path(dataset: str | int) -> Path:

@@ -15,6 +15,7 @@ from nnsam3d.io.atomic import read_json, write_json_atomic
 from nnsam3d.io.schema_version import require_schema_version
 
 FINGERPRINT_SCHEMA_VERSION = 1
+FINGERPRINT_FILENAME = "dataset_fingerprint.json"
 
 
 @dataclass

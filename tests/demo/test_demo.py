@@ -44,6 +44,10 @@ def test_demo_runs_every_stage_and_resumes(nnsam3d_folders, tmp_path, capsys, re
     assert set(summary["labels"]) == {"liver", "kidney", "lesion"}
     assert len(summary["per_case"]) == len(predictions)
     reported_dice_check(summary, workdir / "predictions", dataset / "labelsTs", {"liver": 1, "kidney": 2, "lesion": 3})
+    report = workdir / "report" / "index.html"
+    assert printed.rstrip().endswith(f"Report of the test predictions (open in a browser): {report.resolve().as_uri()}")
+    assert report.read_text().count('<tr data-id="') == 4
+    assert "fold_0" in (workdir / "report" / "training" / "index.html").read_text()
 
     checkpoint_time = (fold / "checkpoint_final.pth").stat().st_mtime_ns
     assert demo_main(arguments) == 0

@@ -7,6 +7,7 @@ the weights are untrained. The end-to-end test trains its own.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +170,21 @@ def write_ct_series(
 def ct_series_writer():
     """:func:`write_ct_series` (test modules cannot import conftest under --import-mode=importlib)."""
     return write_ct_series
+
+
+def copy_test_cases(model: RandomModel, target: Path, count: int | None = None) -> list[str]:
+    """The first ``count`` test cases' channel files of ``model``'s dataset copied into ``target``
+    (created); returns their identifiers."""
+    target.mkdir(parents=True)
+    files = sorted((model.raw_dir / "imagesTs").iterdir())
+    case_ids = sorted({f.name.rsplit("_", 1)[0] for f in files})[:count]
+    for file in files:
+        if file.name.rsplit("_", 1)[0] in case_ids:
+            shutil.copy(file, target / file.name)
+    return case_ids
+
+
+@pytest.fixture
+def copy_cases():
+    """:func:`copy_test_cases`."""
+    return copy_test_cases

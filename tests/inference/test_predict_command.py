@@ -3,7 +3,6 @@ postprocessing, the single-case input and the Python API (random-weight 2-fold m
 
 from __future__ import annotations
 
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -22,18 +21,7 @@ def predict(mri_model, input_dir, output_dir, *extra) -> int:
     return predict_main(["-i", str(input_dir), "-o", str(output_dir), "-d", mri_model.dataset, *FAST, *extra])
 
 
-def copy_cases(mri_model, target, count=None):
-    """The first ``count`` test cases' channel files copied into ``target``; returns their ids."""
-    target.mkdir(parents=True)
-    files = sorted((mri_model.raw_dir / "imagesTs").iterdir())
-    case_ids = sorted({f.name.rsplit("_", 1)[0] for f in files})[:count]
-    for file in files:
-        if file.name.rsplit("_", 1)[0] in case_ids:
-            shutil.copy(file, target / file.name)
-    return case_ids
-
-
-def test_broken_cases_are_named_and_skipped_while_the_others_are_predicted(mri_model, tmp_path, capsys):
+def test_broken_cases_are_named_and_skipped_while_the_others_are_predicted(mri_model, copy_cases, tmp_path, capsys):
     inputs = tmp_path / "in"
     cases = copy_cases(mri_model, inputs)
     truncated, missing = cases[0], cases[1]
@@ -53,7 +41,7 @@ def test_broken_cases_are_named_and_skipped_while_the_others_are_predicted(mri_m
         assert out.shape == ref.shape and np.array_equal(out.affine, ref.affine)
 
 
-def test_continue_skips_written_cases_and_redoes_missing_ones(mri_model, tmp_path, capsys):
+def test_continue_skips_written_cases_and_redoes_missing_ones(mri_model, copy_cases, tmp_path, capsys):
     inputs = tmp_path / "in"
     cases = copy_cases(mri_model, inputs, count=3)
     output = tmp_path / "out"
@@ -70,7 +58,7 @@ def test_continue_skips_written_cases_and_redoes_missing_ones(mri_model, tmp_pat
     assert not [p for p in output.iterdir() if p.name.startswith(".tmp")]  # atomic writes leave nothing behind
 
 
-def test_parts_split_the_cohort_without_overlap(mri_model, tmp_path):
+def test_parts_split_the_cohort_without_overlap(mri_model, copy_cases, tmp_path):
     inputs = tmp_path / "in"
     cases = copy_cases(mri_model, inputs)
     written = []
@@ -106,7 +94,7 @@ def test_single_case_overlays_and_postprocessing(mri_model, tmp_path, capsys):
     assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 10_000
 
 
-def test_missing_model_and_input_problems_are_user_errors(mri_model, tmp_path, capsys):
+def test_missing_model_and_input_problems_are_user_errors(mri_model, copy_cases, tmp_path, capsys):
     inputs = tmp_path / "in"
     copy_cases(mri_model, inputs, count=1)
     assert predict(mri_model, inputs, tmp_path / "out", "-f", "0", "3") == 1
@@ -146,7 +134,7 @@ def test_python_api_accepts_voxel_sizes_instead_of_an_affine(make_plans, make_ra
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
 
 
-def test_the_network_time_of_a_folder_is_the_networks_share_of_the_wall_time(mri_model, tmp_path):
+def test_the_network_time_of_a_folder_is_the_networks_share_of_the_wall_time(mri_model, copy_cases, tmp_path):
     predictor = Predictor.from_model_folder(mri_model.model_dir, device="cpu", use_mirroring=False, step_size=1.0)
     inputs = tmp_path / "in"
     copy_cases(mri_model, inputs, count=2)
