@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "nnsam3d.trainers"
 DEFAULT_TRAINER = "nnSAM3DTrainer"
-_BUILTIN_MODULES = ("nnsam3d.trainers.base_trainer", "nnsam3d.trainers.variants")
+_BUILTIN_MODULES = ("nnsam3d.trainers.base_trainer", "nnsam3d.trainers.variants", "nnsam3d.trainers.interactive")
 
 
 class UnknownTrainerError(LookupError):
