@@ -23,8 +23,6 @@ from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.network import build_network
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
 
-from .conftest import hand_made_plans
-
 NUM_CLASSES = 3
 DESCRIPTION = DatasetDescription(channel_names={"0": "CT"}, labels={"background": 0, "liver": 1, "lesion": 2},
                                  num_training=1, file_ending=".nii.gz")
@@ -72,14 +70,18 @@ def phantom() -> np.ndarray:
     return image
 
 
-def oracle_predictor(mirroring=False) -> tuple[Predictor, PromptOracle]:
-    plans = hand_made_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=NUM_CLASSES)
+@pytest.fixture
+def plans(make_plans):
+    return make_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=NUM_CLASSES)
+
+
+def oracle_predictor(plans, mirroring=False) -> tuple[Predictor, PromptOracle]:
     oracle = PromptOracle()
     return Predictor([oracle], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=mirroring), oracle
 
 
-def test_automatic_is_the_predictors_label_map():
-    predictor, _ = oracle_predictor()
+def test_automatic_is_the_predictors_label_map(plans):
+    predictor, _ = oracle_predictor(plans)
     image = phantom()
     session = predictor.interactive(image, LPS_PERMUTED)
     expected = predictor.predict_volume(image, LPS_PERMUTED)
@@ -88,8 +90,8 @@ def test_automatic_is_the_predictors_label_map():
     assert (expected[4:16, 4:16, 3:10] == 1).all() and (expected[24:34, 20:30, 4:10] == 0).all()
 
 
-def test_positive_click_in_a_missed_region_adds_it_and_negative_click_removes_a_false_one():
-    predictor, _ = oracle_predictor()
+def test_positive_click_in_a_missed_region_adds_it_and_negative_click_removes_a_false_one(plans):
+    predictor, _ = oracle_predictor(plans)
     session = predictor.interactive(phantom(), LPS_PERMUTED)
     before = session.labels
     after = session.click(voxel=(29, 25, 7), positive=True, label="liver")
@@ -104,8 +106,8 @@ def test_positive_click_in_a_missed_region_adds_it_and_negative_click_removes_a_
     assert removed[29, 25, 7] == 1                                    # the first click holds
 
 
-def test_click_in_world_coordinates_is_the_click_at_that_voxel():
-    predictor, _ = oracle_predictor()
+def test_click_in_world_coordinates_is_the_click_at_that_voxel(plans):
+    predictor, _ = oracle_predictor(plans)
     by_voxel = predictor.interactive(phantom(), LPS_PERMUTED).click(voxel=(29, 25, 7), label="lesion")
     point_mm = (LPS_PERMUTED @ [29, 25, 7, 1])[:3]
     by_point = predictor.interactive(phantom(), LPS_PERMUTED).click(point_mm, positive=True, label="lesion")
@@ -115,8 +117,8 @@ def test_click_in_world_coordinates_is_the_click_at_that_voxel():
     assert by_point[33, 25, 7] == 0 and by_point[29, 25, 9] == 0
 
 
-def test_undo_and_reset_restore_exactly():
-    predictor, _ = oracle_predictor()
+def test_undo_and_reset_restore_exactly(plans):
+    predictor, _ = oracle_predictor(plans)
     session = predictor.interactive(phantom(), LPS_PERMUTED)
     start = session.labels
     first = session.click(voxel=(29, 25, 7), label="lesion")
@@ -135,8 +137,8 @@ def test_undo_and_reset_restore_exactly():
     assert np.array_equal(session.undo(), second)
 
 
-def test_the_encoder_runs_once_per_tile_and_mirroring():
-    predictor, oracle = oracle_predictor(mirroring=True)
+def test_the_encoder_runs_once_per_tile_and_mirroring(plans):
+    predictor, oracle = oracle_predictor(plans, mirroring=True)
     session = predictor.interactive(phantom(), LPS_PERMUTED)
     oracle.encoder_calls = 0
     session.click(voxel=(29, 25, 7), label="lesion")
@@ -147,8 +149,8 @@ def test_the_encoder_runs_once_per_tile_and_mirroring():
     assert oracle.encoder_calls == first                               # same region: decoders only
 
 
-def test_bad_clicks_are_refused_clearly():
-    predictor, _ = oracle_predictor()
+def test_bad_clicks_are_refused_clearly(plans):
+    predictor, _ = oracle_predictor(plans)
     session = predictor.interactive(phantom(), LPS_PERMUTED)
     with pytest.raises(ClickError, match="outside the image"):
         session.click((500.0, 0.0, 0.0), label="liver")
@@ -163,15 +165,13 @@ def test_bad_clicks_are_refused_clearly():
     assert session.clicks == [] and np.array_equal(session.labels, session.automatic())
 
 
-def test_a_model_without_prompt_branch_is_refused():
-    plans = hand_made_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=NUM_CLASSES)
+def test_a_model_without_prompt_branch_is_refused(plans):
     predictor = Predictor([build_network(plans.network)], plans, DESCRIPTION, torch.device("cpu"))
     with pytest.raises(ClickError, match="nnSAM3DTrainer_interactive"):
         predictor.interactive(phantom(), LPS_PERMUTED)
 
 
-def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_predictor():
-    plans = hand_made_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=NUM_CLASSES)
+def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_predictor(plans):
     plans = dataclasses.replace(plans, network=plans.network.replace(prompt_channels=prompt_channels(NUM_CLASSES)))
     torch.manual_seed(0)
     network = build_network(plans.network)
