@@ -10,6 +10,8 @@ COMMANDS = {
     "nnsam3d_find_best_configuration": "find_best_configuration",
     "nnsam3d_download_sam": "download_sam",
     "nnsam3d_demo": "demo",
+    "nnsam3d_refine": "refine",
+    "nnsam3d_evaluate_interactive": "evaluate_interactive",
 }
 
 setup(

@@ -99,14 +99,12 @@ class InteractiveSession:
         self._scores[0] = 1.0  # the padding is background
         self._scores[(slice(None), *self._region)] = base
         self._base_scores = self._scores.clone()
-        self._prior = self._scores.argmax(0).to(torch.int16)
-        self._exported = self._export_raw()
+        self._base_prior = self._scores.argmax(0).to(torch.int16)
+        self._start_exported = self._export_raw()
         self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
-        self._labels = self._automatic_labels.copy()
-        self._tile_votes: dict[int, torch.Tensor] = {}
         self._features: OrderedDict[int, list] = OrderedDict()
-        self.clicks: list[Click] = []
         self._history: list[_Step] = []
+        self._restore_start()
 
     # ------------------------------------------------------------------ public
     def automatic(self) -> np.ndarray:
@@ -118,6 +116,16 @@ class InteractiveSession:
     def labels(self) -> np.ndarray:
         """The current segmentation (i, j, k)."""
         return from_canonical(self._labels, self.geometry)
+
+    @property
+    def canonical_labels(self) -> np.ndarray:
+        """The current segmentation in canonical order (z, y, x), for ``io.nifti.write_segmentation``."""
+        return self._labels
+
+    def check_click(self, point_mm, label: str | int) -> None:
+        """Raise :class:`ClickError` if a click at ``point_mm`` (mm) for ``label`` would be refused."""
+        self.label_value(label)
+        world_to_network_voxel(point_mm, self.properties)
 
     def click(self, point_mm=None, positive: bool = True, label: str | int = 1, *, voxel=None) -> np.ndarray:
         """Add a click and return the updated label map.
@@ -154,6 +162,8 @@ class InteractiveSession:
             self._set_vote(index, previous)
         self._tile_votes = step.tile_votes
         self.clicks = step.clicks
+        if not self._tile_votes:  # back at the start: exactly, not up to rounding
+            self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
         flat_labels, flat_exported = self._labels.reshape(-1), self._exported.reshape(-1)
         flat_labels[step.changed] = step.labels_before
         flat_exported[step.changed] = step.exported_before
@@ -163,15 +173,18 @@ class InteractiveSession:
         """Drop every click of ``label`` and replay the others from the starting segmentation."""
         value = self.label_value(label)
         step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
+        labels_before, exported_before = self._labels.copy(), self._exported.copy()
         kept = [click for click in self.clicks if click.label != value]
-        for index in list(self._tile_votes):
-            self._set_vote(index, self._base_vote(index))
-        self._tile_votes = {}
-        self.clicks = []
+        self._restore_start()
         for click in kept:
             self.clicks.append(click)
             self._predict_tiles(self._tiles_containing(click.position))
-        self._commit(step)
+            self._update_labels()
+        changed = np.flatnonzero((labels_before != self._labels).reshape(-1) | (exported_before != self._exported).reshape(-1))
+        step.changed = changed
+        step.labels_before = labels_before.reshape(-1)[changed]
+        step.exported_before = exported_before.reshape(-1)[changed]
+        self._history.append(step)
         return self.labels
 
     def label_value(self, label: str | int) -> int:
@@ -256,15 +269,28 @@ class InteractiveSession:
         scores = self._scores[(slice(None), *self._region)].numpy()
         return probabilities_to_label_map(scores, self.properties, None)
 
-    def _commit(self, step: _Step) -> None:
+    def _restore_start(self) -> None:
+        """Scores, labels and clicks exactly as at the start (no history change)."""
+        self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
+        self._exported = self._start_exported.copy()
+        self._labels = self._automatic_labels.copy()
+        self._tile_votes: dict[int, torch.Tensor] = {}
+        self.clicks: list[Click] = []
+
+    def _update_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Export the scores; labels change where the export changed. Returns (changed flat indices,
+        their labels before, their export before)."""
         exported = self._export_raw()
         changed = np.flatnonzero(exported.reshape(-1) != self._exported.reshape(-1))
         flat_labels = self._labels.reshape(-1)
-        step.changed = changed
-        step.labels_before = flat_labels[changed].copy()
-        step.exported_before = self._exported.reshape(-1)[changed].copy()
+        labels_before = flat_labels[changed].copy()
+        exported_before = self._exported.reshape(-1)[changed].copy()
         flat_labels[changed] = exported.reshape(-1)[changed]
         self._exported = exported
+        return changed, labels_before, exported_before
+
+    def _commit(self, step: _Step) -> None:
+        step.changed, step.labels_before, step.exported_before = self._update_labels()
         self._history.append(step)
 
     def _canonical_initial_labels(self, initial_labels: np.ndarray) -> np.ndarray:
