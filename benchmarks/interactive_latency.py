@@ -18,7 +18,6 @@ recorded, since on a shared machine it matters.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -32,7 +31,7 @@ from nnsam3d.model.network import build_network
 from nnsam3d.model.prompt_encoder import prompt_channels
 from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
 
-from benchmark_support import environment, write_result
+from benchmark_support import load_average, environment, write_result
 
 CPU_CASE = dict(
     config=NetworkConfig(backbone="vit_tiny", num_classes=4, patch_size=(24, 64, 64), token_size=(4, 16, 16),
@@ -110,13 +109,6 @@ def measure(case: dict, device: str, clicks: int, mirroring: bool) -> dict:
     }
 
 
-def _load() -> str:
-    try:
-        return open("/proc/loadavg").read().strip()
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=5, help="clicks in the same region (default 5)")
@@ -127,16 +119,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.skip_cpu:
-        load_before = _load()
+        load_before = load_average()
         result = {"machine": {**environment(), "loadavg_before": load_before},
                   **measure(CPU_CASE, "cpu", args.clicks, args.mirroring)}
-        result["machine"]["loadavg_after"] = _load()
+        result["machine"]["loadavg_after"] = load_average()
         write_result("interactive_latency_cpu.json", result)
         print(f"CPU vit_tiny: first click {result['first_click_s']:.2f} s, then "
               f"{result['same_region_click_s']['median']:.2f} s per click (load {load_before})")
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        result = {"machine": {"gpu": torch.cuda.get_device_name(), **environment(), "loadavg_before": _load()},
+        result = {"machine": {"gpu": torch.cuda.get_device_name(), **environment(), "loadavg_before": load_average()},
                   **measure(CUDA_CASE, "cuda", args.clicks, args.mirroring)}
         write_result("interactive_latency_cuda.json", result)
         print(f"CUDA vit_b: first click {result['first_click_s']:.2f} s, then "
@@ -144,5 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()

@@ -37,19 +37,12 @@ from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.launch import train_fold
 from nnsam3d.trainers.request import TrainingRequest
 
-from benchmark_support import RESULTS, environment, write_result
+from benchmark_support import load_average, RESULTS, environment, write_result
 
 TRAINERS = ("nnSAM3DTrainer", "nnSAM3DTrainer_interactive")
 FOLD = "0"
 SMALLEST_CLASS = "lesion"
 """The demo's smallest structure (a few hundred voxels against the liver's tens of thousands)."""
-
-
-def _load() -> str:
-    try:
-        return open("/proc/loadavg").read().strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:
@@ -70,7 +63,7 @@ def main() -> None:
     plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=2)
     description = DatasetDescription.from_file(dataset_dir / "dataset.json")
 
-    result = {"machine": {**environment(), "loadavg_before": _load()}, "epochs": args.epochs,
+    result = {"machine": {**environment(), "loadavg_before": load_average()}, "epochs": args.epochs,
               "iterations_per_epoch": args.iterations, "models": {}}
     for trainer in TRAINERS:
         model_dir = paths.training_output_dir(spec.folder_name, trainer, DEFAULT_PLANS_NAME)
@@ -101,7 +94,7 @@ def main() -> None:
     result["loss_at_0_clicks"] = automatic["foreground_mean_dice_0_clicks"] - interactive["foreground_mean_dice_0_clicks"]
     after = interactive["interactive"]["mean"][smallest][str(args.clicks)]
     result[f"{smallest}_gain_after_{args.clicks}_clicks"] = after - automatic["dice_0_clicks"][smallest]
-    result["machine"]["loadavg_after"] = _load()
+    result["machine"]["loadavg_after"] = load_average()
     write_result("interactive_vs_automatic.json", result)
 
 

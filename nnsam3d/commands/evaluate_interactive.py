@@ -21,8 +21,8 @@ from nnsam3d.model_selection.interactive_evaluation import (
 )
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.trainers.registry import INTERACTIVE_TRAINER
 
-INTERACTIVE_TRAINER = "nnSAM3DTrainer_interactive"
 USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CheckpointFormatError, CaseInputError, ImageReadError,
                ClickError, InteractiveEvaluationError)
 

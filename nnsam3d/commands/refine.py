@@ -17,8 +17,8 @@ from nnsam3d.io.checkpoint_file import CheckpointFormatError
 from nnsam3d.io.nifti import ImageReadError, read_volume_in_file_order, write_segmentation
 from nnsam3d.paths import DatasetNotFoundError, resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.trainers.registry import INTERACTIVE_TRAINER
 
-INTERACTIVE_TRAINER = "nnSAM3DTrainer_interactive"
 USER_ERRORS = (DatasetNotFoundError, ModelFolderError, CheckpointFormatError, IncompatibleModelsError,
                ImageReadError, ClickError)
 
