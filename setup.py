@@ -16,6 +16,8 @@ COMMANDS = {
     "nnsam3d_export_model": "export_model",
     "nnsam3d_install_model": "install_model",
     "nnsam3d_report": "report",
+    "nnsam3d_refine": "refine",
+    "nnsam3d_evaluate_interactive": "evaluate_interactive",
 }
 
 setup(

@@ -46,6 +46,14 @@ def write_result(file_name: str, content: dict) -> Path:
     return path
 
 
+def load_average() -> str:
+    """``/proc/loadavg`` (1, 5, 15 minute load, ...): what else the machine was doing."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux)."""
     try:

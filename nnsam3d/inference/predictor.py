@@ -37,6 +37,7 @@ from nnsam3d.inference.export import (
     export_prediction,
     probabilities_to_label_map,
 )
+from nnsam3d.inference.interactive_session import InteractiveSession
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
 from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
@@ -472,6 +473,13 @@ class Predictor:
         Returns the label map (i, j, k) int16 on exactly the input grid, postprocessed like
         ``nnsam3d_predict`` does.
         """
+        case = self.preprocess_volume(image, affine)
+        probabilities = self.predict_probabilities(case.data)
+        label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
+        return from_canonical(label_map, case.properties.geometry)
+
+    def preprocess_volume(self, image: np.ndarray, affine: np.ndarray) -> PreprocessedCase:
+        """The preprocessed case of a volume held in memory (arguments as :meth:`predict_volume`)."""
         image = np.asarray(image)
         if image.ndim == 3:
             image = image[None]
@@ -488,8 +496,14 @@ class Predictor:
         geometry = ImageGeometry(shape=tuple(int(n) for n in image.shape[1:]),
                                  affine=tuple(tuple(float(v) for v in row) for row in affine))
         canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
-        case = preprocess_case(canonical, geometry, self.plans, case_id="volume")
-        del canonical
-        probabilities = self.predict_probabilities(case.data)
-        label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
-        return from_canonical(label_map, geometry)
+        return preprocess_case(canonical, geometry, self.plans, case_id="volume")
+
+    def interactive(
+        self, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None
+    ) -> InteractiveSession:
+        """An interactive refinement session on a volume (arguments as :meth:`predict_volume`).
+
+        initial_labels: a label map (i, j, k) on the image's grid to refine; None starts from
+        this predictor's automatic segmentation. See :mod:`nnsam3d.inference.interactive_session`.
+        """
+        return InteractiveSession(self, image, affine, initial_labels)

@@ -53,6 +53,9 @@ class NetworkConfig:
     trainable: one of ``TRAINABLE_MODES``.
     train_norms: with ``adapters``, also train the encoder's LayerNorms.
     deep_supervision: also output logits at 1/2 and 1/4 resolution.
+    prompt_channels: input channels of the prompt branch of interactive networks (clicks and
+        prior segmentation, ``nnsam3d.model.prompt_encoder``); 0 (default): no prompt branch,
+        automatic segmentation only.
     """
 
     backbone: str = "vit_b"
@@ -68,6 +71,7 @@ class NetworkConfig:
     trainable: str = "adapters"
     train_norms: bool = False
     deep_supervision: bool = True
+    prompt_channels: int = 0
     schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,9 @@ class NetworkConfig:
         bad = [b for b in self.adapter_blocks if not 0 <= b < spec.depth]
         if bad:
             raise ValueError(f"adapter_blocks {bad} outside 0..{spec.depth - 1} for {self.backbone}")
+        if int(self.prompt_channels) < 0:
+            raise ValueError(f"prompt_channels must be at least 0, got {self.prompt_channels}")
+        object.__setattr__(self, "prompt_channels", int(self.prompt_channels))
         if self.trainable not in TRAINABLE_MODES:
             raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
         if self.trainable == "frozen_encoder":

@@ -87,9 +87,11 @@ def upsampling_convolution(in_channels: int, out_channels: int, factor: Shape3) 
 class Decoder3D(nn.Module):
     """embed_dim: encoder width D; num_features: encoder feature blocks; config: sizes.
 
-    forward(x, features, grid, deep_supervision): x ``(B, C, Z, Y, X)`` the network input,
-    features the encoder tokens (shallow to deep), grid their token grid ``(Z', H, W)`` ->
-    logits ``(B, K, Z, Y, X)``, or with deep supervision a tuple of logits at levels 0, 1, 2.
+    forward(x, features, grid, deep_supervision, extra_terms=None): x ``(B, C, Z, Y, X)`` the
+    network input, features the encoder tokens (shallow to deep), grid their token grid
+    ``(Z', H, W)`` -> logits ``(B, K, Z, Y, X)``, or with deep supervision a tuple of logits at
+    levels 0, 1, 2. ``extra_terms``: one more tensor per level (finest first, at that level's
+    shape and width) added to the level's sum: the prompt branch of interactive networks.
     """
 
     def __init__(self, embed_dim: int, num_features: int, config: NetworkConfig):
@@ -126,7 +128,12 @@ class Decoder3D(nn.Module):
         self.apply(_init_he)
 
     def forward(
-        self, x: Tensor, features: list[Tensor], grid: Shape3, deep_supervision: bool
+        self,
+        x: Tensor,
+        features: list[Tensor],
+        grid: Shape3,
+        deep_supervision: bool,
+        extra_terms: list[Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
         spatial = tuple(x.shape[2:])
         shapes = decoder_level_shapes(spatial, grid)
@@ -142,6 +149,8 @@ class Decoder3D(nn.Module):
             terms[level].append(fit_to_shape(skip, shapes[level]))
         for neck, lateral, feature, level in zip(self.necks, self.laterals, features, self.feature_levels):
             terms[level].append(fit_to_shape(lateral(neck(feature)), shapes[level]))
+        for level, term in enumerate(extra_terms or ()):
+            terms[level].append(term)
 
         outputs: dict[int, Tensor] = {}
         wanted = DEEP_SUPERVISION_LEVELS if deep_supervision else DEEP_SUPERVISION_LEVELS[:1]

@@ -4,6 +4,12 @@
 >>> full, half, quarter = network(volume)       # deep supervision on (training)
 >>> network.deep_supervision = False
 >>> logits = network(volume)                     # (B, K, z, y, x)
+
+Interactive networks (``config.prompt_channels > 0``) also take a prompt; the encoder's
+features do not depend on it, so they can be computed once and decoded with many prompts:
+
+>>> features = network.encode(volume)
+>>> logits = network.decode(volume, features, prompts)   # prompts (B, P, z, y, x)
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.decoder3d import Decoder3D
 from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
-from nnsam3d.model.layout import token_grid
+from nnsam3d.model.layout import decoder_level_shapes, decoder_widths, token_grid
+from nnsam3d.model.prompt_encoder import PromptEncoder
 from nnsam3d.model.sam_checkpoints import SamCheckpointError, SamSource, load_sam_encoder_state, sam_source_of
 from nnsam3d.model.weight_adaptation import adapt_sam_encoder_state
 
@@ -32,6 +39,10 @@ class MedSAM3D(nn.Module):
     but never below the token grid, e.g. ``(B, K, z/2, y/2, x/2)`` and ``(B, K, z/4, y/4, x/4)``
     for tokens 4 or more voxels along every axis.
     ``deep_supervision`` starts as ``config.deep_supervision`` and may be toggled at any time.
+
+    forward(x, prompts): with ``config.prompt_channels > 0`` a prompt ``(B, P, z, y, x)`` may be
+    given (see :mod:`nnsam3d.model.prompt_encoder`); ``None`` is automatic mode, computed exactly
+    as by a network without the prompt branch.
     """
 
     def __init__(self, config: NetworkConfig):
@@ -44,15 +55,42 @@ class MedSAM3D(nn.Module):
         random weights; checkpoints rebuild the frozen part from it (``trained_weights``)."""
         self.encoder = Encoder3D(spec, config)
         self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
+        self.prompt_encoder = None
+        if config.prompt_channels:
+            num_levels = self.decoder.num_levels
+            widths = decoder_widths(config.decoder_channels, config.in_channels, num_levels)
+            self.prompt_encoder = PromptEncoder(config.prompt_channels, widths, num_levels)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, prompts: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        return self.decode(x, self.encode(x), prompts)
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The encoder's feature tokens (shallow to deep, each ``(B, Z', H, W, D)``); independent of prompts."""
         if x.ndim != 5 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"expected input (B, {self.config.in_channels}, z, y, x), got {tuple(x.shape)}"
             )
+        return self.encoder(x)
+
+    def decode(
+        self, x: Tensor, features: list[Tensor], prompts: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Logits from the input ``x`` and its features ``encode(x)``, with an optional prompt."""
         grid = token_grid(tuple(x.shape[2:]), self.config.token_size)
-        features = self.encoder(x)
-        return self.decoder(x, features, grid, self.deep_supervision)
+        extra_terms = None
+        if prompts is not None:
+            if self.prompt_encoder is None:
+                raise ValueError("this network has no prompt branch (config.prompt_channels is 0); it is not interactive")
+            expected = (x.shape[0], self.config.prompt_channels, *x.shape[2:])
+            if tuple(prompts.shape) != expected:
+                raise ValueError(f"expected prompts of shape {expected}, got {tuple(prompts.shape)}")
+            shapes = decoder_level_shapes(tuple(x.shape[2:]), grid)
+            extra_terms = self.prompt_encoder(prompts.to(x.dtype), shapes)
+        return self.decoder(x, features, grid, self.deep_supervision, extra_terms)
+
+    @property
+    def is_interactive(self) -> bool:
+        return self.prompt_encoder is not None
 
 
 def parameter_is_trainable(name: str, config: NetworkConfig) -> bool:

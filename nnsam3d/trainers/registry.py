@@ -19,7 +19,9 @@ from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "nnsam3d.trainers"
 DEFAULT_TRAINER = "nnSAM3DTrainer"
-_BUILTIN_MODULES = ("nnsam3d.trainers.base_trainer", "nnsam3d.trainers.variants")
+INTERACTIVE_TRAINER = "nnSAM3DTrainer_interactive"
+"""The trainer whose models take clicks (``nnsam3d_refine``, ``nnsam3d_evaluate_interactive`` default to it)."""
+_BUILTIN_MODULES = ("nnsam3d.trainers.base_trainer", "nnsam3d.trainers.variants", "nnsam3d.trainers.interactive")
 
 
 class UnknownTrainerError(LookupError):

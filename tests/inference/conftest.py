@@ -91,7 +91,7 @@ def mri_model(tmp_path_factory, point_folders) -> RandomModel:
         yield RandomModel(root, spec.folder_name, raw_dir, model_dir, plans, description)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_plans():
     """:func:`hand_made_plans` (test modules cannot import conftest under --import-mode=importlib)."""
     return hand_made_plans

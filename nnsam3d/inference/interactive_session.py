@@ -1,0 +1,313 @@
+"""Interactive refinement: clicks correct a segmentation, the encoder runs once per tile.
+
+>>> session = Predictor.from_model_folder(model_dir).interactive(ct, affine)
+>>> labels = session.automatic()                                  # (i, j, k), as predict_volume
+>>> labels = session.click((12.5, -40.0, 88.0), positive=True, label="liver")
+>>> labels = session.undo()
+>>> labels = session.reset("liver")
+
+How a click is applied. The volume is tiled exactly as the predictor's sliding window does; the
+session's class scores on the network grid start as the predictor's (or, when refining a given
+segmentation, as its one-hot map), and every tile's vote in the Gaussian-weighted average starts
+as those scores. A click re-predicts the tiles that contain it, through every network and
+mirroring of the predictor, with the prompt (every click so far, and the current segmentation as
+the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones. Only
+those tiles' decoders run: the encoder's features of a tile do not depend on prompts and are
+kept (``max_cached_tiles`` tiles, least recently used out), so a second click in the same region
+costs decoder passes only. ``encoder_calls`` counts encoder runs.
+
+What the user gets back stays on exactly the input grid: the label map changes only at voxels
+whose exported label (scores resampled to the input grid and argmaxed, as the predictor exports)
+changes with the click; everything else keeps its value, postprocessing of the automatic result
+and a given initial segmentation included.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nnsam3d.inference.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
+from nnsam3d.inference.click_prompts import Click, build_prompts
+from nnsam3d.inference.export import probabilities_to_label_map
+from nnsam3d.inference.gaussian_weights import gaussian_importance_map
+from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
+from nnsam3d.io.nifti import from_canonical, to_canonical
+from nnsam3d.preprocessing.resampling import resample_label_map, separate_axis_for
+
+DEFAULT_MAX_CACHED_TILES = 32
+
+
+@dataclass
+class _Step:
+    """What one action changed, to undo it: earlier clicks, earlier tile votes, earlier labels."""
+
+    clicks: list[Click]
+    tile_votes: dict[int, torch.Tensor]
+    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    labels_before: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+    exported_before: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+
+
+class InteractiveSession:
+    """One volume, one predictor, a history of clicks. Built by ``Predictor.interactive``.
+
+    Every method returning a label map returns (i, j, k) int16 on the input image's grid.
+    """
+
+    def __init__(self, predictor, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None,
+                 max_cached_tiles: int = DEFAULT_MAX_CACHED_TILES):
+        networks = predictor.networks
+        not_interactive = [str(path) for network, path in zip(networks, predictor.checkpoint_files or [None] * len(networks))
+                           if not getattr(network, "is_interactive", False)]
+        if not_interactive:
+            raise ClickError(
+                "this model takes no clicks: it was trained without a prompt branch "
+                f"({', '.join(p for p in not_interactive if p) or 'network'}); train one with "
+                "-tr nnSAM3DTrainer_interactive"
+            )
+        self.predictor = predictor
+        self.num_classes = predictor.num_classes
+        self.max_cached_tiles = int(max_cached_tiles)
+        self.encoder_calls = 0
+
+        case = predictor.preprocess_volume(image, affine)
+        self.properties = case.properties
+        self.geometry = case.properties.geometry
+        self.spacing = tuple(predictor.plans.target_spacing)
+        data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32))
+        self._padded, self._region = pad_to_patch_size(data, predictor.plans.patch_size)
+        self._origin = tuple(s.start for s in self._region)
+        padded_shape = tuple(self._padded.shape[1:])
+        self._windows = window_slices(padded_shape, predictor.plans.patch_size, predictor.step_size)
+        self._weights = torch.from_numpy(np.array(gaussian_importance_map(tuple(predictor.plans.patch_size))))
+        self._weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
+        for window in self._windows:
+            self._weight_sum[window] += self._weights
+
+        if initial_labels is None:
+            base = torch.from_numpy(predictor.predict_probabilities(case.data).astype(np.float32))
+            canonical_labels = probabilities_to_label_map(base.numpy(), self.properties, predictor.postprocessing)
+        else:
+            canonical_labels = self._canonical_initial_labels(initial_labels)
+            base = self._one_hot_on_network_grid(canonical_labels)
+        self._scores = torch.zeros((self.num_classes, *padded_shape), dtype=torch.float32)
+        self._scores[0] = 1.0  # the padding is background
+        self._scores[(slice(None), *self._region)] = base
+        self._base_scores = self._scores.clone()
+        self._base_prior = self._scores.argmax(0).to(torch.int16)
+        self._start_exported = self._export_raw()
+        self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
+        self._features: OrderedDict[int, list] = OrderedDict()
+        self._history: list[_Step] = []
+        self._restore_start()
+
+    # ------------------------------------------------------------------ public
+    def automatic(self) -> np.ndarray:
+        """The segmentation the session started from (the predictor's automatic one unless an
+        initial segmentation was given); clicks are kept."""
+        return from_canonical(self._automatic_labels, self.geometry)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The current segmentation (i, j, k)."""
+        return from_canonical(self._labels, self.geometry)
+
+    @property
+    def canonical_labels(self) -> np.ndarray:
+        """The current segmentation in canonical order (z, y, x), for ``io.nifti.write_segmentation``."""
+        return self._labels
+
+    def check_click(self, point_mm, label: str | int) -> None:
+        """Raise :class:`ClickError` if a click at ``point_mm`` (mm) for ``label`` would be refused."""
+        self.label_value(label)
+        world_to_network_voxel(point_mm, self.properties)
+
+    def click(self, point_mm=None, positive: bool = True, label: str | int = 1, *, voxel=None) -> np.ndarray:
+        """Add a click and return the updated label map.
+
+        point_mm: world point (x, y, z) in mm (RAS+, the image affine's frame); or ``voxel``:
+        an index (i, j, k) of the input image. label: a class name of the dataset or its value.
+        Raises :class:`ClickError` for a point outside the image or an unknown label.
+        """
+        value = self.label_value(label)
+        if (point_mm is None) == (voxel is None):
+            raise ClickError("give a click either as point_mm or as voxel, not both or neither")
+        if voxel is not None:
+            index = np.asarray(voxel, dtype=np.float64)
+            if index.shape != (3,):
+                raise ClickError(f"a voxel index needs three values (i, j, k), got {voxel!r}")
+            if np.any(index < -0.5) or np.any(index > np.array(self.geometry.shape) - 0.5):
+                raise ClickError(f"voxel {tuple(voxel)} lies outside the image of shape {self.geometry.shape}")
+            point_mm = voxel_to_world(index, self.geometry)
+        position = world_to_network_voxel(point_mm, self.properties)
+        padded_position = tuple(p + o for p, o in zip(position, self._origin))
+        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
+        self.clicks.append(Click(value, padded_position, bool(positive)))
+        self._predict_tiles(self._tiles_containing(padded_position))
+        self._commit(step)
+        return self.labels
+
+    def undo(self) -> np.ndarray:
+        """Take back the last click (or reset); returns the label map before it."""
+        if not self._history:
+            raise ClickError("nothing to undo")
+        step = self._history.pop()
+        for index in set(self._tile_votes) | set(step.tile_votes):
+            previous = step.tile_votes.get(index, self._base_vote(index))
+            self._set_vote(index, previous)
+        self._tile_votes = step.tile_votes
+        self.clicks = step.clicks
+        if not self._tile_votes:  # back at the start: exactly, not up to rounding
+            self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
+        flat_labels, flat_exported = self._labels.reshape(-1), self._exported.reshape(-1)
+        flat_labels[step.changed] = step.labels_before
+        flat_exported[step.changed] = step.exported_before
+        return self.labels
+
+    def reset(self, label: str | int) -> np.ndarray:
+        """Drop every click of ``label`` and replay the others from the starting segmentation."""
+        value = self.label_value(label)
+        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
+        labels_before, exported_before = self._labels.copy(), self._exported.copy()
+        kept = [click for click in self.clicks if click.label != value]
+        self._restore_start()
+        for click in kept:
+            self.clicks.append(click)
+            self._predict_tiles(self._tiles_containing(click.position))
+            self._update_labels()
+        changed = np.flatnonzero((labels_before != self._labels).reshape(-1) | (exported_before != self._exported).reshape(-1))
+        step.changed = changed
+        step.labels_before = labels_before.reshape(-1)[changed]
+        step.exported_before = exported_before.reshape(-1)[changed]
+        self._history.append(step)
+        return self.labels
+
+    def label_value(self, label: str | int) -> int:
+        labels = self.predictor.description.labels
+        if isinstance(label, str) and label in labels:
+            value = labels[label]
+        elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and int(label) in labels.values():
+            value = int(label)
+        else:
+            names = ", ".join(name for name, v in labels.items() if v != 0)
+            raise ClickError(f"unknown label {label!r}; this model segments: {names}")
+        if value == 0:
+            raise ClickError("clicks are for foreground classes; a negative click removes a class instead of "
+                             "adding background")
+        return value
+
+    # ------------------------------------------------------------------ tiles
+    def _tiles_containing(self, position) -> list[int]:
+        voxel = [int(round(p)) for p in position]
+        return [index for index, window in enumerate(self._windows)
+                if all(s.start <= v < s.stop for s, v in zip(window, voxel))]
+
+    def _base_vote(self, index: int) -> torch.Tensor:
+        """A tile's vote before any click: the starting scores (their weighted mean is themselves)."""
+        return self._base_scores[(slice(None), *self._windows[index])]
+
+    def _set_vote(self, index: int, vote: torch.Tensor) -> None:
+        window = self._windows[index]
+        current = self._tile_votes.get(index)
+        if current is None:
+            current = self._base_vote(index)
+        region = (slice(None), *window)
+        self._scores[region] += (vote - current) * (self._weights / self._weight_sum[window])
+        self._prior[window] = self._scores[region].argmax(0).to(torch.int16)
+
+    def _predict_tiles(self, indices: list[int]) -> None:
+        for index in indices:
+            vote = self._prompted_vote(index)
+            self._set_vote(index, vote)
+            self._tile_votes[index] = vote
+
+    def _tile_features(self, index: int, inputs: torch.Tensor) -> list:
+        """Encoder features of the tile for every (network, mirroring), computed once."""
+        if index in self._features:
+            self._features.move_to_end(index)
+            return self._features[index]
+        ensemble = self.predictor.window_ensemble
+        features = []
+        for network in ensemble.networks:
+            for axes in ensemble.mirrorings:
+                features.append(network.encode(torch.flip(inputs, axes) if axes else inputs))
+                self.encoder_calls += 1
+        self._features[index] = features
+        while len(self._features) > self.max_cached_tiles:
+            self._features.popitem(last=False)
+        return features
+
+    def _prompted_vote(self, index: int) -> torch.Tensor:
+        """Mean softmax (K, *patch) of the tile with the current prompt, over networks and mirrorings."""
+        window = self._windows[index]
+        device = self.predictor.device
+        ensemble = self.predictor.window_ensemble
+        inputs = self._padded[(slice(None), *window)][None].to(device)
+        origin = tuple(s.start for s in window)
+        prompts = build_prompts(self._prior[window].to(device), self.clicks, self.num_classes, self.spacing, origin)[None]
+        autocast = (torch.autocast(device.type, dtype=ensemble.autocast_dtype)
+                    if ensemble.autocast_dtype else nullcontext())
+        total = None
+        with torch.inference_mode(), autocast:
+            features = self._tile_features(index, inputs)
+            passes = [(network, axes) for network in ensemble.networks for axes in ensemble.mirrorings]
+            for (network, axes), tile_features in zip(passes, features):
+                flip = (lambda t: torch.flip(t, axes)) if axes else (lambda t: t)
+                logits = network.decode(flip(inputs), tile_features, flip(prompts))
+                probabilities = flip(torch.softmax(logits.float(), dim=1))
+                total = probabilities if total is None else total + probabilities
+        return (total / len(passes))[0].cpu()
+
+    # ------------------------------------------------------------------ labels
+    def _export_raw(self) -> np.ndarray:
+        """Canonical label map of the current scores, exported as the predictor does (no postprocessing)."""
+        scores = self._scores[(slice(None), *self._region)].numpy()
+        return probabilities_to_label_map(scores, self.properties, None)
+
+    def _restore_start(self) -> None:
+        """Scores, labels and clicks exactly as at the start (no history change)."""
+        self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
+        self._exported = self._start_exported.copy()
+        self._labels = self._automatic_labels.copy()
+        self._tile_votes: dict[int, torch.Tensor] = {}
+        self.clicks: list[Click] = []
+
+    def _update_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Export the scores; labels change where the export changed. Returns (changed flat indices,
+        their labels before, their export before)."""
+        exported = self._export_raw()
+        changed = np.flatnonzero(exported.reshape(-1) != self._exported.reshape(-1))
+        flat_labels = self._labels.reshape(-1)
+        labels_before = flat_labels[changed].copy()
+        exported_before = self._exported.reshape(-1)[changed].copy()
+        flat_labels[changed] = exported.reshape(-1)[changed]
+        self._exported = exported
+        return changed, labels_before, exported_before
+
+    def _commit(self, step: _Step) -> None:
+        step.changed, step.labels_before, step.exported_before = self._update_labels()
+        self._history.append(step)
+
+    def _canonical_initial_labels(self, initial_labels: np.ndarray) -> np.ndarray:
+        initial_labels = np.asarray(initial_labels)
+        if initial_labels.shape != tuple(self.geometry.shape):
+            raise ClickError(
+                f"the initial segmentation has shape {initial_labels.shape}, the image {tuple(self.geometry.shape)}"
+            )
+        unknown = sorted(set(np.unique(initial_labels).tolist()) - set(range(self.num_classes)))
+        if unknown:
+            raise ClickError(f"the initial segmentation holds label values {unknown} this model does not know "
+                             f"(0..{self.num_classes - 1})")
+        return to_canonical(initial_labels.astype(np.int16), self.geometry.affine_array)
+
+    def _one_hot_on_network_grid(self, canonical_labels: np.ndarray) -> torch.Tensor:
+        box = tuple(slice(lo, hi) for lo, hi in self.properties.crop_bbox)
+        separate_axis = separate_axis_for(self.properties.original_spacing, self.properties.spacing_after_resampling)
+        on_grid = resample_label_map(canonical_labels[box], self.properties.shape_after_resampling, separate_axis)
+        labels = torch.from_numpy(np.ascontiguousarray(on_grid, dtype=np.int64))
+        return torch.nn.functional.one_hot(labels, self.num_classes).permute(3, 0, 1, 2).float()

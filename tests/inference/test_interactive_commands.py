@@ -1,0 +1,141 @@
+"""nnsam3d_refine and nnsam3d_evaluate_interactive on a model folder of a random-weight interactive
+network (its prompt branch randomised so that clicks act): files, geometry, refused clicks, curves."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnsam3d.commands.evaluate_interactive import main as evaluate_interactive_main
+from nnsam3d.commands.refine import main as refine_main
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.evaluation.metrics import dice
+from nnsam3d.inference.predictor import Predictor
+from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
+from nnsam3d.io.nifti import read_volume_in_file_order, to_canonical, write_segmentation
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.network import build_network
+from nnsam3d.model.prompt_encoder import prompt_channels
+
+TRAINER = "nnSAM3DTrainer_interactive"
+
+
+@pytest.fixture(scope="module")
+def interactive_model(tmp_path_factory, point_folders, make_plans):
+    root = tmp_path_factory.mktemp("interactive_model")
+    with pytest.MonkeyPatch.context() as patch:
+        point_folders(root, patch)
+        spec = SyntheticDatasetSpec(num_training=1, num_test=2, shape=(10, 40, 40))
+        raw_dir = generate_synthetic_dataset(root / "raw", spec)
+        description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        plans = make_plans((3.0, 1.0, 1.0), dataset_name=spec.folder_name)
+        plans = dataclasses.replace(plans, network=plans.network.replace(
+            prompt_channels=prompt_channels(description.num_classes)))
+        torch.manual_seed(0)
+        network = build_network(plans.network)
+        with torch.no_grad():
+            for parameter in network.prompt_encoder.parameters():
+                parameter.normal_(0, 0.3)
+        model_dir = root / "results" / spec.folder_name / f"{TRAINER}__nnsam3d_plans"
+        save_checkpoint(ModelCheckpoint(TRAINER, "0", 1, plans.to_json(), description.to_json(), network.state_dict()),
+                        model_dir / "fold_0" / "checkpoint_final.pth")
+        yield spec.folder_name, raw_dir, model_dir
+
+
+def _case(raw_dir: Path):
+    image_file = sorted((raw_dir / "imagesTs").glob("*_0000.nii.gz"))[0]
+    image, geometry = read_volume_in_file_order(image_file)
+    return image_file, image, geometry
+
+
+def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(interactive_model, tmp_path, capsys):
+    dataset, raw_dir, model_dir = interactive_model
+    image_file, image, geometry = _case(raw_dir)
+    initial = np.zeros(image.shape, dtype=np.int16)
+    initial[2:6, 2:6, 1:3] = 3                                      # a hand-made segmentation to refine
+    initial_file = tmp_path / "initial.nii.gz"
+    write_segmentation(to_canonical(initial, geometry.affine_array), geometry, initial_file)
+    centre = np.array(image.shape) // 2
+    point_mm = (geometry.affine_array @ [*centre, 1.0])[:3].tolist()
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps([{"label": "liver", "point_mm": point_mm, "positive": True},
+                                  {"label": "kidney", "point_mm": point_mm, "positive": False}]))
+    output = tmp_path / "refined.nii.gz"
+    code = refine_main(["-i", str(image_file), "-s", str(initial_file), "-c", str(clicks), "-o", str(output),
+                        "-d", dataset, "--disable-tta", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    refined, refined_geometry = read_volume_in_file_order(output)
+    assert refined_geometry.shape == geometry.shape and np.allclose(refined_geometry.affine_array, geometry.affine_array)
+    assert (refined != initial).any()
+    assert "2 click(s) applied" in capsys.readouterr().err
+    # The command is the Python API: the same session, the same clicks, the same label map.
+    predictor = Predictor.from_model_folder(model_dir, device="cpu", use_mirroring=False)
+    session = predictor.interactive(image, geometry.affine_array, initial)
+    exported_before = session._exported.copy()
+    session.click(point_mm, positive=True, label="liver")
+    expected = session.click(point_mm, positive=False, label="kidney")
+    assert np.array_equal(refined, expected)
+    # Voxels whose exported label no click changed keep the initial segmentation's value, even
+    # where the model would disagree with it (the hand-made block is kept unless clicked away).
+    untouched = session._exported == exported_before
+    canonical_refined, canonical_initial = (to_canonical(a, geometry.affine_array) for a in (refined, initial))
+    assert untouched.any() and np.array_equal(canonical_refined[untouched], canonical_initial[untouched])
+    assert np.array_equal(canonical_refined[~untouched], session._exported[~untouched])
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"label": "liver", "point_mm": [1e4, 0, 0], "positive": True}, "click 1: click at .* lies outside the image"),
+    ({"label": "spleen", "point_mm": [0, 0, 0], "positive": True}, "click 1: unknown label 'spleen'"),
+    ({"label": "liver", "point_mm": [0, 0], "positive": True}, "click 1: point_mm must be three numbers"),
+    ({"label": "liver", "point_mm": [0, 0, 0], "positive": "yes"}, "click 1: positive must be true or false"),
+])
+def test_refine_refuses_bad_clicks_and_writes_nothing(interactive_model, tmp_path, capsys, entry, expected):
+    dataset, raw_dir, _ = interactive_model
+    image_file, image, geometry = _case(raw_dir)
+    centre_mm = (geometry.affine_array @ [*(np.array(image.shape) // 2), 1.0])[:3].tolist()
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps([{"label": "liver", "point_mm": centre_mm, "positive": True}, entry]))
+    output = tmp_path / "refined.nii.gz"
+    code = refine_main(["-i", str(image_file), "-c", str(clicks), "-o", str(output), "-d", dataset,
+                        "--disable-tta", "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert code == 1 and not output.exists()
+    assert "nnsam3d_refine: error:" in error and str(clicks) in error
+    assert re.search(expected, error), error
+
+
+def test_evaluate_interactive_writes_the_curve_and_starts_at_the_automatic_dice(interactive_model, tmp_path, capsys):
+    dataset, raw_dir, model_dir = interactive_model
+    code = evaluate_interactive_main(["-d", dataset, "-i", str(raw_dir / "imagesTs"), "-ref", str(raw_dir / "labelsTs"),
+                                      "--clicks", "1", "-o", str(tmp_path), "--disable-tta", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads((tmp_path / "interactive_summary.json").read_text())
+    assert (tmp_path / "interactive_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["clicks"] == [0, 1] and len(summary["per_case"]) == 2
+    assert summary["seconds_per_click"]["count"] > 0
+    assert "0 clicks" in captured.out and "seconds per click" in captured.out
+    # Dice at 0 clicks is the automatic prediction's, computed here independently.
+    predictor = Predictor.from_model_folder(model_dir, device="cpu", use_mirroring=False)
+    case = summary["per_case"][0]
+    image, geometry = read_volume_in_file_order(raw_dir / "imagesTs" / f"{case['case_id']}_0000.nii.gz")
+    reference, _ = read_volume_in_file_order(raw_dir / "labelsTs" / f"{case['case_id']}.nii.gz")
+    automatic = predictor.predict_volume(image, geometry.affine_array)
+    for name, value in predictor.description.labels.items():
+        if value:
+            expected = dice(reference == value, automatic == value)
+            got = case["dice"][name]["0"]
+            assert (got is None and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-9)
+
+
+def test_evaluate_interactive_names_missing_references(interactive_model, tmp_path, capsys):
+    dataset, raw_dir, _ = interactive_model
+    code = evaluate_interactive_main(["-d", dataset, "-i", str(raw_dir / "imagesTs"), "-ref", str(tmp_path),
+                                      "--clicks", "1", "--device", "cpu"])
+    assert code == 1 and "reference label maps missing" in capsys.readouterr().err
