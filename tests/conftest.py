@@ -88,6 +88,12 @@ TINY_NETWORK = {"patch_size": (16, 32, 32), "adapter_dim": 32, "decoder_channels
 
 
 @pytest.fixture(scope="session")
+def tiny_network() -> dict:
+    """``TINY_NETWORK`` for test modules (which cannot import this conftest)."""
+    return dict(TINY_NETWORK)
+
+
+@pytest.fixture(scope="session")
 def _dataset_template(tmp_path_factory, point_folders) -> Path:
     """Raw and preprocessed tiny phantom dataset, planned and preprocessed once per session with
     the real pipeline (vit_tiny); the network then shrunk to ``TINY_NETWORK``."""

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from nnsam3d import __version__
-from nnsam3d.commands.nnunet_habits import drop_configuration
+from nnsam3d.commands.nnunet_habits import CONFIGURATION_OPTIONS, drop_configuration
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import ModelFolderError
@@ -152,7 +152,8 @@ def run_command(
     Argument errors stay argparse's (status 2); ``--version`` and ``--help`` exit 0. nnU-Net's
     configuration argument (``3d_fullres``, ``-c 3d_fullres``) is taken out first, with a note.
     """
-    arguments = parser.parse_args(drop_configuration(argv, parser.prog))
+    configuration_options = [option for option in CONFIGURATION_OPTIONS if option not in parser._option_string_actions]
+    arguments = parser.parse_args(drop_configuration(argv, parser.prog, configuration_options))
     debug = debug_requested(arguments)
     with _warnings_as_lines(parser.prog):
         try:

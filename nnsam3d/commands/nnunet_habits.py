@@ -25,8 +25,13 @@ ONE_CONFIGURATION = (
 )
 
 
-def drop_configuration(argv: Sequence[str] | None, prog: str) -> list[str]:
+def drop_configuration(
+    argv: Sequence[str] | None, prog: str, options: Sequence[str] = CONFIGURATION_OPTIONS
+) -> list[str]:
     """``argv`` without nnU-Net configuration arguments (``3d_fullres`` or ``-c 3d_fullres``).
+
+    options: the spellings of the configuration option; a command with an ``-c`` of its own
+    (``nnsam3d_refine -c clicks.json``) leaves it out.
 
     ``3d_fullres`` is dropped with a note on stderr; another nnU-Net configuration, or ``-c``
     with anything else, exits with status 2 and explains. argv None: ``sys.argv[1:]``.
@@ -35,7 +40,7 @@ def drop_configuration(argv: Sequence[str] | None, prog: str) -> list[str]:
     kept, index = [], 0
     while index < len(arguments):
         token = arguments[index]
-        after_option = token in CONFIGURATION_OPTIONS
+        after_option = token in options
         values = []
         if after_option:  # nnU-Net's -c takes one or more configurations
             index += 1

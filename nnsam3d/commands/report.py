@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnsam3d.paths import DatasetNotFoundError
+from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.reporting.cohort_report import (
     CohortInputs,
     ReportInputError,
@@ -18,7 +18,7 @@ from nnsam3d.reporting.training_report import training_page
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnsam3d_report",
         description="Write OUT/index.html, a self-contained page (opens from disk, offline). With -i/-p: one row per "
         "predicted case with pictures in three planes through each class's largest structure, volumes (mL), "
@@ -41,28 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
+def report(arguments: argparse.Namespace) -> int:
     if (arguments.results is None) == (arguments.images is None or arguments.predictions is None):
-        parser.error("give either RESULTS (a results folder) or both -i IMAGES and -p PREDICTIONS")
-    try:
-        if arguments.results is not None:
-            page = write_page(training_page(arguments.results), arguments.output)
-        else:
-            labels, file_ending, sizes, source = dataset_labels(
-                arguments.dataset, arguments.images, arguments.predictions, arguments.file_ending)
-            print(f"nnsam3d_report: labels from {source}"
-                  + ("" if sizes else "; no training fingerprint, so no volume-range flags (give -d)"), file=sys.stderr)
-            inputs = CohortInputs(arguments.images, arguments.predictions, arguments.references, labels, file_ending,
-                                  sizes)
-            page = write_cohort_report(inputs, arguments.output, arguments.num_processes)
-    except (ReportInputError, DatasetNotFoundError, FileNotFoundError, ValueError) as error:
-        print(f"nnsam3d_report: error: {error}", file=sys.stderr)
-        return 1
+        print("nnsam3d_report: error: give either RESULTS (a results folder) or both -i IMAGES and -p PREDICTIONS",
+              file=sys.stderr)
+        return 2
+    if arguments.results is not None:
+        page = write_page(training_page(arguments.results), arguments.output)
+    else:
+        labels, file_ending, sizes, source = dataset_labels(
+            arguments.dataset, arguments.images, arguments.predictions, arguments.file_ending)
+        print(f"nnsam3d_report: labels from {source}"
+              + ("" if sizes else "; no training fingerprint, so no volume-range flags (give -d)"), file=sys.stderr)
+        inputs = CohortInputs(arguments.images, arguments.predictions, arguments.references, labels, file_ending,
+                              sizes)
+        page = write_cohort_report(inputs, arguments.output, arguments.num_processes)
     print(f"nnsam3d_report: open {page.resolve().as_uri()}")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    # ValueError: malformed inputs found while reading them
+    return run_command(build_parser(), report, argv, user_errors=(ReportInputError, ValueError))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,9 +57,9 @@ class MedSAM3D(nn.Module):
         self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
         self.prompt_encoder = None
         if config.prompt_channels:
-            num_levels = self.decoder.num_levels
-            widths = decoder_widths(config.decoder_channels, config.in_channels, num_levels)
-            self.prompt_encoder = PromptEncoder(config.prompt_channels, widths, num_levels)
+            level_shapes = decoder_level_shapes(config.patch_size, config.token_grid)
+            widths = decoder_widths(config.decoder_channels, config.in_channels, len(level_shapes))
+            self.prompt_encoder = PromptEncoder(config.prompt_channels, widths, level_shapes)
 
     def forward(self, x: Tensor, prompts: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         return self.decode(x, self.encode(x), prompts)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnsam3d.model.layout import STEM_LEVELS, DecoderWidths, Shape3
+from nnsam3d.model.layout import STEM_LEVELS, DecoderWidths, Shape3, stem_strides
 
 PROMPT_KINDS = ("prior", "positive", "negative")
 LEAKY_RELU_SLOPE = 1e-2
@@ -47,16 +47,19 @@ def prompt_channel(kind: str, label: int, num_classes: int) -> int:
 class PromptEncoder(nn.Module):
     """prompts ``(B, P, z, y, x)`` -> one additive term per decoder level (finest first)."""
 
-    def __init__(self, in_channels: int, widths: DecoderWidths, num_levels: int):
+    def __init__(self, in_channels: int, widths: DecoderWidths, level_shapes: list[Shape3]):
+        """level_shapes: the decoder's level shapes for the configured patch
+        (``layout.decoder_level_shapes``); the stem strides as the decoder's stem does, so that
+        each term lands on its level's grid (an axis already at the token grid is not halved)."""
         super().__init__()
+        num_levels = len(level_shapes)
         stem_widths = (in_channels, *widths.levels[:STEM_LEVELS])
         self.stem = nn.ModuleList(
             nn.Sequential(
-                nn.Conv3d(stem_widths[level], stem_widths[level + 1], kernel_size=3,
-                          stride=1 if level == 0 else 2, padding=1),
+                nn.Conv3d(stem_widths[level], stem_widths[level + 1], kernel_size=3, stride=stride, padding=1),
                 nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
             )
-            for level in range(STEM_LEVELS)
+            for level, stride in enumerate(stem_strides(level_shapes))
         )
         self.projections = nn.ModuleList(
             nn.Conv3d(widths.levels[min(level, STEM_LEVELS - 1)], widths.levels[level], kernel_size=1)

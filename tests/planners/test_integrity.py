@@ -265,9 +265,7 @@ def test_command_exits_non_zero_names_every_file_and_writes_nothing(
 ):
     dataset, expected = broken_dataset
     monkeypatch.setenv("nnSAM3D_raw", str(dataset.parent))
-    with pytest.raises(SystemExit) as caught:
-        main(["-d", "991", "--verify_dataset_integrity", "-np", "2"])
-    assert caught.value.code == 1
+    assert main(["-d", "991", "--verify_dataset_integrity", "-np", "2"]) == 1
     stderr = capsys.readouterr().err
     assert "Traceback" not in stderr
     lines = stderr.splitlines()

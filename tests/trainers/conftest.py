@@ -13,12 +13,6 @@ from nnsam3d.model.backbones import get_backbone
 
 
 @pytest.fixture(scope="session")
-def tiny_network() -> dict:
-    """``TINY_NETWORK`` for test modules (which cannot import this conftest)."""
-    return dict(TINY_NETWORK)
-
-
-@pytest.fixture(scope="session")
 def tiny_sam_checkpoint(tmp_path_factory) -> Path:
     """A SAM-format file with vit_tiny's shapes, built by segment-anything's own builder."""
     from nnsam3d.model.sam_reference import build_reference_sam
