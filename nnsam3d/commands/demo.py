@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnsam3d_demo",
         description="Generate a synthetic CT-like dataset (liver, kidney, lesion; anisotropic spacing, mixed "
         f"orientations), plan, preprocess, train fold 0 for a fixed amount of work ({DEMO_EPOCHS} x "
-        f"{DEMO_ITERATIONS_PER_EPOCH} iterations: about 5 minutes on 2 quiet CPU cores, longer on a busy "
+        f"{DEMO_ITERATIONS_PER_EPOCH} iterations: about 10 minutes on 2 quiet CPU cores, longer on a busy "
         "machine, same result), predict the test images and print their Dice per class. Re-running with the "
         "same --workdir resumes.",
     )
