@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -27,28 +26,23 @@ import numpy as np
 import torch
 from torch import nn
 
-import nnsam3d
 from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
-from nnsam3d.inference.export import (
-    DICOM_SEG_ENDING,
-    LabelWriter,
-    case_name_of,
-    export_prediction,
-    probabilities_to_label_map,
-)
+from nnsam3d.inference.device_rules import autocast_dtype_for, resolve_device
+from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
 from nnsam3d.inference.interactive_session import InteractiveSession
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
+from nnsam3d.inference.output_formats import DICOM_SEG, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
 from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
 from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import load_checkpoint
-from nnsam3d.io.dicom_seg import require_dicom_extra, write_dicom_seg
+from nnsam3d.io.dicom_seg import require_dicom_extra
 from nnsam3d.io.dicom_series import DicomSeries
 from nnsam3d.io.geometry import ImageGeometry, from_canonical, to_canonical
-from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, image_io_for_dataset, read_volume, write_segmentation
+from nnsam3d.io.image_io import image_io_for_dataset, read_volume
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 from nnsam3d.model.sam_checkpoints import SamSource
 from nnsam3d.model.trained_weights import rebuild_trained_network
@@ -58,35 +52,12 @@ from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
 
 OVERLAY_FOLDER = "overlays"
-DICOM_SEG = "dicom-seg"
-"""``output_format`` for DICOM Segmentation objects (``CASE.dcm``) of DICOM series inputs."""
 GPU_ACCUMULATOR_SHARE = 0.5
 """Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
 
 
 class IncompatibleModelsError(ValueError):
     """Checkpoints that cannot be ensembled (different preprocessing or labels)."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU. ``"cuda"`` without a GPU raises."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device must be auto, cpu or cuda, got '{device}'") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu (or auto).")
-    return device
-
-
-def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on GPUs (bfloat16 where supported, else float16), full precision on CPUs;
-    training and inference both follow this rule."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _preprocessing_signature(plans: Plans) -> dict:
@@ -102,21 +73,6 @@ class _PredictedCase:
 
     probabilities: np.ndarray
     properties: CaseProperties
-
-
-def output_ending_for(description: DatasetDescription, output_format: str | None) -> str:
-    """The ending of written label maps for ``output_format`` (see :meth:`Predictor.predict_folder`)."""
-    if output_format is None:
-        return description.file_ending
-    if output_format == DICOM_SEG:
-        return DICOM_SEG_ENDING
-    ending = output_format if output_format.startswith(".") else f".{output_format}"
-    if ending not in SUPPORTED_FILE_ENDINGS:
-        raise CaseInputError(
-            f"output format '{output_format}' is not supported; choose {DICOM_SEG} or one of "
-            f"{', '.join(SUPPORTED_FILE_ENDINGS)}."
-        )
-    return ending
 
 
 class Predictor:
@@ -448,18 +404,8 @@ class Predictor:
         return output_ending_for(self.description, output_format)
 
     def label_writer(self, output_format: str | None, image_files: Sequence) -> LabelWriter:
-        """How a case's canonical label map is written: DICOM-SEG referencing the case's series, or an
-        image file (with the dataset's reader/writer when the ending is the dataset's)."""
-        if output_format == DICOM_SEG:
-            series = image_files[0]
-            if not isinstance(series, DicomSeries):
-                raise CaseInputError(f"{series}: --output-format {DICOM_SEG} needs a DICOM series as input.")
-            names = {value: name for name, value in self.description.labels.items() if value != 0}
-            return lambda labels, geometry, path: write_dicom_seg(
-                from_canonical(labels, geometry), series, names, path, software_version=nnsam3d.__version__
-            )
-        same_format = self.output_ending(output_format) == self.description.file_ending
-        return partial(write_segmentation, image_io=self.image_io if same_format else None)
+        """How a case's canonical label map is written (see ``output_formats.label_writer_for``)."""
+        return label_writer_for(self.description, self.image_io, output_format, image_files)
 
     # ------------------------------------------------------------------ numpy
     def predict_volume(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from nnsam3d.inference.case_inputs import select_cases
 from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lower_thread_priority
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
-from nnsam3d.inference.predictor import Predictor, output_ending_for
+from nnsam3d.inference.output_formats import output_ending_for
+from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 
 RAY_EXTRA_HINT = "pip install 'nnsam3d[ray]' (or pip install ray)"

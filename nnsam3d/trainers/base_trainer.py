@@ -35,8 +35,7 @@ from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, compile_network, count_parameters
-from nnsam3d.model.sam_checkpoints import SamSource, resolve_sam_checkpoint
-from nnsam3d.model.trained_weights import rebuild_trained_network
+from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.augmentation import AugmentationSettings, settings_for
@@ -192,12 +191,7 @@ class nnSAM3DTrainer:
         if self.resume_from is None:
             network = build_network(config, self.pretrained_path)
         else:
-            checkpoint = self.resume_from.checkpoint
-            network = rebuild_trained_network(
-                config, checkpoint.network_weights, SamSource.from_json(checkpoint.sam_source),
-                source=str(self.resume_from.path), sam_checkpoint=self.request.sam_checkpoint,
-                search_dirs=(paths.sam_checkpoint_dir(),),
-            )
+            network = self.resume_from.rebuild_network(config, self.request.sam_checkpoint)
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.network_module)
         if self.request.compile:

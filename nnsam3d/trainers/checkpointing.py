@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, load_checkpoint, save_checkpoint
-from nnsam3d.model.trained_weights import trained_state_dict
+from nnsam3d import paths
+from nnsam3d.model.sam_checkpoints import SamSource
+from nnsam3d.model.trained_weights import rebuild_trained_network, trained_state_dict
 from nnsam3d.trainers.request import TrainingInputError
 
 LATEST = "checkpoint_latest.pth"
@@ -97,6 +99,14 @@ class ResumePoint:
     def state(self) -> dict:
         """The trainer-owned training state saved with it."""
         return self.checkpoint.training_state
+
+    def rebuild_network(self, config, sam_checkpoint: str | None = None) -> nn.Module:
+        """The network saved here, built from ``config`` (a slim checkpoint's frozen SAM encoder
+        from its SAM file: ``sam_checkpoint``, else looked up by name and SHA-256)."""
+        return rebuild_trained_network(
+            config, self.checkpoint.network_weights, SamSource.from_json(self.checkpoint.sam_source),
+            source=str(self.path), sam_checkpoint=sam_checkpoint, search_dirs=(paths.sam_checkpoint_dir(),),
+        )
 
     def release_tensors(self) -> None:
         """Free the weights and optimiser state once the network and optimiser hold them."""

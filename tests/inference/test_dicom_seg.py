@@ -13,7 +13,8 @@ import pytest
 
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, phantom_case
 from nnsam3d.inference.case_inputs import CaseInputError
-from nnsam3d.inference.predictor import DICOM_SEG, Predictor
+from nnsam3d.inference.output_formats import DICOM_SEG
+from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.dicom_seg import MissingOptionalDependencyError, require_dicom_extra
 from nnsam3d.io.raw_dataset import DatasetDescription
 
