@@ -41,6 +41,7 @@ from nnsam3d.model.layout import (
     decoder_widths,
     feature_levels,
     integer_upsampling_factor,
+    lateral_input_grid,
     sdpa_head_width,
     window_layout,
 )
@@ -153,10 +154,11 @@ def _decoder_flops(embed_dim: int, num_features: int, config: NetworkConfig, bat
 
     for level in feature_levels(num_features, len(shapes)):
         conv(2 * batch * prod(grid) * embed_dim * neck)  # neck projection
-        factor = integer_upsampling_factor(shapes[level], grid)
+        pooled = lateral_input_grid(shapes[level], grid)
+        factor = integer_upsampling_factor(shapes[level], pooled)
         # A transposed convolution with kernel = stride: one multiply-add per output voxel and
-        # input channel, per output channel.
-        conv(2 * batch * prod(grid) * prod(factor) * neck * channels[level])
+        # input channel, per output channel (the average pooling before it is not a matmul).
+        conv(2 * batch * prod(pooled) * prod(factor) * neck * channels[level])
     for level in range(STEM_LEVELS):
         conv(2 * batch * prod(shapes[level]) * widths.stem[level] * widths.stem[level + 1] * CONV_KERNEL_VOXELS,
              input_gradient=level > 0)

@@ -5,11 +5,12 @@ Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums ov
 * **Necks**: each feature block's tokens ``(B, Z', H, W, D)`` -> ``Linear(D, c_neck)``,
   InstanceNorm, LeakyReLU at the token grid (``c_neck = decoder_channels[-1]``); then a
   transposed convolution (kernel = stride = the integer ratio) brings it to the decoder level
-  it joins: the deepest block joins the coarsest level (the token grid), the others one level
-  finer each (for tokens of 16 in-plane: 1/8, 1/4, 1/2).
-* **Stem**: conv-norm-act on the input at full resolution, then two strided ones (stride 2
-  along the axes where the level halves, 1 where it does not): skips at levels 0, 1, 2, so that
-  boundaries finer than a 16-voxel token survive.
+  it joins: the deepest block joins the coarsest level, the others one level finer each (for
+  tokens of 16 in-plane: 1/8, 1/4, 1/2). Along an axis where that level is coarser than the
+  token grid (tokens fewer than 4 voxels deep), the neck's output is first average-pooled to
+  the level (``layout.lateral_input_grid``): every token reaches the logits.
+* **Stem**: conv-norm-act on the input at full resolution, then two stride-2 ones: skips at
+  full, 1/2 and 1/4 resolution, so that boundaries finer than a 16-voxel token survive.
 * **Levels**, coarse to fine: the upsampled coarser level, the neck and the stem skip of that
   level are *summed* (LinkNet/FPN style: it halves the input width of the full-resolution
   convolution, the most expensive layer on a CPU), then 3x3x3 conv-norm-act blocks (one at
@@ -18,12 +19,12 @@ Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums ov
 * **Heads**: 1x1x1 convolutions to the class logits at full resolution and, with deep
   supervision, at levels 1 and 2.
 
-Level shapes (``layout.decoder_level_shapes``) halve each axis while it is finer than the token
-grid and never go below it: with tokens 4 deep and z = 20 the deep-supervision outputs have 10
-and 5 slices; with tokens 2 deep and z = 16 they have 8 and 8 (the grid), with tokens 1 deep 16
-and 16. No level is coarser than the token grid, so every token reaches the logits. Where an
-upsampled or strided tensor does not land on the level's shape (odd sizes, non-integer ratios)
-it is trilinearly resized, never cropped.
+Level shapes (``layout.decoder_level_shapes``) are ``ceil(s / 2)`` and ``ceil(s / 4)`` per axis
+for levels 1 and 2 whatever the token size (with z = 20 the deep-supervision outputs have 10 and
+5 slices), then halve each axis still finer than the token grid. Where an upsampled or strided
+tensor does not land on the level's shape (odd sizes, non-integer ratios) it is trilinearly
+resized, never cropped: a cropped voxel would be a token or a stem voxel that never reaches the
+logits.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from nnsam3d.model.layout import (
     decoder_widths,
     feature_levels,
     integer_upsampling_factor,
+    lateral_input_grid,
     stem_strides,
 )
 
@@ -105,7 +107,9 @@ class Decoder3D(nn.Module):
         self.feature_levels = feature_levels(num_features, self.num_levels)
         self.necks = nn.ModuleList(TokenNeck(embed_dim, neck_width) for _ in range(num_features))
         self.laterals = nn.ModuleList(
-            upsampling_convolution(neck_width, channels[level], integer_upsampling_factor(shapes[level], grid))
+            upsampling_convolution(
+                neck_width, channels[level], integer_upsampling_factor(shapes[level], lateral_input_grid(shapes[level], grid))
+            )
             for level in self.feature_levels
         )
         self.stem = nn.ModuleList(
@@ -148,7 +152,11 @@ class Decoder3D(nn.Module):
             skip = conv(skip)
             terms[level].append(fit_to_shape(skip, shapes[level]))
         for neck, lateral, feature, level in zip(self.necks, self.laterals, features, self.feature_levels):
-            terms[level].append(fit_to_shape(lateral(neck(feature)), shapes[level]))
+            tokens = neck(feature)
+            pooled = lateral_input_grid(shapes[level], grid)
+            if tuple(tokens.shape[2:]) != pooled:
+                tokens = F.adaptive_avg_pool3d(tokens, pooled)
+            terms[level].append(fit_to_shape(lateral(tokens), shapes[level]))
         for level, term in enumerate(extra_terms or ()):
             terms[level].append(term)
 

@@ -10,9 +10,12 @@ Vocabulary:
 * *token grid*: tokens per axis, ``spatial // token_size``.
 * *window*: tokens per attention window per axis; a window larger than the grid on an axis is
   clipped to the grid on that axis (a global block's window is the whole grid).
-* *decoder levels*: level 0 is the input resolution; each further level halves every axis
-  still finer than the token grid, never below the grid, until the token grid is reached
-  (at least three levels: levels 1 and 2 carry the deep-supervision outputs).
+* *decoder levels*: level 0 is the input resolution, levels 1 and 2 halve every axis (as a
+  U-Net's first two poolings; they carry the deep-supervision outputs), deeper levels halve each
+  axis still finer than the token grid until the grid is reached. Where tokens are fewer than 4
+  voxels deep, levels 2 and beyond are coarser than the grid along that axis: the encoder
+  features joining them are average-pooled onto the level (``lateral_input_grid``), so every
+  token still reaches the logits.
 """
 
 from __future__ import annotations
@@ -121,20 +124,34 @@ STEM_LEVELS = 3
 def decoder_level_shapes(spatial_shape: Shape3, grid: Shape3) -> list[Shape3]:
     """Voxel shape of every decoder level, from the input resolution to the coarsest.
 
-    Level 0 is the input shape. Each further level halves (``ceil(s / 2)``) every axis still
-    finer than the token grid, never going below the grid on any axis, until every axis is at
-    the grid; there are always at least ``STEM_LEVELS`` levels (the full-resolution logits and
-    the two deep-supervision outputs). So no level is coarser than the token grid along any
-    axis, and every encoder token reaches the level its feature joins: an axis whose tokens
-    are 1 or 2 voxels deep stops halving at the grid. With token size (4, 16, 16) and a
-    (32, 128, 128) patch that gives (32,128,128), (16,64,64), (8,32,32), (8,16,16), (8,8,8);
-    with token size (2, 16, 16) and a (32, 64, 64) patch (32,64,64), (16,32,32), (16,16,16),
-    (16,8,8), (16,4,4).
+    Levels 0, 1, 2 are the input shape and ``ceil(s / 2)``, ``ceil(s / 4)`` per axis: the
+    full-resolution logits and the two deep-supervision outputs. Then each axis still finer
+    than the token grid is halved (never below the grid, never back up) until no axis is finer
+    than the grid. With token size (4, 16, 16) and a (32, 128, 128) patch that gives
+    (32,128,128), (16,64,64), (8,32,32), (8,16,16), (8,8,8); with token size (2, 8, 8) and the
+    demo's (24, 72, 64) patch (grid 12x9x8) (24,72,64), (12,36,32), (6,18,16), (6,9,8): levels
+    2 and 3 are coarser than the grid along z, and the features joining them are pooled
+    (``lateral_input_grid``).
+
+    Why halve every axis at levels 1 and 2 even where tokens are shallow: levels that stopped
+    at the token grid cost 21% more computation per step on the demo's plan and gave the same
+    or lower test Dice there over two seeds (model/README.md, "Decoder").
     """
     shapes: list[Shape3] = [tuple(spatial_shape)]
-    while len(shapes) < STEM_LEVELS or any(s > g for s, g in zip(shapes[-1], grid)):
+    for _ in range(STEM_LEVELS - 1):
+        shapes.append(tuple(ceil(s / 2) for s in shapes[-1]))
+    while any(s > g for s, g in zip(shapes[-1], grid)):
         shapes.append(tuple(max(ceil(s / 2), min(g, s)) for s, g in zip(shapes[-1], grid)))
     return shapes
+
+
+def lateral_input_grid(level_shape: Shape3, grid: Shape3) -> Shape3:
+    """Grid an encoder feature is average-pooled to before its lateral convolution joins
+    ``level_shape``: the token grid, except along axes where the level is coarser than the grid
+    (tokens fewer than 4 voxels deep), where it is the level's size. Pooling, not cropping:
+    every token contributes, and pooled voxel ``k`` covers the same input voxels as the level's
+    voxel ``k`` (a crop kept the first tokens only and put them at the wrong depth)."""
+    return tuple(min(s, g) for s, g in zip(level_shape, grid))
 
 
 def stem_strides(shapes: list[Shape3]) -> list[Shape3]:
@@ -155,8 +172,8 @@ def strided_shape(shape: Shape3, stride: Shape3) -> Shape3:
 def integer_upsampling_factor(fine: Shape3, coarse: Shape3) -> Shape3:
     """Kernel/stride of the transposed convolution that takes ``coarse`` towards ``fine``.
 
-    ``fine // coarse`` per axis, at least 1; never longer than ``fine`` when ``fine >= coarse``,
-    which the levels guarantee. Where the ratio is not an integer (odd sizes) the result is then
+    ``fine // coarse`` per axis, at least 1; never longer than ``fine`` when ``fine >= coarse``
+    (levels above a coarser level, laterals from ``lateral_input_grid``). Where the ratio is not an integer (odd sizes) the result is then
     resized to ``fine`` (see ``decoder3d.fit_to_shape``); nothing is cropped.
     """
     return tuple(max(1, f // c) for f, c in zip(fine, coarse))

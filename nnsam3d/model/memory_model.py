@@ -63,6 +63,7 @@ from nnsam3d.model.layout import (
     feature_levels,
     hw_relative_position_length,
     integer_upsampling_factor,
+    lateral_input_grid,
     sdpa_head_width,
     stem_strides,
     strided_shape,
@@ -330,8 +331,13 @@ def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
     for index, level in enumerate(levels):
         tally.parameters(spec.embed_dim * neck_width + 3 * neck_width, True, spec.embed_dim * neck_width)
         tally.saved(f"neck_{index}", _conv_norm_act(batch, neck_width, grid_voxels, bytes_))
-        lateral = neck_width * channels[level] * prod(integer_upsampling_factor(shapes[level], grid))
+        pooled = lateral_input_grid(shapes[level], grid)
+        lateral = neck_width * channels[level] * prod(integer_upsampling_factor(shapes[level], pooled))
         tally.parameters(lateral, True, lateral)
+        if pooled != tuple(grid):
+            # The pooled tokens, saved by the lateral convolution (the pooling saves the neck's
+            # output, which the activation already holds).
+            tally.saved(f"neck_{index}", bytes_.low * batch * neck_width * prod(pooled))
 
     stem_widths = widths.stem
     stem_input = config.patch_size

@@ -67,8 +67,8 @@ def test_odd_sizes_and_class_counts(patch, num_classes, expected_half, expected_
 def test_finer_in_plane_tokens():
     config = NetworkConfig(patch_size=(8, 32, 32), token_size=(2, 8, 8), num_classes=3, backbone="vit_tiny")
     full, half, quarter = build_network(config)(torch.randn(1, 1, 8, 32, 32))
-    # Tokens 2 deep: the token grid is 4 deep, and no level goes below it along z.
-    assert (full.shape, half.shape, quarter.shape) == ((1, 3, 8, 32, 32), (1, 3, 4, 16, 16), (1, 3, 4, 8, 8))
+    # Tokens 2 deep: the grid is 4 deep, the quarter level 2 deep (its features are pooled onto it).
+    assert (full.shape, half.shape, quarter.shape) == ((1, 3, 8, 32, 32), (1, 3, 4, 16, 16), (1, 3, 2, 8, 8))
 
 
 @pytest.mark.parametrize("mode", ["adapters", "full", "frozen_encoder"])
