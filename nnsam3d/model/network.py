@@ -35,9 +35,8 @@ class MedSAM3D(nn.Module):
     forward(x): x ``(B, C, z, y, x)`` with every spatial size a multiple of
     ``config.token_size``. Returns logits ``(B, K, z, y, x)`` when ``deep_supervision`` is
     False, else ``(full, half, quarter)`` at decoder levels 0, 1, 2
-    (``layout.decoder_level_shapes``): ``(B, K, z, y, x)``, then each axis halved (ceil) twice
-    but never below the token grid, e.g. ``(B, K, z/2, y/2, x/2)`` and ``(B, K, z/4, y/4, x/4)``
-    for tokens 4 or more voxels along every axis.
+    (``layout.decoder_level_shapes``): ``(B, K, z, y, x)``, then each axis halved (ceil) once
+    and twice, ``(B, K, z/2, y/2, x/2)`` and ``(B, K, z/4, y/4, x/4)``.
     ``deep_supervision`` starts as ``config.deep_supervision`` and may be toggled at any time.
 
     forward(x, prompts): with ``config.prompt_channels > 0`` a prompt ``(B, P, z, y, x)`` may be

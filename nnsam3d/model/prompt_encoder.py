@@ -50,7 +50,7 @@ class PromptEncoder(nn.Module):
     def __init__(self, in_channels: int, widths: DecoderWidths, level_shapes: list[Shape3]):
         """level_shapes: the decoder's level shapes for the configured patch
         (``layout.decoder_level_shapes``); the stem strides as the decoder's stem does, so that
-        each term lands on its level's grid (an axis already at the token grid is not halved)."""
+        each term lands on its level's grid."""
         super().__init__()
         num_levels = len(level_shapes)
         stem_widths = (in_channels, *widths.levels[:STEM_LEVELS])
