@@ -40,6 +40,7 @@ from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lowe
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
 from nnsam3d.inference.output_formats import output_ending_for
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.io.atomic import remove_leftover_temporaries
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 
 RAY_EXTRA_HINT = "pip install 'nnsam3d[ray]' (or pip install ray)"
@@ -297,6 +298,8 @@ def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, ou
                 message = ray.get(ready)
             except ray.exceptions.RayActorError as error:
                 workers.replace(worker)
+                # The dead worker may have been writing this case's outputs.
+                remove_leftover_temporaries(output_dir, case.case_id)
                 if attempts[case.case_id] >= max_attempts:
                     report.add_failure(case.case_id, f"its Ray worker died {attempts[case.case_id]} times while "
                                                      f"predicting it (last: {type(error).__name__})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,25 @@ from typing import Any, Iterator
 import numpy as np
 
 from nnsam3d.io.disk_space import DiskFullError, disk_full_message, is_disk_full
+
+
+TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_ID_LENGTH = 12
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike, stem: str) -> list[Path]:
+    """Delete the temporary files that a killed writer left in ``folder`` for outputs named
+    ``stem.<ending>`` (``os.replace`` never ran for them); returns what was deleted.
+
+    Only for a writer known to be dead (a Ray worker whose process is gone): a live writer's
+    temporary file would vanish under it. ``case_1`` does not match ``case_10``'s files."""
+    pattern = re.compile(rf"{re.escape(TEMPORARY_PREFIX)}[0-9a-f]{{{TEMPORARY_ID_LENGTH}}}-{re.escape(stem)}\.")
+    removed = []
+    for path in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
+        if pattern.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 class InvalidJSONError(ValueError):
@@ -39,7 +59,7 @@ def atomic_path(final_path: str | os.PathLike, expected_bytes: int | None = None
         if is_disk_full(error, final_path.parent):
             raise DiskFullError(disk_full_message(final_path.parent, f"creating {final_path.parent.name}", None)) from error
         raise
-    temporary = final_path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{final_path.name}")
+    temporary = final_path.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:TEMPORARY_ID_LENGTH]}-{final_path.name}")
     try:
         yield temporary
         os.replace(temporary, final_path)
