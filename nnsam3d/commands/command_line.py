@@ -28,7 +28,7 @@ from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import ModelFolderError
 from nnsam3d.inference.model_sharing import ModelSharingError
-from nnsam3d.inference.predictor import IncompatibleModelsError
+from nnsam3d.inference.ensemble_loading import IncompatibleModelsError
 from nnsam3d.inference.ray_prediction import RayUnavailableError
 from nnsam3d.io.atomic import InvalidJSONError
 from nnsam3d.io.disk_space import DiskFullError

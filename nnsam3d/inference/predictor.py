@@ -29,23 +29,20 @@ from torch import nn
 from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.device_rules import autocast_dtype_for, resolve_device
+from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
 from nnsam3d.inference.interactive_session import InteractiveSession
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import DICOM_SEG, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
 from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
-from nnsam3d import paths
-from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.dicom_seg import require_dicom_extra
 from nnsam3d.io.dicom_series import DicomSeries
 from nnsam3d.io.geometry import ImageGeometry, from_canonical, to_canonical
 from nnsam3d.io.image_io import image_io_for_dataset, read_volume
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
-from nnsam3d.model.sam_checkpoints import SamSource
-from nnsam3d.model.trained_weights import rebuild_trained_network
 from nnsam3d.model.network import compile_network
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.preprocessing.case_properties import CaseProperties
@@ -54,17 +51,6 @@ from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case
 OVERLAY_FOLDER = "overlays"
 GPU_ACCUMULATOR_SHARE = 0.5
 """Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
-
-
-class IncompatibleModelsError(ValueError):
-    """Checkpoints that cannot be ensembled (different preprocessing or labels)."""
-
-
-def _preprocessing_signature(plans: Plans) -> dict:
-    """The parts of the plans that decide what the network sees; ensembled models must agree."""
-    content = plans.to_json()
-    return {key: content[key] for key in ("target_spacing", "anisotropic_axis", "image_resampling_order",
-                                          "normalization", "patch_size")}
 
 
 @dataclass
@@ -178,33 +164,11 @@ class Predictor:
         fold of each averaged with equal weight. ``postprocessing.json`` is read from
         ``postprocessing_folder`` when given and present."""
         device = resolve_device(device)
-        checkpoint_files = [path for folder in model_dirs for path in fold_checkpoints(folder, folds, checkpoint_name)]
-        networks, plans, description, reference = [], None, None, None
-        for path in checkpoint_files:
-            checkpoint = load_checkpoint(path, map_location="cpu")
-            checkpoint_plans = Plans.from_json(checkpoint.plans, source=str(path))
-            checkpoint_description = DatasetDescription.from_json(checkpoint.dataset_json, source=f"{path} (dataset.json)")
-            if plans is None:
-                plans, description, reference = checkpoint_plans, checkpoint_description, path
-            elif _preprocessing_signature(checkpoint_plans) != _preprocessing_signature(plans) or (
-                checkpoint_description.labels != description.labels
-                or checkpoint_description.channel_names != description.channel_names
-            ):
-                raise IncompatibleModelsError(
-                    f"{path} and {reference} were trained with different preprocessing, patch size or labels "
-                    f"and cannot be ensembled; predict with them separately."
-                )
-            network = rebuild_trained_network(
-                checkpoint_plans.network.replace(deep_supervision=False), checkpoint.network_weights,
-                SamSource.from_json(checkpoint.sam_source), source=str(path), sam_checkpoint=sam_checkpoint,
-                search_dirs=(paths.sam_checkpoint_dir(),),
-            )
-            networks.append(network)
-            del checkpoint
+        ensemble = load_ensemble(model_dirs, folds, checkpoint_name, sam_checkpoint)
         if "postprocessing" not in options and postprocessing_folder is not None:
             options["postprocessing"] = load_postprocessing_if_present(postprocessing_folder)
-        predictor = cls(networks, plans, description, device, **options)
-        predictor.checkpoint_files = checkpoint_files
+        predictor = cls(ensemble.networks, ensemble.plans, ensemble.description, device, **options)
+        predictor.checkpoint_files = ensemble.checkpoint_files
         return predictor
 
     # ------------------------------------------------------------------ network grid
