@@ -193,7 +193,7 @@ class nnSAM3DTrainer:
         else:
             network = self.resume_from.rebuild_network(config, self.request.sam_checkpoint)
         self.network_module = network.to(ctx.device)
-        self.network = ctx.wrap(self.network_module)
+        self.network = ctx.wrap(self.training_forward_module())
         if self.request.compile:
             self.network = compile_network(self.network)
         self.loss = self.build_loss()
@@ -262,6 +262,12 @@ class nnSAM3DTrainer:
             self.streams = None
 
     # ----------------------------------------------------------------------------- steps
+    def training_forward_module(self) -> nn.Module:
+        """What ``self.network`` calls (and DistributedDataParallel wraps): the network itself here;
+        a variant whose training step is more than one forward pass wraps it in a module whose
+        ``forward`` does the whole step, so that data-parallel training sees a single forward."""
+        return self.network_module
+
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.context.device
         non_blocking = device.type == "cuda"

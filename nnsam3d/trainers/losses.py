@@ -125,3 +125,21 @@ class DeepSupervisionLoss(nn.Module):
 def full_resolution(outputs) -> torch.Tensor:
     """The full-resolution logits of a network output (tensor, or deep-supervision tuple)."""
     return outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ignore_label: int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy averaged with per-voxel ``weights`` (B, z, y, x): ``sum(w * CE) / sum(w)``.
+
+    logits (B, K, z, y, x), target (B, 1, z, y, x). Voxels carrying ``ignore_label`` count with
+    weight 0. All-zero weights give 0 (with a gradient graph, so every parameter still gets one).
+    """
+    labels = target[:, 0].long()
+    weights = weights.float()
+    if ignore_label is not None:
+        annotated = labels != ignore_label
+        weights = weights * annotated
+        labels = torch.where(annotated, labels, 0)
+    voxel_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+    return (weights * voxel_loss).sum() / weights.sum().clamp_min(1e-6)

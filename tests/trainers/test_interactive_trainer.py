@@ -38,18 +38,23 @@ def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clic
     simulated = []
     original = nnSAM3DTrainer_interactive.simulate_user
 
-    def recording(self, data, target):
-        prompts = original(self, data, target)
+    def recording(self, data, target, features, automatic):
+        prompts = original(self, data, target, features, automatic)
         simulated.append((prompts.cpu(), target.cpu()))
+        steps.append(self.optimization.schedule.step_count)
         return prompts
 
+    steps = []
     monkeypatch.setattr(nnSAM3DTrainer_interactive, "simulate_user", recording)
-    request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=6,
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "clicks_from", 0.25)
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "interactive_share", 0.75)
+    request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=8,
                               num_workers=0, seed=2)
     trainer = train_fold(TRAINER, request)
 
-    # Both kinds of batches trained (seeded: 2 of 6 with clicks).
-    assert 0 < len(simulated) < 6 and len(trainer.iteration_losses) == 6
+    # Both kinds of batches trained, and no clicks in the first quarter of the schedule (steps 0, 1).
+    assert 0 < len(simulated) < 6 and len(trainer.iteration_losses) == 8
+    assert min(steps) >= 2, steps
     num_classes = trainer.description.num_classes
     clicks = 0
     for prompts, target in simulated:
@@ -61,6 +66,17 @@ def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clic
                 assert (truth == label) if kind == "positive" else (truth != label), (kind, label, truth)
                 clicks += 1
     assert clicks >= len(simulated)
+
+    # The clicked batches' extra loss looks at the clicks' surroundings only: full weight at a
+    # click, none far from every click.
+    prompts, _ = simulated[0]
+    weights = trainer.click_weights(prompts)
+    for sample in range(prompts.shape[0]):
+        centres = _click_centres(prompts[sample], num_classes)
+        for _, _, voxel in centres:
+            assert weights[sample][voxel] == 1.0
+        if centres:
+            assert 0 < int((weights[sample] > 0).sum()) < weights[sample].numel() // 4
 
     final = load_checkpoint(trainer.output_folder / "checkpoint_final.pth")
     assert Plans.from_json(final.plans).network.prompt_channels == prompt_channels(num_classes)

@@ -10,6 +10,7 @@ from nnsam3d.trainers.losses import (
     DiceCrossEntropyLoss,
     deep_supervision_weights,
     downsample_target,
+    weighted_cross_entropy,
 )
 from nnsam3d.trainers.pseudo_dice import confusion_counts, dice_from_counts
 
@@ -141,3 +142,30 @@ def test_pseudo_dice_does_not_count_ignored_voxels():
     dense = confusion_counts(_logits_for(prediction), _target())
     assert with_ignore[1, 0] == 0 and dense[1, 0] > 0  # no false positives where nothing is annotated
     assert dice_from_counts(with_ignore) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_weighted_cross_entropy_counts_only_weighted_voxels_and_equals_plain_ce_under_a_mask():
+    torch.manual_seed(0)
+    target = _target()
+    logits = torch.randn(2, 3, 8, 16, 16)
+    mask = torch.zeros(2, 8, 16, 16)
+    mask[:, 2:5, 3:9, 5:11] = 1.0
+    voxel_ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long(), reduction="none")
+    assert torch.allclose(weighted_cross_entropy(logits, target, mask), voxel_ce[mask.bool()].mean())
+
+    # Changing the prediction where the weight is 0 changes nothing; where it is > 0 it does.
+    outside, inside = logits.clone(), logits.clone()
+    outside[:, :, 7, 0, 0] += 50.0
+    inside[:, :, 3, 4, 6] += torch.tensor([50.0, 0.0, 0.0])
+    reference = weighted_cross_entropy(logits, target, mask)
+    assert torch.equal(weighted_cross_entropy(outside, target, mask), reference)
+    assert weighted_cross_entropy(inside, target, mask) > reference
+
+    # Ignored voxels weigh nothing; no weight at all gives 0.
+    ignored = target.clone()
+    ignored[:, :, 2:5, 3:6] = 9
+    kept = mask.clone()
+    kept[:, 2:5, 3:6] = 0
+    assert torch.allclose(weighted_cross_entropy(logits, ignored, mask, ignore_label=9),
+                          weighted_cross_entropy(logits, target, kept))
+    assert weighted_cross_entropy(logits, target, torch.zeros_like(mask)) == 0
