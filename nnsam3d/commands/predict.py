@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "in $nnSAM3D_results to use (with -tr and -p)")
     model.add_argument("-m", dest="model", help="a model folder (DatasetXXX_Name/TRAINER__PLANS) or a zip written by "
                        "nnsam3d_export_model, used as is: no results folder needed")
-    parser.add_argument("-tr", dest="trainers", nargs="+", default=[DEFAULT_TRAINER],
-                        help=f"trainer (default {DEFAULT_TRAINER}); several trainers with the same plans are ensembled")
-    parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
+    parser.add_argument("-tr", dest="trainers", nargs="+", default=None,
+                        help=f"with -d: trainer (default {DEFAULT_TRAINER}); several trainers with the same plans are "
+                        "ensembled")
+    parser.add_argument("-p", dest="plans", default=None, help=f"with -d: plans name (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_* with the checkpoint)")
     parser.add_argument("--checkpoint", "-chk", type=checkpoint_choice, choices=tuple(CHECKPOINT_FILES), default="final",
@@ -133,6 +134,12 @@ def _run(arguments, model_dirs, postprocessing_folder):
 
 
 def predict(arguments: argparse.Namespace) -> int:
+    if arguments.model is not None and (arguments.trainers is not None or arguments.plans is not None):
+        # -m names one model folder; silently ignoring -tr/-p would predict with another model than asked for
+        raise ValueError(f"-m {arguments.model} is the model itself; -tr and -p choose a model under -d DATASET "
+                         "and cannot be combined with -m")
+    arguments.trainers = arguments.trainers or [DEFAULT_TRAINER]
+    arguments.plans = arguments.plans or DEFAULT_PLANS_NAME
     if arguments.model is not None:
         # a zip is extracted for as long as the run takes (Ray workers load from it too)
         with opened_model(arguments.model) as model_dir:

@@ -90,6 +90,12 @@ def test_exported_model_installs_into_an_empty_results_folder_and_predicts_ident
     assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_c"), "-m", str(archive), *FAST]) == 0
     assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_d"), "-m", str(installed), *FAST]) == 0
     assert not nowhere.exists()
+    # -m is the model: a trainer or plans name beside it would be ignored, so it is refused.
+    capsys.readouterr()
+    for extra in (["-tr", "nnSAM3DTrainer_interactive"], ["-p", "other_plans"]):
+        assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_e"), "-m", str(installed), *extra, *FAST]) == 1
+        assert "cannot be combined with -m" in capsys.readouterr().err
+    assert not (tmp_path / "out_e").exists()
     for out in ("out_b", "out_c", "out_d"):
         predictions = _predictions(tmp_path / out)
         assert predictions.keys() == reference.keys()
