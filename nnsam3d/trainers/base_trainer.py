@@ -51,7 +51,7 @@ from nnsam3d.trainers.optimization import (
 )
 from nnsam3d.trainers.pseudo_dice import MovingAverage, confusion_counts, dice_from_counts, nan_mean
 from nnsam3d.trainers.request import TrainingInputError, TrainingInputs, TrainingRequest
-from nnsam3d.trainers.splits import SPLITS_FILENAME, fold_cases, load_or_create_splits
+from nnsam3d.trainers.splits import fold_of_run
 from nnsam3d.trainers.time_budget import TimeBudget
 from nnsam3d.trainers.training_log import EpochRecord, TrainingLog
 from nnsam3d.trainers.validation import SUMMARY_FILENAME, VALIDATION_FOLDER, validate_cases
@@ -202,7 +202,7 @@ class nnSAM3DTrainer:
         self.pseudo_dice_ema = MovingAverage(self.pseudo_dice_ema_factor)
         self.best_ema = -math.inf
         if self.request.validation_only:
-            self._split_cases()
+            self._choose_fold_cases()
             self.resume_from.release_tensors()
             return
 
@@ -216,7 +216,7 @@ class nnSAM3DTrainer:
         if self.resume_from is not None:
             self._load_training_state(self.resume_from.checkpoint)
             self.resume_from.release_tensors()
-        self._split_cases()
+        self._choose_fold_cases()
         self._start_streams()
 
     def _load_training_state(self, checkpoint: ModelCheckpoint) -> None:
@@ -230,19 +230,9 @@ class nnSAM3DTrainer:
         if rng is not None:
             checkpointing.restore_rng_state(rng)
 
-    def _split_cases(self) -> None:
-        # Rank 0 writes splits_final.json (once); the others read what it wrote.
-        if self.context.is_main:
-            source = self.request.splits_file
-            if source is None and not (self.preprocessed_dir / SPLITS_FILENAME).is_file():
-                source = paths.nnunet_splits_file(self.dataset_name)  # a dataset nnU-Net already split
-            if source is not None:
-                self.log.message(f"cross-validation splits from {source}")
-            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, source=source)
-        self.context.barrier()
-        if not self.context.is_main:
-            splits = load_or_create_splits(self.preprocessed_dir, self.case_ids, create=False)
-        self.fold = fold_cases(splits, self.request.fold, self.case_ids)
+    def _choose_fold_cases(self) -> None:
+        self.fold = fold_of_run(self.context, self.preprocessed_dir, self.dataset_name, self.case_ids,
+                                self.request.fold, self.request.splits_file, self.log.message)
 
     def _start_streams(self) -> None:
         ctx = self.context

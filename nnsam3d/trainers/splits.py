@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnsam3d import paths
 from nnsam3d.io.atomic import read_json, write_json_atomic
+from nnsam3d.trainers.distributed import DistributedContext
 
 SPLITS_FILENAME = "splits_final.json"
 DEFAULT_NUM_FOLDS = 5
@@ -132,6 +134,24 @@ def load_or_create_splits(
             raise SplitsError(f"{path}: not found.")
         write_json_atomic(path, make_splits(case_ids, num_folds, seed))
     return _check_splits(_read_splits(path), path, available)
+
+
+def fold_of_run(context: DistributedContext, preprocessed_dataset_dir: Path, dataset_name: str, case_ids: list[str],
+                fold: int | str, splits_file: str | os.PathLike | None, message=print) -> FoldCases:
+    """The cases of ``fold`` for a training run, the same on every rank: rank 0 writes
+    ``splits_final.json`` once (from ``splits_file``, else nnU-Net's splits of the dataset when
+    ``$nnUNet_preprocessed`` has them, else new ones); the other ranks read what it wrote."""
+    if context.is_main:
+        source = splits_file
+        if source is None and not (Path(preprocessed_dataset_dir) / SPLITS_FILENAME).is_file():
+            source = paths.nnunet_splits_file(dataset_name)  # a dataset nnU-Net already split
+        if source is not None:
+            message(f"cross-validation splits from {source}")
+        splits = load_or_create_splits(preprocessed_dataset_dir, case_ids, source=source)
+    context.barrier()
+    if not context.is_main:
+        splits = load_or_create_splits(preprocessed_dataset_dir, case_ids, create=False)
+    return fold_cases(splits, fold, case_ids)
 
 
 def fold_cases(splits: list[dict], fold: int | str, case_ids: list[str]) -> FoldCases:
