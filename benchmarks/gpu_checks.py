@@ -28,6 +28,8 @@ the live-storage tracker (``nnsam3d.model.live_memory``) in place of the CUDA me
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nnsam3d.commands.command_line import ALLOCATOR_VARIABLES, prefer_expandable_cuda_segments
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.live_memory import LiveStorageTracker
@@ -46,7 +49,7 @@ from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
 
-from benchmark_support import environment, typical_abdominal_ct_plans, write_result
+from benchmark_support import RESULTS, environment, typical_abdominal_ct_plans
 from predict_speed import synthetic_ct
 
 GPU_BUDGETS_GB = (8, 24, 80)
@@ -152,7 +155,10 @@ def prediction_check(plans, description, device: torch.device, shape_ijk) -> dic
             "patch_size": list(plans.patch_size), "mirroring": True, "step_size": 0.5, "seconds": round(seconds, 2)}
 
 
-def run_checks(dry_run: bool, card_bytes: int | None = None) -> dict:
+def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results: None) -> dict:
+    """``save(results)`` is called after each part, so that a run stopped from outside (a lent
+    machine's time running out) keeps the parts that finished."""
+    prefer_expandable_cuda_segments()  # as every nnsam3d command does, before CUDA's first allocation
     device = torch.device("cpu" if dry_run else "cuda")
     started = time.perf_counter()
     if dry_run:
@@ -162,7 +168,8 @@ def run_checks(dry_run: bool, card_bytes: int | None = None) -> dict:
     else:
         properties = torch.cuda.get_device_properties(0)
         budgets, card_bytes = GPU_BUDGETS_GB, card_bytes or int(properties.total_memory)
-        card = {"gpu": properties.name, "card_bytes": card_bytes, "cuda": torch.version.cuda}
+        card = {"gpu": properties.name, "card_bytes": card_bytes, "cuda": torch.version.cuda,
+                **{name: os.environ[name] for name in ALLOCATOR_VARIABLES if name in os.environ}}
         ct_shape, steps = (512, 512, 300), MEASURED_STEPS
     results = {"environment": {**environment(), **card}, "dry_run": dry_run, "plans": [], "stopped": None}
     plans_for_prediction = None
@@ -181,6 +188,7 @@ def run_checks(dry_run: bool, card_bytes: int | None = None) -> dict:
             break
         run = {"budget_gb": gigabytes, **training_check(plans, device, steps)}
         results["plans"].append(run)
+        save(results)
         print(f"{gigabytes:g} GiB plan: {run['patch_size']} x {run['batch_size']}, {run['seconds_per_step']:.3f} s/step, "
               f"estimate/measured {run['estimate_over_measured']}, SDPA {run['sdpa_kernel']}", file=sys.stderr)
         if plans_for_prediction is None or gigabytes == 24:  # the 24 GiB plan on a GPU, the first in a dry run
@@ -188,6 +196,7 @@ def run_checks(dry_run: bool, card_bytes: int | None = None) -> dict:
     if plans_for_prediction is not None:
         results["prediction"] = prediction_check(*plans_for_prediction, device, ct_shape)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    save(results)
     return results
 
 
@@ -222,15 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_checks.py needs a CUDA GPU (torch.cuda.is_available() is False); use --dry-run on a CPU.",
               file=sys.stderr)
         return 2
-    results = run_checks(arguments.dry_run)
-    name = "gpu_checks_dry_run.json" if arguments.dry_run else "gpu_checks.json"
-    if arguments.output is None:
-        write_result(name, results)
-    else:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        import json
-
-        arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+    output = arguments.output or RESULTS / ("gpu_checks_dry_run.json" if arguments.dry_run else "gpu_checks.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results = run_checks(arguments.dry_run, save=lambda results: output.write_text(json.dumps(results, indent=2) + "\n"))
+    print(json.dumps(results, indent=2))
     return 0
 
 

@@ -18,6 +18,7 @@ recorded, since on a shared machine it matters.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -67,6 +68,17 @@ def _timed(function, device: str) -> float:
     return time.perf_counter() - start
 
 
+def _near_in_the_same_tiles(session, centre, count: int) -> list:
+    """``count`` voxels next to ``centre`` whose clicks re-predict the same tiles as a click at
+    ``centre`` (a voxel across a tile border would bring a new tile, and its encoder, in)."""
+    tiles = session.tiles_for(voxel=tuple(int(v) for v in centre))
+    offsets = sorted(itertools.product(range(-2, 3), repeat=3), key=lambda o: (sum(map(abs, o)), o))[1:]
+    near = [centre + np.array(o) for o in offsets if session.tiles_for(voxel=tuple(int(v) for v in centre + o)) == tiles]
+    if not near:
+        near = [centre]
+    return [near[i % len(near)] for i in range(count)]
+
+
 def measure(case: dict, device: str, clicks: int, mirroring: bool) -> dict:
     volume_ijk, spacing_ijk = case["volume_ijk"], case["spacing_ijk"]
     plans, description = _plans(case["config"], spacing_ijk[::-1])
@@ -90,11 +102,18 @@ def measure(case: dict, device: str, clicks: int, mirroring: bool) -> dict:
 
     first = _timed(lambda: click_at(centre), device)
     calls_after_first = session.encoder_calls
-    same_region = [_timed(lambda i=i: click_at(centre + [i % 3 - 1, i % 2, 0], positive=i % 2 == 0), device)
-                   for i in range(clicks)]
+    same_region = [_timed(lambda voxel=voxel, i=i: click_at(voxel, positive=i % 2 == 0), device)
+                   for i, voxel in enumerate(_near_in_the_same_tiles(session, centre, clicks))]
     assert session.encoder_calls == calls_after_first, "a click in the same region re-ran the encoder"
     corner = np.array(volume_ijk) // 8
     new_region = _timed(lambda: click_at(corner), device)
+    # The fast paths checked where they ran (on a GPU: device-resident scores, pinned votes, the
+    # re-export of the clicked region only): the labels equal a whole export, and undoing every
+    # click gives back exactly the automatic segmentation.
+    assert np.array_equal(session.canonical_labels, session._export_raw(session._region)), "region export differs"
+    while session.clicks:
+        session.undo()
+    assert np.array_equal(session.labels, session.automatic()), "undo did not restore the start"
     return {
         "config": plans.network.to_json(),
         "volume_ijk": list(volume_ijk), "spacing_ijk_mm": list(spacing_ijk),

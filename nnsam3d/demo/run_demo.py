@@ -157,7 +157,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     _stage("4/5 predicting the held-out test images")
     # one folder per format, so that demos of several formats in one workdir keep their own summary
     predictions_dir = workdir / ("predictions" if options.file_ending == ".nii.gz" else f"predictions_{options.file_ending[1:]}")
-    predictor = Predictor.from_model_folder(model_dir, folds=[DEMO_FOLD], device=options.device, progress=True)
+    # a SAM backbone's slim checkpoint rebuilds its frozen encoder from the file it was trained on
+    predictor = Predictor.from_model_folder(model_dir, folds=[DEMO_FOLD], device=options.device, progress=True,
+                                            sam_checkpoint=options.sam_checkpoint)
     report = predictor.predict_folder(dataset_dir / "imagesTs", predictions_dir)
     if not report.ok:
         problems = "; ".join(f"{failure.case_id}: {failure.message}" for failure in report.failures)

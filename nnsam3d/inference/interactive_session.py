@@ -37,9 +37,18 @@ from nnsam3d.inference.export import probabilities_to_label_map
 from nnsam3d.inference.gaussian_weights import gaussian_importance_map
 from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
 from nnsam3d.io.nifti import from_canonical, to_canonical
-from nnsam3d.preprocessing.resampling import resample_label_map, separate_axis_for
+from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores_to_label_map, separate_axis_for
 
 DEFAULT_MAX_CACHED_TILES = 32
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy; from a GPU into pinned memory without waiting (a later copy back to the GPU
+    is ordered after it on the same stream), which keeps a click's tile votes off its critical path."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 @dataclass
@@ -84,8 +93,11 @@ class InteractiveSession:
         self._origin = tuple(s.start for s in self._region)
         padded_shape = tuple(self._padded.shape[1:])
         self._windows = window_slices(padded_shape, predictor.plans.patch_size, predictor.step_size)
-        self._weights = torch.from_numpy(np.array(gaussian_importance_map(tuple(predictor.plans.patch_size))))
-        self._weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
+        # Scores, weights and the prior live on the predictor's device: a click updates and argmaxes
+        # them there, and only the changed region of the scores comes back for the export.
+        device = predictor.device
+        self._weights = torch.from_numpy(np.array(gaussian_importance_map(tuple(predictor.plans.patch_size)))).to(device)
+        self._weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
         for window in self._windows:
             self._weight_sum[window] += self._weights
 
@@ -95,12 +107,14 @@ class InteractiveSession:
         else:
             canonical_labels = self._canonical_initial_labels(initial_labels)
             base = self._one_hot_on_network_grid(canonical_labels)
-        self._scores = torch.zeros((self.num_classes, *padded_shape), dtype=torch.float32)
+        self._scores = torch.zeros((self.num_classes, *padded_shape), dtype=torch.float32, device=device)
         self._scores[0] = 1.0  # the padding is background
-        self._scores[(slice(None), *self._region)] = base
+        self._scores[(slice(None), *self._region)] = base.to(device)
         self._base_scores = self._scores.clone()
         self._base_prior = self._scores.argmax(0).to(torch.int16)
-        self._start_exported = self._export_raw()
+        self._export_separate_axis = separate_axis_for(self.properties.spacing_after_resampling,
+                                                       self.properties.original_spacing)
+        self._start_exported = self._export_raw(self._region)
         self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
         self._features: OrderedDict[int, list] = OrderedDict()
         self._history: list[_Step] = []
@@ -135,6 +149,21 @@ class InteractiveSession:
         Raises :class:`ClickError` for a point outside the image or an unknown label.
         """
         value = self.label_value(label)
+        padded_position = self._padded_position(point_mm, voxel)
+        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
+        self.clicks.append(Click(value, padded_position, bool(positive)))
+        tiles = self._tiles_containing(padded_position)
+        self._predict_tiles(tiles)
+        self._commit(step, tiles)
+        return self.labels
+
+    def tiles_for(self, point_mm=None, *, voxel=None) -> list[int]:
+        """Indices of the sliding-window tiles a click at this point re-predicts (point as for
+        :meth:`click`). A click in tiles seen before runs decoders only."""
+        return self._tiles_containing(self._padded_position(point_mm, voxel))
+
+    def _padded_position(self, point_mm, voxel) -> tuple[float, float, float]:
+        """A click's point (mm, or an input voxel) on the padded network grid; refused if outside."""
         if (point_mm is None) == (voxel is None):
             raise ClickError("give a click either as point_mm or as voxel, not both or neither")
         if voxel is not None:
@@ -145,12 +174,7 @@ class InteractiveSession:
                 raise ClickError(f"voxel {tuple(voxel)} lies outside the image of shape {self.geometry.shape}")
             point_mm = voxel_to_world(index, self.geometry)
         position = world_to_network_voxel(point_mm, self.properties)
-        padded_position = tuple(p + o for p, o in zip(position, self._origin))
-        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
-        self.clicks.append(Click(value, padded_position, bool(positive)))
-        self._predict_tiles(self._tiles_containing(padded_position))
-        self._commit(step)
-        return self.labels
+        return tuple(p + o for p, o in zip(position, self._origin))
 
     def undo(self) -> np.ndarray:
         """Take back the last click (or reset); returns the label map before it."""
@@ -158,8 +182,8 @@ class InteractiveSession:
             raise ClickError("nothing to undo")
         step = self._history.pop()
         for index in set(self._tile_votes) | set(step.tile_votes):
-            previous = step.tile_votes.get(index, self._base_vote(index))
-            self._set_vote(index, previous)
+            previous = step.tile_votes.get(index)
+            self._set_vote(index, self._base_vote(index) if previous is None else previous)
         self._tile_votes = step.tile_votes
         self.clicks = step.clicks
         if not self._tile_votes:  # back at the start: exactly, not up to rounding
@@ -178,8 +202,9 @@ class InteractiveSession:
         self._restore_start()
         for click in kept:
             self.clicks.append(click)
-            self._predict_tiles(self._tiles_containing(click.position))
-            self._update_labels()
+            tiles = self._tiles_containing(click.position)
+            self._predict_tiles(tiles)
+            self._update_labels(tiles)
         changed = np.flatnonzero((labels_before != self._labels).reshape(-1) | (exported_before != self._exported).reshape(-1))
         step.changed = changed
         step.labels_before = labels_before.reshape(-1)[changed]
@@ -214,17 +239,17 @@ class InteractiveSession:
     def _set_vote(self, index: int, vote: torch.Tensor) -> None:
         window = self._windows[index]
         current = self._tile_votes.get(index)
-        if current is None:
-            current = self._base_vote(index)
+        device = self._scores.device
+        current = self._base_vote(index) if current is None else current.to(device, non_blocking=True)
         region = (slice(None), *window)
-        self._scores[region] += (vote - current) * (self._weights / self._weight_sum[window])
+        self._scores[region] += (vote.to(device, non_blocking=True) - current) * (self._weights / self._weight_sum[window])
         self._prior[window] = self._scores[region].argmax(0).to(torch.int16)
 
     def _predict_tiles(self, indices: list[int]) -> None:
         for index in indices:
             vote = self._prompted_vote(index)
             self._set_vote(index, vote)
-            self._tile_votes[index] = vote
+            self._tile_votes[index] = _to_host(vote)  # kept for undo, off the device
 
     def _tile_features(self, index: int, inputs: torch.Tensor) -> list:
         """Encoder features of the tile for every (network, mirroring), computed once."""
@@ -249,7 +274,7 @@ class InteractiveSession:
         ensemble = self.predictor.window_ensemble
         inputs = self._padded[(slice(None), *window)][None].to(device)
         origin = tuple(s.start for s in window)
-        prompts = build_prompts(self._prior[window].to(device), self.clicks, self.num_classes, self.spacing, origin)[None]
+        prompts = build_prompts(self._prior[window], self.clicks, self.num_classes, self.spacing, origin)[None]
         autocast = (torch.autocast(device.type, dtype=ensemble.autocast_dtype)
                     if ensemble.autocast_dtype else nullcontext())
         total = None
@@ -261,13 +286,45 @@ class InteractiveSession:
                 logits = network.decode(flip(inputs), tile_features, flip(prompts))
                 probabilities = flip(torch.softmax(logits.float(), dim=1))
                 total = probabilities if total is None else total + probabilities
-        return (total / len(passes))[0].cpu()
+        return (total / len(passes))[0]
 
     # ------------------------------------------------------------------ labels
-    def _export_raw(self) -> np.ndarray:
-        """Canonical label map of the current scores, exported as the predictor does (no postprocessing)."""
-        scores = self._scores[(slice(None), *self._region)].numpy()
-        return probabilities_to_label_map(scores, self.properties, None)
+    def _export_raw(self, box: tuple[slice, ...]) -> np.ndarray:
+        """Canonical label map of the current scores, exported as the predictor does (no
+        postprocessing), of the whole image; only ``box`` (padded network grid) is exported anew,
+        the rest is the previous export, which the scores outside ``box`` still give."""
+        if box == self._region:
+            scores = self._scores[(slice(None), *self._region)].cpu().numpy()
+            return probabilities_to_label_map(scores, self.properties, None)
+        network_box, export_box = self._export_boxes(box)
+        exported = self._exported.copy()
+        if all(s.stop > s.start for s in network_box):
+            scores = self._scores[(slice(None), *(slice(o + s.start, o + s.stop) for o, s in zip(self._origin, network_box)))]
+            shape = tuple(s.stop - s.start for s in export_box)
+            if tuple(scores.shape[1:]) == shape:  # no resampling: the argmax where the scores are (ties to the lower class, as the export)
+                exported[export_box] = scores.argmax(0).to(torch.int16).cpu().numpy()
+            else:
+                exported[export_box] = resample_scores_to_label_map(scores.cpu().numpy(), shape, self._export_separate_axis)
+        return exported
+
+    def _export_boxes(self, box: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """The network-grid region to re-export for scores changed in ``box`` (padded grid), and
+        the canonical image region it becomes. An axis the export does not resample maps voxel
+        to voxel and is cut to the box; a resampled axis is exported whole (the resampling of a
+        part is not bit-identical to the part of the resampling)."""
+        network_box, export_box = [], []
+        for axis, (s, origin) in enumerate(zip(box, self._origin)):
+            network = self.properties.shape_after_resampling[axis]
+            cropped = self.properties.shape_after_cropping[axis]
+            offset = self.properties.crop_bbox[axis][0]
+            if network == cropped:
+                lo, hi = max(s.start - origin, 0), min(s.stop - origin, network)
+                network_box.append(slice(lo, hi))
+                export_box.append(slice(offset + lo, offset + hi))
+            else:
+                network_box.append(slice(0, network))
+                export_box.append(slice(offset, offset + cropped))
+        return tuple(network_box), tuple(export_box)
 
     def _restore_start(self) -> None:
         """Scores, labels and clicks exactly as at the start (no history change)."""
@@ -277,10 +334,14 @@ class InteractiveSession:
         self._tile_votes: dict[int, torch.Tensor] = {}
         self.clicks: list[Click] = []
 
-    def _update_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Export the scores; labels change where the export changed. Returns (changed flat indices,
-        their labels before, their export before)."""
-        exported = self._export_raw()
+    def _update_labels(self, tiles: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Export the scores changed by re-predicting ``tiles``; labels change where the export
+        changed. Returns (changed flat indices, their labels before, their export before)."""
+        windows = [self._windows[index] for index in tiles]
+        if not windows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.int16)
+        box = tuple(slice(min(w[a].start for w in windows), max(w[a].stop for w in windows)) for a in range(3))
+        exported = self._export_raw(box)
         changed = np.flatnonzero(exported.reshape(-1) != self._exported.reshape(-1))
         flat_labels = self._labels.reshape(-1)
         labels_before = flat_labels[changed].copy()
@@ -289,8 +350,8 @@ class InteractiveSession:
         self._exported = exported
         return changed, labels_before, exported_before
 
-    def _commit(self, step: _Step) -> None:
-        step.changed, step.labels_before, step.exported_before = self._update_labels()
+    def _commit(self, step: _Step, tiles: list[int]) -> None:
+        step.changed, step.labels_before, step.exported_before = self._update_labels(tiles)
         self._history.append(step)
 
     def _canonical_initial_labels(self, initial_labels: np.ndarray) -> np.ndarray:

@@ -4,19 +4,21 @@ A plan's cost is its FLOPs per training step (``nnsam3d.model.compute_model``, t
 code as the memory model), turned into time with an assumed sustained throughput:
 
 * **Reference GPU**: one H100-class GPU (H100 SXM: 989 TFLOP/s dense bf16 peak).
-* **Sustained throughput**: ``REFERENCE_SUSTAINED_FLOPS`` = 150 TFLOP/s, about 15% of that peak.
-  The encoder's large matrix products run at 50-60% of peak and flash attention at 35-50%, but
-  a step also runs memory-bound work that the FLOP count hardly sees: the adapters' depthwise 3D
-  convolutions, InstanceNorm and LeakyReLU over narrow full-resolution 3D tensors, LayerNorm,
-  GELU and autocast's copies, the loss at three resolutions and AdamW. 15% is a deliberately
-  modest figure for such a mix; ``benchmarks/gpu_checks.py`` measures seconds per step on a GPU
-  and is the calibration (it reports the achieved TFLOP/s next to this assumption).
+* **Sustained throughput**: ``REFERENCE_SUSTAINED_FLOPS`` = 110 TFLOP/s, about 11% of that peak,
+  as measured: ``benchmarks/gpu_checks.py`` on an H200 (the H100's compute; torch 2.11, cuDNN
+  attention, bf16) ran the planner's vit_b plans for a typical CT at 72, 110 and 123 TFLOP/s
+  (8, 24 and 80 GiB plans; the small checkpointed plan is the least efficient). The encoder's
+  large matrix products run near half of peak, but a step also runs memory-bound work that the
+  FLOP count hardly sees: the adapters' depthwise 3D convolutions, InstanceNorm and LeakyReLU over
+  narrow full-resolution 3D tensors, LayerNorm, GELU and autocast's copies, the loss at three
+  resolutions and AdamW. The 24 GiB plan's figure is the reference.
 * **Default target**: ``DEFAULT_FOLD_HOURS`` = 24: the default schedule (250 epochs of 250
   iterations plus the pseudo-Dice batches, a fifth of the iterations, forward only) trains one
-  fold in about a day, nnU-Net's own budget for a 3d_fullres fold. At 150 TFLOP/s that allows
-  about 194 TFLOP per step: far above vit_b's memory-bound plans (5-52 TFLOP on 8-141 GB), so
-  on today's cards it bounds vit_h and very large memory, where patches would otherwise take
-  days. ``--compute-budget HOURS`` changes it.
+  fold in about a day, nnU-Net's own budget for a 3d_fullres fold. At 110 TFLOP/s that allows
+  about 140 TFLOP per step: above vit_b's plans up to about 40 GiB (14 TFLOP at 8 GiB, 108 at
+  24 GiB for a typical CT), so on today's cards it bounds vit_h and large memory (the 80 GiB
+  plan measured 1.57 s per step, 29 h per fold, before this bound), where patches would
+  otherwise take days. ``--compute-budget HOURS`` changes it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REFERENCE_GPU = "one H100-class GPU (H100 SXM, 989 TFLOP/s dense bf16 peak)"
-REFERENCE_SUSTAINED_FLOPS = 150e12
+REFERENCE_SUSTAINED_FLOPS = 110e12
 DEFAULT_FOLD_HOURS = 24.0
 SCHEDULE_EPOCHS = 250
 SCHEDULE_ITERATIONS = 250

@@ -192,3 +192,28 @@ def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_pred
     assert len(calls) == tiles
     assert not np.array_equal(first, second)                       # the prompt branch acts
     assert first.shape == image.shape and first.dtype == np.int16
+
+
+@pytest.mark.parametrize("spacing_ijk", [(1.0, 1.0, 2.0), (0.7, 1.0, 2.0), (1.0, 1.3, 5.0)],
+                         ids=["no-resampling", "one-axis-resampled", "anisotropic-resampled"])
+def test_a_click_reexports_only_its_region_and_equals_the_whole_export(plans, spacing_ijk):
+    """The session re-exports only the changed tiles' region along axes the export does not
+    resample; the labels must equal those of exporting all scores anew, after clicks, undo, reset."""
+    predictor, _ = oracle_predictor(plans)
+    affine = np.diag([*spacing_ijk, 1.0])
+    session = predictor.interactive(phantom(), affine)
+    shape = np.array(phantom().shape)
+
+    def assert_equals_whole_export():
+        whole = session._export_raw(session._region)
+        assert np.array_equal(session._exported, whole)
+        assert np.array_equal(session.canonical_labels, whole)  # no postprocessing, no initial segmentation
+
+    for voxel, positive, label in [((29, 25, 7), True, "lesion"), ((10, 10, 6), False, "liver"),
+                                   ((2, 33, 1), True, "liver"), ((30, 24, 6), False, "lesion")]:
+        session.click(voxel=tuple(min(v, n - 1) for v, n in zip(voxel, shape)), positive=positive, label=label)
+        assert_equals_whole_export()
+    session.undo()
+    assert_equals_whole_export()
+    session.reset("liver")
+    assert_equals_whole_export()

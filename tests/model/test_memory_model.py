@@ -129,8 +129,9 @@ def test_estimate_grows_with_batch_and_shrinks_with_checkpointing():
     checkpointing = config.replace(activation_checkpointing=True)
     assert blocks(checkpointing) < 0.2 * blocks(config)
     # The recomputed block comes after the decoder's backward: the larger of the two transients counts.
-    recomputing = estimate_training_memory(checkpointing, 2, "bf16").workspace
-    assert recomputing >= two.workspace  # (the whole-step tests in test_step_memory.py check the peak itself)
+    recomputing = estimate_training_memory(checkpointing, 2, "bf16")
+    # (the whole-step tests in test_step_memory.py check the peak itself)
+    assert recomputing.workspace - recomputing.allowance >= two.workspace - two.allowance
     full = estimate_training_memory(config.replace(trainable="full"), 2, "bf16")
     assert full.optimizer_state > 10 * two.optimizer_state
 
@@ -141,3 +142,17 @@ def test_bad_arguments():
         estimate_training_memory(config, 2, "int8")
     with pytest.raises(ValueError, match="batch_size"):
         estimate_training_memory(config, 0)
+
+
+def test_the_cuda_allowance_is_the_library_workspace_plus_the_measured_excess_of_the_live_peak():
+    """``total`` = live-storage peak (``step_peak``, what the CPU tracker measures) x (1 +
+    ``CUDA_STEP_EXCESS``) + the library workspace: the excess measured by gpu_checks.py on a GPU."""
+    from nnsam3d.model.memory_model import CUDA_STEP_EXCESS, LIBRARY_WORKSPACE_BYTES
+
+    for config, batch in [(NetworkConfig(backbone="vit_b", num_classes=14, patch_size=(32, 128, 128)), 2),
+                          (NetworkConfig(backbone="vit_tiny", patch_size=(16, 64, 64), trainable="full"), 1)]:
+        estimate = estimate_training_memory(config, batch, "bf16")
+        assert estimate.allowance == LIBRARY_WORKSPACE_BYTES + round(CUDA_STEP_EXCESS * estimate.step_peak)
+        assert estimate.total == pytest.approx((1 + CUDA_STEP_EXCESS) * estimate.step_peak + LIBRARY_WORKSPACE_BYTES,
+                                               abs=1)
+        assert estimate.workspace > estimate.allowance  # the decoder's and loss's transients are live storage

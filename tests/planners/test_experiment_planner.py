@@ -168,8 +168,9 @@ def test_plans_for_8_24_40_80_gb_grow_monotonically_within_budget(ct_fingerprint
         assert plan.memory.breakdown == recomputed.breakdown()
     for smaller, larger in zip(plans, plans[1:]):
         assert_never_smaller(smaller, larger)
-    # Sensible differences: 80 GB buys much more context than 8 GB.
-    assert math.prod(plans[-1].patch_size) >= 3 * math.prod(plans[0].patch_size)
+    # Sensible differences: 80 GB buys much more context than 8 GB (at 80 GB the compute target,
+    # a fold in a day at the throughput measured on an H200, is what stops the patch).
+    assert math.prod(plans[-1].patch_size) >= 2.5 * math.prod(plans[0].patch_size)
     assert len({capacity(p) for p in plans}) >= 3
 
 
@@ -283,9 +284,12 @@ def test_ct_plan_has_ct_normalisation_and_anisotropic_axis(ct_fingerprint, ct_de
     assert ct.scheme == "CTNormalization" and (ct.lower_bound, ct.upper_bound) == (-900.0, 1300.0)
     network = plan.network
     assert network.token_size == (4, 16, 16)
-    # In-plane windows tile the token grid (SAM's 14 where it divides the grid, else balanced).
+    # In-plane windows: at most SAM's 14 tokens, as few windows as 14 would need, and less than
+    # one token of padding per window (balanced where 14 does not tile the grid).
     grid = [p // t for p, t in zip(network.patch_size, network.token_size)]
-    assert all(g % w == 0 and w <= 14 and (w == 14 or g // w > g // 14) for g, w in zip(grid[1:], network.window_size[1:]))
+    for g, w in zip(grid[1:], network.window_size[1:]):
+        windows = -(-g // w)
+        assert w <= 14 and windows == -(-g // 14) and windows * w - g < windows
     assert (network.in_channels, network.num_classes, network.trainable) == (1, 4, "adapters")
     assert all(p <= m for p, m in zip(network.patch_size, (316, 512, 512)))
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one command, for a lent GPU machine with a few minutes
+# (the `device` tool's machine: PyTorch with CUDA, no package registry). Run from the repository
+# root; results go to $OUT (default ./gpu_session_out), one file per part, so a part that runs out
+# of time leaves the others' results.
+#
+#   bash benchmarks/gpu_session.sh
+#
+# Python packages the machine lacks travel as wheels in ./.whl (ignored by git):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d .whl nibabel batchgenerators future segment-anything
+#
+# Parts, most valuable first, each under its own time limit (seconds):
+#   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB) trained for real steps: memory
+#      against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
+#   2. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
+#   3. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
+#      weights: no download here) on CUDA: the whole pipeline, trainer, predictor and evaluation.
+set -uo pipefail
+OUT="${OUT:-$PWD/gpu_session_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
+LIMITS="${GPU_SESSION_LIMITS:-260 90 170}"
+read -r checks_s latency_s demo_s <<<"$LIMITS"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+
+echo "=== 1. gpu_checks (limit ${checks_s} s)"
+timeout "$checks_s" python3 benchmarks/gpu_checks.py --output "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/gpu_checks.log"
+
+echo "=== 2. interactive latency (limit ${latency_s} s)"
+timeout "$latency_s" python3 benchmarks/interactive_latency.py --skip-cpu 2>&1 | tee "$OUT/interactive_latency.log"
+cp benchmarks/results/interactive_latency_cuda.json "$OUT/" 2>/dev/null
+
+echo "=== 3. demo, vit_b on CUDA (limit ${demo_s} s)"
+work=/tmp/nnsam3d_gpu_demo
+mkdir -p "$work"
+python3 - "$work/sam_vit_b_random.pth" <<'PYTHON'
+import sys
+import torch
+from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.sam_reference import build_reference_sam
+torch.manual_seed(0)
+torch.save(build_reference_sam(get_backbone("vit_b")).state_dict(), sys.argv[1])
+PYTHON
+timeout "$demo_s" python3 -m nnsam3d.commands.demo --workdir "$work/demo" --backbone vit_b \
+    --sam-checkpoint "$work/sam_vit_b_random.pth" --device cuda --minutes "$(python3 -c "print(max(0.5, ($demo_s - 80) / 60))")" -np 8 \
+    2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tee "$OUT/demo_vit_b.log" | grep -v 'it/s\]\|s/it\]\|batch\]\|case\]' 
+for file in training_log.txt progress.png; do cp "$work"/demo/results/*/*/fold_0/$file "$OUT/demo_$file" 2>/dev/null; done
+cp "$work"/demo/preprocessed/*/nnsam3d_plans.json "$OUT/demo_plans.json" 2>/dev/null
+ls -la "$OUT"
