@@ -8,7 +8,11 @@ A click is a point on the network grid (voxel coordinates ``(z, y, x)``, continu
 drawn as a Gaussian ball, ``exp(-d^2 / 2 sigma^2)`` with ``d`` in millimetres and
 ``sigma = CLICK_SIGMA_VOXELS`` voxels of the finest axis, cut at ``3 sigma``: physically round
 on anisotropic grids, and a few voxels wide so that the decoder's 3x3x3 convolutions see it at
-levels 0 to 2. Balls of several clicks of one kind and class combine by maximum.
+levels 0 to 2. Balls of several clicks of one kind and class add up, so that a click repeated
+where the last one did not fix the error pushes harder: with balls combined by maximum a
+repeated click left the prompt unchanged, and the simulated user, who clicks the centre of the
+largest error, was stuck on it (on the demo, 5 clicks gained the lesion +0.038 Dice over the
+automatic model; adding, +0.054, mean of two seeds; ``benchmarks/interactive_vs_automatic.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def click_sigma_voxels(spacing: Sequence[float]) -> tuple[float, float, float]:
 
 
 def draw_click(volume: torch.Tensor, position: Sequence[float], sigma: Sequence[float]) -> None:
-    """Maximum of ``volume`` (z, y, x) and the ball at ``position`` (voxels, may lie outside), in place."""
+    """Add the ball at ``position`` (voxels, may lie outside) to ``volume`` (z, y, x), in place."""
     shape = volume.shape
     slices, offsets = [], []
     for axis in range(3):
@@ -57,7 +61,7 @@ def draw_click(volume: torch.Tensor, position: Sequence[float], sigma: Sequence[
     ball = torch.exp(-0.5 * squared).to(volume.dtype)
     ball[squared > CLICK_CUTOFF_SIGMAS**2] = 0
     region = volume[tuple(slices)]
-    torch.maximum(region, ball, out=region)
+    region += ball
 
 
 def build_prompts(

@@ -59,3 +59,19 @@ def test_prompts_hold_the_prior_and_the_balls_of_each_kind_and_class():
     assert positive[2, 17, 10] == 0                                       # beyond 3 sigma (6 mm)
     assert prompts[prompt_channel("negative", 2, 3)][1, 5, 5] == 1.0
     assert prompts[prompt_channel("negative", 1, 3)].sum() == 0
+
+
+def test_balls_of_one_kind_and_class_add_up_so_a_repeated_click_changes_the_prompt():
+    prior = torch.zeros((6, 20, 20), dtype=torch.int16)
+    once = build_prompts(prior, [Click(1, (3.0, 10.0, 10.0), True)], 3, spacing=(2.0, 1.0, 1.0))
+    clicks = [Click(1, (3.0, 10.0, 10.0), True), Click(1, (3.0, 10.0, 10.0), True), Click(1, (3.0, 10.0, 13.0), True),
+              Click(2, (3.0, 10.0, 10.0), True), Click(1, (3.0, 10.0, 10.0), False)]
+    prompts = build_prompts(prior, clicks, 3, spacing=(2.0, 1.0, 1.0))
+    positive = prompts[prompt_channel("positive", 1, 3)]
+    single = once[prompt_channel("positive", 1, 3)]
+    shifted = torch.roll(single, 3, dims=2)  # the third click's ball (it stays inside the volume)
+    assert torch.allclose(positive, 2 * single + shifted)
+    assert positive[3, 10, 10] > 2.0 and positive[3, 10, 13] > 1.0    # overlapping balls add too
+    # Other classes and kinds keep their own channels: one ball each.
+    assert torch.allclose(prompts[prompt_channel("positive", 2, 3)], single)
+    assert torch.allclose(prompts[prompt_channel("negative", 1, 3)], single)
