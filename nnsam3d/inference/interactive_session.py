@@ -93,9 +93,10 @@ class InteractiveSession:
         self._origin = tuple(s.start for s in self._region)
         padded_shape = tuple(self._padded.shape[1:])
         self._windows = window_slices(padded_shape, predictor.plans.patch_size, predictor.step_size)
-        # Scores, weights and the prior live on the predictor's device: a click updates and argmaxes
-        # them there, and only the changed region of the scores comes back for the export.
-        device = predictor.device
+        # Scores, weights and the prior live on the predictor's GPU where they fit (two float32
+        # score volumes, the weight sum, two int16 priors): a click updates and argmaxes them
+        # there, and only the changed region of the scores comes back for the export.
+        device = predictor.volume_device(padded_shape, 2 * 4 * self.num_classes + 4 + 2 * 2)
         self._weights = torch.from_numpy(np.array(gaussian_importance_map(tuple(predictor.plans.patch_size)))).to(device)
         self._weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
         for window in self._windows:
@@ -242,7 +243,7 @@ class InteractiveSession:
         device = self._scores.device
         current = self._base_vote(index) if current is None else current.to(device, non_blocking=True)
         region = (slice(None), *window)
-        self._scores[region] += (vote.to(device, non_blocking=True) - current) * (self._weights / self._weight_sum[window])
+        self._scores[region] += (vote.to(device) - current) * (self._weights / self._weight_sum[window])
         self._prior[window] = self._scores[region].argmax(0).to(torch.int16)
 
     def _predict_tiles(self, indices: list[int]) -> None:
@@ -274,7 +275,7 @@ class InteractiveSession:
         ensemble = self.predictor.window_ensemble
         inputs = self._padded[(slice(None), *window)][None].to(device)
         origin = tuple(s.start for s in window)
-        prompts = build_prompts(self._prior[window], self.clicks, self.num_classes, self.spacing, origin)[None]
+        prompts = build_prompts(self._prior[window].to(device), self.clicks, self.num_classes, self.spacing, origin)[None]
         autocast = (torch.autocast(device.type, dtype=ensemble.autocast_dtype)
                     if ensemble.autocast_dtype else nullcontext())
         total = None

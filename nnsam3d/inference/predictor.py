@@ -176,14 +176,18 @@ class Predictor:
     def num_classes(self) -> int:
         return self.description.num_classes
 
-    def _accumulator_device(self, spatial_shape: Sequence[int]) -> torch.device:
-        """The GPU when the score volume fits comfortably in its free memory, else host RAM."""
+    def volume_device(self, spatial_shape: Sequence[int], bytes_per_voxel: int) -> torch.device:
+        """Where a whole-volume state of ``bytes_per_voxel`` (score sums, an interactive session's
+        scores) lives: the GPU when it fits comfortably in its free memory, else host RAM."""
         if self.device.type != "cuda":
             return self.device
-        voxels = int(np.prod(spatial_shape))
-        needed = voxels * (self.num_classes * torch.finfo(self.accumulator_dtype).bits // 8 + 4)
+        needed = int(np.prod(spatial_shape)) * bytes_per_voxel
         free, _total = torch.cuda.mem_get_info(self.device)
         return self.device if needed < GPU_ACCUMULATOR_SHARE * free else torch.device("cpu")
+
+    def _accumulator_device(self, spatial_shape: Sequence[int]) -> torch.device:
+        """The score sums (accumulator dtype) and the weight sum (float32)."""
+        return self.volume_device(spatial_shape, self.num_classes * torch.finfo(self.accumulator_dtype).bits // 8 + 4)
 
     def predict_probabilities(self, data: np.ndarray) -> np.ndarray:
         """Like :meth:`predict_preprocessed` but in the accumulator's dtype (float16 by default),
