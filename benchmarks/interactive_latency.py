@@ -110,7 +110,7 @@ def measure(case: dict, device: str, clicks: int, mirroring: bool) -> dict:
     # The fast paths checked where they ran (on a GPU: device-resident scores, pinned votes, the
     # re-export of the clicked region only): the labels equal a whole export, and undoing every
     # click gives back exactly the automatic segmentation.
-    assert np.array_equal(session.canonical_labels, session._export_raw(session._region)), "region export differs"
+    assert np.array_equal(session.canonical_labels, session._export_whole()), "region export differs"
     while session.clicks:
         session.undo()
     assert np.array_equal(session.labels, session.automatic()), "undo did not restore the start"

@@ -115,7 +115,7 @@ class InteractiveSession:
         self._base_prior = self._scores.argmax(0).to(torch.int16)
         self._export_separate_axis = separate_axis_for(self.properties.spacing_after_resampling,
                                                        self.properties.original_spacing)
-        self._start_exported = self._export_raw(self._region)
+        self._start_exported = self._export_whole()
         self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
         self._features: OrderedDict[int, list] = OrderedDict()
         self._history: list[_Step] = []
@@ -290,23 +290,20 @@ class InteractiveSession:
         return (total / len(passes))[0]
 
     # ------------------------------------------------------------------ labels
-    def _export_raw(self, box: tuple[slice, ...]) -> np.ndarray:
-        """Canonical label map of the current scores, exported as the predictor does (no
-        postprocessing), of the whole image; only ``box`` (padded network grid) is exported anew,
-        the rest is the previous export, which the scores outside ``box`` still give."""
-        if box == self._region:
-            scores = self._scores[(slice(None), *self._region)].cpu().numpy()
-            return probabilities_to_label_map(scores, self.properties, None)
+    def _export_whole(self) -> np.ndarray:
+        """Canonical label map of all current scores, exported as the predictor does (no postprocessing)."""
+        scores = self._scores[(slice(None), *self._region)].cpu().numpy()
+        return probabilities_to_label_map(scores, self.properties, None)
+
+    def _export_region(self, box: tuple[slice, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """The canonical region whose export scores changed in ``box`` (padded network grid) can
+        change, and its labels exported anew; outside it the previous export still holds."""
         network_box, export_box = self._export_boxes(box)
-        exported = self._exported.copy()
-        if all(s.stop > s.start for s in network_box):
-            scores = self._scores[(slice(None), *(slice(o + s.start, o + s.stop) for o, s in zip(self._origin, network_box)))]
-            shape = tuple(s.stop - s.start for s in export_box)
-            if tuple(scores.shape[1:]) == shape:  # no resampling: the argmax where the scores are (ties to the lower class, as the export)
-                exported[export_box] = scores.argmax(0).to(torch.int16).cpu().numpy()
-            else:
-                exported[export_box] = resample_scores_to_label_map(scores.cpu().numpy(), shape, self._export_separate_axis)
-        return exported
+        scores = self._scores[(slice(None), *(slice(o + s.start, o + s.stop) for o, s in zip(self._origin, network_box)))]
+        shape = tuple(s.stop - s.start for s in export_box)
+        if tuple(scores.shape[1:]) == shape:  # no resampling: the argmax where the scores are (ties to the lower class, as the export)
+            return export_box, scores.argmax(0).to(torch.int16).cpu().numpy()
+        return export_box, resample_scores_to_label_map(scores.cpu().numpy(), shape, self._export_separate_axis)
 
     def _export_boxes(self, box: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """The network-grid region to re-export for scores changed in ``box`` (padded grid), and
@@ -338,17 +335,17 @@ class InteractiveSession:
     def _update_labels(self, tiles: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Export the scores changed by re-predicting ``tiles``; labels change where the export
         changed. Returns (changed flat indices, their labels before, their export before)."""
-        windows = [self._windows[index] for index in tiles]
-        if not windows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.int16)
+        windows = [self._windows[index] for index in tiles]  # a click lies in at least one
         box = tuple(slice(min(w[a].start for w in windows), max(w[a].stop for w in windows)) for a in range(3))
-        exported = self._export_raw(box)
-        changed = np.flatnonzero(exported.reshape(-1) != self._exported.reshape(-1))
+        export_box, labels = self._export_region(box)
+        previous = self._exported[export_box]  # a view: updated in place below
+        local = np.nonzero(labels != previous)
+        changed = np.ravel_multi_index(tuple(i + s.start for i, s in zip(local, export_box)), self._exported.shape)
         flat_labels = self._labels.reshape(-1)
         labels_before = flat_labels[changed].copy()
-        exported_before = self._exported.reshape(-1)[changed].copy()
-        flat_labels[changed] = exported.reshape(-1)[changed]
-        self._exported = exported
+        exported_before = previous[local]
+        flat_labels[changed] = labels[local]
+        previous[local] = labels[local]
         return changed, labels_before, exported_before
 
     def _commit(self, step: _Step, tiles: list[int]) -> None:

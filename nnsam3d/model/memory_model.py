@@ -93,7 +93,7 @@ class MemoryEstimate:
     optimizer_state: int
     activations: int
     workspace: int
-    allowance: int = LIBRARY_WORKSPACE_BYTES
+    allowance: int
     """The part of ``workspace`` that is CUDA's, not live tensors: library workspaces and the
     measured excess of a CUDA step (``CUDA_STEP_EXCESS``)."""
 

@@ -205,7 +205,7 @@ def test_a_click_reexports_only_its_region_and_equals_the_whole_export(plans, sp
     shape = np.array(phantom().shape)
 
     def assert_equals_whole_export():
-        whole = session._export_raw(session._region)
+        whole = session._export_whole()
         assert np.array_equal(session._exported, whole)
         assert np.array_equal(session.canonical_labels, whole)  # no postprocessing, no initial segmentation
 
