@@ -31,15 +31,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
-from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.tiny_vit_costs import encoder_forward_flops
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
     STEM_LEVELS,
     convs_per_level,
+    decoder_feature_levels,
     decoder_level_shapes,
     decoder_widths,
-    feature_levels,
+    feature_grids,
     integer_upsampling_factor,
     lateral_input_grid,
     sdpa_head_width,
@@ -108,6 +110,11 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstim
     grid = config.token_grid
     tokens = batch_size * prod(grid)
     flops = FlopEstimate()
+    if spec.tiny_vit is not None:
+        for part, forward, input_gradient, weight_gradient, operands in encoder_forward_flops(spec.tiny_vit, config, batch_size):
+            flops.add(part, forward, input_gradient=input_gradient, weight_gradient=weight_gradient, operands=operands)
+        _decoder_flops(spec, config, batch_size, flops)
+        return flops
 
     # The patch embedding trains in every mode; its input is the image (no gradient).
     flops.add("patch_embedding", 2 * tokens * dim * config.in_channels * prod(config.token_size),
@@ -138,11 +145,11 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstim
         flops.backward += encoder_forward
         flops.parts["recompute"] = encoder_forward
 
-    _decoder_flops(spec.embed_dim, len(spec.feature_blocks), config, batch_size, flops)
+    _decoder_flops(spec, config, batch_size, flops)
     return flops
 
 
-def _decoder_flops(embed_dim: int, num_features: int, config: NetworkConfig, batch: int, flops: FlopEstimate) -> None:
+def _decoder_flops(spec: BackboneSpec, config: NetworkConfig, batch: int, flops: FlopEstimate) -> None:
     """Necks, laterals, stem, upsamplers, level convolutions and heads (all train)."""
     grid = config.token_grid
     shapes = decoder_level_shapes(config.patch_size, grid)
@@ -152,9 +159,10 @@ def _decoder_flops(embed_dim: int, num_features: int, config: NetworkConfig, bat
     def conv(forward: float, *, input_gradient: bool = True) -> None:
         flops.add("decoder", forward, input_gradient=input_gradient, weight_gradient=True)
 
-    for level in feature_levels(num_features, len(shapes)):
-        conv(2 * batch * prod(grid) * embed_dim * neck)  # neck projection
-        pooled = lateral_input_grid(shapes[level], grid)
+    grids = feature_grids(config.patch_size, spec.feature_strides(config.token_size))
+    for level, dim, feature_grid in zip(decoder_feature_levels(shapes, grids, grid), spec.feature_dims, grids):
+        conv(2 * batch * prod(feature_grid) * dim * neck)  # neck projection
+        pooled = lateral_input_grid(shapes[level], feature_grid)
         factor = integer_upsampling_factor(shapes[level], pooled)
         # A transposed convolution with kernel = stride: one multiply-add per output voxel and
         # input channel, per output channel (the average pooling before it is not a matmul).

@@ -82,6 +82,14 @@ class NetworkConfig:
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         spec = get_backbone(self.backbone)
         token_grid(self.patch_size, self.token_size, "patch_size", "change patch_size or token_size")
+        if spec.tiny_vit is not None and self.token_size[1:] != (spec.tiny_vit.stage_strides[-1],) * 2:
+            stride = spec.tiny_vit.stage_strides[-1]
+            raise ValueError(
+                f"{self.backbone} has in-plane tokens of {stride} voxels (its last stage's stride); "
+                f"token_size must be (z, {stride}, {stride}), got {self.token_size}"
+            )
+        if spec.tiny_vit is not None and self.token_size[0] != 1:
+            raise ValueError(f"{self.backbone} keeps every slice (no depth stride): token_size[0] must be 1")
         bad = [b for b in self.adapter_blocks if not 0 <= b < spec.depth]
         if bad:
             raise ValueError(f"adapter_blocks {bad} outside 0..{spec.depth - 1} for {self.backbone}")

@@ -37,9 +37,10 @@ from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
     Shape3,
     convs_per_level,
+    decoder_feature_levels,
     decoder_level_shapes,
     decoder_widths,
-    feature_levels,
+    feature_grids,
     integer_upsampling_factor,
     lateral_input_grid,
     stem_strides,
@@ -87,30 +88,33 @@ def upsampling_convolution(in_channels: int, out_channels: int, factor: Shape3) 
 
 
 class Decoder3D(nn.Module):
-    """embed_dim: encoder width D; num_features: encoder feature blocks; config: sizes.
+    """feature_dims: width of each encoder feature (shallow to deep); feature_strides: voxels per
+    token of each (``BackboneSpec.feature_strides``); config: sizes.
 
     forward(x, features, grid, deep_supervision, extra_terms=None): x ``(B, C, Z, Y, X)`` the
-    network input, features the encoder tokens (shallow to deep), grid their token grid
-    ``(Z', H, W)`` -> logits ``(B, K, Z, Y, X)``, or with deep supervision a tuple of logits at
+    network input, features the encoder tokens (shallow to deep, each ``(B, Z', H', W', D)`` on
+    its own grid), grid the network's token grid ``(Z', H, W)`` (the coarsest) -> logits ``(B, K, Z, Y, X)``, or with deep supervision a tuple of logits at
     levels 0, 1, 2. ``extra_terms``: one more tensor per level (finest first, at that level's
     shape and width) added to the level's sum: the prompt branch of interactive networks.
     """
 
-    def __init__(self, embed_dim: int, num_features: int, config: NetworkConfig):
+    def __init__(self, feature_dims: tuple[int, ...], feature_strides: list[Shape3], config: NetworkConfig):
         super().__init__()
         grid = config.token_grid
         shapes = decoder_level_shapes(config.patch_size, grid)
         self.num_levels = len(shapes)
         widths = decoder_widths(config.decoder_channels, config.in_channels, self.num_levels)
         channels, neck_width = widths.levels, widths.neck
+        grids = feature_grids(config.patch_size, feature_strides)
 
-        self.feature_levels = feature_levels(num_features, self.num_levels)
-        self.necks = nn.ModuleList(TokenNeck(embed_dim, neck_width) for _ in range(num_features))
+        self.feature_levels = decoder_feature_levels(shapes, grids, grid)
+        self.necks = nn.ModuleList(TokenNeck(dim, neck_width) for dim in feature_dims)
         self.laterals = nn.ModuleList(
             upsampling_convolution(
-                neck_width, channels[level], integer_upsampling_factor(shapes[level], lateral_input_grid(shapes[level], grid))
+                neck_width, channels[level],
+                integer_upsampling_factor(shapes[level], lateral_input_grid(shapes[level], feature_grid)),
             )
-            for level in self.feature_levels
+            for level, feature_grid in zip(self.feature_levels, grids)
         )
         self.stem = nn.ModuleList(
             ConvNormAct(widths.stem[level], widths.stem[level + 1], stride=stride)
@@ -153,7 +157,7 @@ class Decoder3D(nn.Module):
             terms[level].append(fit_to_shape(skip, shapes[level]))
         for neck, lateral, feature, level in zip(self.necks, self.laterals, features, self.feature_levels):
             tokens = neck(feature)
-            pooled = lateral_input_grid(shapes[level], grid)
+            pooled = lateral_input_grid(shapes[level], tuple(feature.shape[1:4]))
             if tuple(tokens.shape[2:]) != pooled:
                 tokens = F.adaptive_avg_pool3d(tokens, pooled)
             terms[level].append(fit_to_shape(lateral(tokens), shapes[level]))

@@ -190,6 +190,33 @@ def feature_levels(num_features: int, num_levels: int) -> list[int]:
     return [max(1, coarsest - (num_features - 1 - k)) for k in range(num_features)]
 
 
+def feature_grids(patch_size: Shape3, strides: list[Shape3]) -> list[Shape3]:
+    """Token grid of each encoder feature for a patch: ``ceil(patch / stride)`` per axis (a
+    padded stride-2 convolution turns ``s`` voxels into ``ceil(s / 2)``)."""
+    return [tuple(ceil(p / s) for p, s in zip(patch_size, stride)) for stride in strides]
+
+
+def decoder_feature_levels(shapes: list[Shape3], grids: list[Shape3], grid: Shape3) -> list[int]:
+    """Decoder level each encoder feature joins.
+
+    Features on the network's token grid (SAM's ViTs: every block has the same grid) spread over
+    the levels as :func:`feature_levels` says. A hierarchical encoder's features (a TinyViT's
+    stages, strides 2 and 4 in-plane) join the finest level (from 1) that is not finer in-plane
+    than the feature: a feature of stride 2 joins 1/2, one of stride 4 joins 1/4.
+    """
+    if all(tuple(g) == tuple(grid) for g in grids):
+        return feature_levels(len(grids), len(shapes))
+    coarsest = len(shapes) - 1
+
+    def level_of(feature_grid: Shape3) -> int:
+        for level in range(1, coarsest):
+            if all(s <= g for s, g in zip(shapes[level][1:], feature_grid[1:])):
+                return level
+        return coarsest
+
+    return [level_of(g) for g in grids]
+
+
 def level_channels(decoder_channels: tuple[int, ...], level: int) -> int:
     """Width of decoder level ``level``: ``decoder_channels[level]``, the last entry beyond."""
     return decoder_channels[min(level, len(decoder_channels) - 1)]

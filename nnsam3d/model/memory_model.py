@@ -53,14 +53,16 @@ from math import prod
 
 from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.tiny_vit_costs import encoder_parameters, encoder_saved_memory
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
     WindowLayout,
     convs_per_level,
+    decoder_feature_levels,
     decoder_level_shapes,
     decoder_widths,
     depth_relative_position_length,
-    feature_levels,
+    feature_grids,
     hw_relative_position_length,
     integer_upsampling_factor,
     lateral_input_grid,
@@ -188,7 +190,10 @@ def _tally(config: NetworkConfig, batch_size: int, precision: str) -> _Tally:
     spec = get_backbone(config.backbone)
     bytes_ = _PRECISION_BYTES[precision]
     tally = _Tally()
-    _encoder(spec, config, batch_size, bytes_, tally)
+    if spec.tiny_vit is None:
+        _encoder(spec, config, batch_size, bytes_, tally)
+    else:
+        _tiny_vit_encoder(spec, config, batch_size, bytes_, tally)
     _decoder(spec, config, batch_size, bytes_, tally)
     # Only now is every linear/convolution weight known.
     tally.saved("weight_copies", bytes_.weight_copy * tally.matmul_weights)
@@ -253,6 +258,19 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         tally.saved("neck_inputs", FP32 * tokens * dim if last_is_feature else 0)
     else:
         tally.saved("neck_inputs", bytes_.cast * tokens * dim * len(spec.feature_blocks))
+
+
+def _tiny_vit_encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> None:
+    """LiteMedSAM's TinyViT (:mod:`nnsam3d.model.tiny_vit_costs`): parameters and saved bytes."""
+    counts = encoder_parameters(spec.tiny_vit, config)
+    tally.parameters(counts.total, False, counts.matmul_weights)
+    tally.trainable += counts.trainable
+    memory = encoder_saved_memory(spec.tiny_vit, config, batch, bytes_.low, bytes_.cast)
+    for part, nbytes in memory.saved.items():
+        tally.saved(part, nbytes)
+    tally.largest_tensor = max(memory.largest_tensor, FP32 * batch * config.in_channels * prod(config.patch_size))
+    tally.largest_block = memory.largest_block
+    tally.largest_block_tensor = memory.largest_block_tensor
 
 
 def _block_activations(
@@ -328,16 +346,16 @@ def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
     shapes = decoder_level_shapes(config.patch_size, grid)
     widths = decoder_widths(config.decoder_channels, config.in_channels, len(shapes))
     channels, neck_width = widths.levels, widths.neck
-    grid_voxels = prod(grid)
-    levels = feature_levels(len(spec.feature_blocks), len(shapes))
+    grids = feature_grids(config.patch_size, spec.feature_strides(config.token_size))
+    levels = decoder_feature_levels(shapes, grids, grid)
 
-    for index, level in enumerate(levels):
-        tally.parameters(spec.embed_dim * neck_width + 3 * neck_width, True, spec.embed_dim * neck_width)
-        tally.saved(f"neck_{index}", _conv_norm_act(batch, neck_width, grid_voxels, bytes_))
-        pooled = lateral_input_grid(shapes[level], grid)
+    for index, (level, dim, feature_grid) in enumerate(zip(levels, spec.feature_dims, grids)):
+        tally.parameters(dim * neck_width + 3 * neck_width, True, dim * neck_width)
+        tally.saved(f"neck_{index}", _conv_norm_act(batch, neck_width, prod(feature_grid), bytes_))
+        pooled = lateral_input_grid(shapes[level], feature_grid)
         lateral = neck_width * channels[level] * prod(integer_upsampling_factor(shapes[level], pooled))
         tally.parameters(lateral, True, lateral)
-        if pooled != tuple(grid):
+        if pooled != tuple(feature_grid):
             # The pooled tokens, saved by the lateral convolution (the pooling saves the neck's
             # output, which the activation already holds).
             tally.saved(f"neck_{index}", bytes_.low * batch * neck_width * prod(pooled))

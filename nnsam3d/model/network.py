@@ -19,14 +19,37 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.decoder3d import Decoder3D
 from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
+from nnsam3d.model.lite_medsam_weights import (
+    adapt_lite_medsam_encoder_state,
+    check_lite_medsam_shapes,
+    load_lite_medsam_encoder_state,
+)
 from nnsam3d.model.layout import decoder_level_shapes, decoder_widths, token_grid
 from nnsam3d.model.prompt_encoder import PromptEncoder
 from nnsam3d.model.sam_checkpoints import SamCheckpointError, SamSource, load_sam_encoder_state, sam_source_of
+from nnsam3d.model.tiny_vit3d import TinyViTEncoder3D, is_new_tiny_vit_parameter
 from nnsam3d.model.weight_adaptation import adapt_sam_encoder_state
+
+
+def build_encoder(spec: BackboneSpec, config: NetworkConfig) -> nn.Module:
+    """The 3D image encoder of ``spec``: SAM's ViT (:class:`Encoder3D`) or LiteMedSAM's TinyViT
+    (:class:`TinyViTEncoder3D`); both return their decoder features channels last."""
+    if spec.tiny_vit is None:
+        return Encoder3D(spec, config)
+    return TinyViTEncoder3D(spec.tiny_vit, config.in_channels, config.adapter_blocks, config.adapter_dim,
+                            config.activation_checkpointing)
+
+
+def is_new_encoder_parameter(name: str, config: NetworkConfig) -> bool:
+    """Encoder parameters that the pre-trained file does not provide (so they train unless
+    everything is frozen): the ViT's 3D parts, the TinyViT's adapters."""
+    if get_backbone(config.backbone).is_tiny_vit:
+        return is_new_tiny_vit_parameter(name)
+    return is_new_3d_parameter(name)
 
 
 class MedSAM3D(nn.Module):
@@ -52,8 +75,8 @@ class MedSAM3D(nn.Module):
         self.sam_source: SamSource | None = None
         """The SAM file the encoder was loaded from (set by :func:`load_sam_weights`), None for
         random weights; checkpoints rebuild the frozen part from it (``trained_weights``)."""
-        self.encoder = Encoder3D(spec, config)
-        self.decoder = Decoder3D(spec.embed_dim, len(spec.feature_blocks), config)
+        self.encoder = build_encoder(spec, config)
+        self.decoder = Decoder3D(spec.feature_dims, spec.feature_strides(config.token_size), config)
         self.prompt_encoder = None
         if config.prompt_channels:
             level_shapes = decoder_level_shapes(config.patch_size, config.token_grid)
@@ -102,15 +125,18 @@ def parameter_is_trainable(name: str, config: NetworkConfig) -> bool:
     if config.trainable == "full" or not name.startswith("encoder."):
         return True
     encoder_name = name[len("encoder.") :]
-    if is_new_3d_parameter(encoder_name):
+    if is_new_encoder_parameter(encoder_name, config):
         return True
-    return config.train_norms and (".norm1." in encoder_name or ".norm2." in encoder_name)
+    return config.train_norms and any(norm in encoder_name for norm in (".norm1.", ".norm2.", ".attn.norm.", ".mlp.norm."))
 
 
 def apply_trainable_mode(network: MedSAM3D) -> None:
     """Set ``requires_grad`` of every parameter from ``network.config``."""
     for name, parameter in network.named_parameters():
         parameter.requires_grad_(parameter_is_trainable(name, network.config))
+    if isinstance(network.encoder, TinyViTEncoder3D):
+        # Nothing before stage 1 trains unless everything does: skip its autograd record.
+        network.encoder.frozen_prefix = network.config.trainable != "full"
 
 
 def compile_network(network: nn.Module) -> nn.Module:
@@ -130,10 +156,16 @@ def load_sam_weights(network: MedSAM3D, sam_checkpoint: str | os.PathLike) -> No
     Raises :class:`SamCheckpointError` naming the file when it does not fit the backbone.
     """
     config = network.config
-    sam_state = load_sam_encoder_state(sam_checkpoint, backbone=config.backbone)
-    adapted = adapt_sam_encoder_state(sam_state, config.in_channels, config.token_size)
+    spec = get_backbone(config.backbone)
+    if spec.tiny_vit is not None:
+        state = load_lite_medsam_encoder_state(sam_checkpoint)
+        check_lite_medsam_shapes(state, spec.tiny_vit, sam_checkpoint)
+        adapted = adapt_lite_medsam_encoder_state(state, config.in_channels)
+    else:
+        sam_state = load_sam_encoder_state(sam_checkpoint, backbone=config.backbone)
+        adapted = adapt_sam_encoder_state(sam_state, config.in_channels, config.token_size)
     missing, unexpected = network.encoder.load_state_dict(adapted, strict=False)
-    missing_from_sam = [key for key in missing if not is_new_3d_parameter(key)]
+    missing_from_sam = [key for key in missing if not is_new_encoder_parameter(key, config)]
     if missing_from_sam or unexpected:
         # load_sam_encoder_state has checked the shapes; this guards the key mapping itself.
         raise SamCheckpointError(

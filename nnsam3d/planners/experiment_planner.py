@@ -181,7 +181,8 @@ def plan_for_target(
         description.channel_names, fingerprint.intensity_statistics, use_nonzero_mask
     )
     precision = "bf16" if target.on_gpu else "fp32"
-    token_size = token_size_for(spacing, median_shape)
+    # Candidates share one token size: a TinyViT backbone is only ever planned on its own.
+    token_size = token_size_for(spacing, median_shape, candidates.names[0])
     result = search_network(
         backbones=candidates.names,
         spacing=spacing,

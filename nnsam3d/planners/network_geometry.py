@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from nnsam3d.model.backbones import get_backbone
+
 SAM_IN_PLANE_TOKEN = 16
 """SAM's patch-embedding kernel (voxels); in-plane tokens of this size reuse it unchanged."""
 
@@ -65,8 +67,16 @@ def depth_token_size(spacing: Sequence[float], in_plane_token: int, median_depth
     return token
 
 
-def token_size_for(spacing: Sequence[float], median_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Voxels per token (z, y, x) for data at ``spacing`` (mm) with ``median_shape`` (voxels)."""
+def token_size_for(
+    spacing: Sequence[float], median_shape: Sequence[int], backbone: str | None = None
+) -> tuple[int, int, int]:
+    """Voxels per token (z, y, x) for data at ``spacing`` (mm) with ``median_shape`` (voxels).
+
+    A TinyViT backbone (LiteMedSAM) has its own: one slice deep, its last stage's stride in-plane."""
+    spec = get_backbone(backbone) if backbone is not None else None
+    if spec is not None and spec.is_tiny_vit:
+        stride = spec.tiny_vit.stage_strides[-1]
+        return (1, stride, stride)
     in_plane = in_plane_token_size(median_shape)
     return (depth_token_size(spacing, in_plane, median_shape[0]), in_plane, in_plane)
 

@@ -111,3 +111,24 @@ def test_frozen_weights_and_checkpointing_change_the_count_as_they_should():
     assert full.backward > frozen.backward  # weight gradients of SAM's linear layers
     assert recomputed.total - frozen.total == pytest.approx(recomputed.parts["recompute"])
     assert estimate_training_flops(base, 4).total == pytest.approx(2 * frozen.total)
+
+
+LITE_MEDSAM_CONFIGS = {
+    # all attention blocks adapted (the stem runs without autograd), adapters from the third block
+    # on (the first two blocks need no backward), everything trained (the stem's backward too)
+    "adapters": dict(adapter_blocks=tuple(range(10))),
+    "late adapters": dict(adapter_blocks=tuple(range(2, 10))),
+    "full": dict(trainable="full", adapter_blocks=(0,)),
+}
+
+
+@pytest.mark.parametrize("name", list(LITE_MEDSAM_CONFIGS))
+def test_lite_medsam_flop_count_matches_pytorch_counter(name):
+    """LiteMedSAM's TinyViT, with windows that pad (16 x 24 tokens in windows of 7, 8 x 12 in 14);
+    its attention (the bias tables as a float mask) runs in the CPU's fused kernel."""
+    config = NetworkConfig(backbone="lite_medsam", patch_size=(3, 64, 96), token_size=(1, 4, 4), adapter_dim=8,
+                           decoder_channels=(8, 16, 32), num_classes=3, **LITE_MEDSAM_CONFIGS[name])
+    forward, total, _ = measured_step_flops(config, batch_size=1)
+    estimate = estimate_training_flops(config, 1)
+    assert estimate.forward == pytest.approx(forward, rel=0.02)
+    assert estimate.total == pytest.approx(total, rel=0.02)

@@ -36,24 +36,44 @@ def roll_slice(feature: torch.Tensor, axis: int, index: int) -> torch.Tensor:
     return rolled
 
 
+LITE_MEDSAM_GRIDS = {
+    # LiteMedSAM's TinyViT: features of strides 2 and 4 in-plane (grids differ), tokens 1 slice deep
+    "lite_medsam, 3x4x6 grid": (3, 4, 6),
+    "lite_medsam, odd 5x3x2 grid": (5, 3, 2),
+}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_token_slice_of_every_feature_changes_the_logits(name):
     token_size, grid = CASES[name]
     patch = tuple(t * g for t, g in zip(token_size, grid))
-    config = NetworkConfig(
+    assert_every_token_reaches_the_logits(NetworkConfig(
         backbone="vit_tiny", patch_size=patch, token_size=token_size, window_size=(2, 2, 2),
         num_classes=2, decoder_channels=(4, 4, 8, 8), deep_supervision=False,
-    )
+    ))
+
+
+@pytest.mark.parametrize("name", list(LITE_MEDSAM_GRIDS))
+def test_every_token_of_lite_medsams_features_changes_the_logits(name):
+    grid = LITE_MEDSAM_GRIDS[name]
+    assert_every_token_reaches_the_logits(NetworkConfig(
+        backbone="lite_medsam", patch_size=(grid[0], 4 * grid[1], 4 * grid[2]), token_size=(1, 4, 4),
+        num_classes=2, decoder_channels=(4, 4, 8, 8), deep_supervision=False,
+    ))
+
+
+def assert_every_token_reaches_the_logits(config: NetworkConfig) -> None:
+    grid, patch = config.token_grid, config.patch_size
     torch.manual_seed(0)
     network = build_network(config).eval()
     x = torch.randn(1, 1, *patch, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         features = network.encoder(x)
-        assert all(tuple(f.shape[1:4]) == grid for f in features)
         baseline = network.decoder(x, features, grid, deep_supervision=False)
-        slices = [(axis, index) for axis in range(3) for index in range(grid[axis])]
         unreached = []
         for level, feature in enumerate(features):
+            feature_grid = tuple(feature.shape[1:4])
+            slices = [(axis, index) for axis in range(3) for index in range(feature_grid[axis])]
             # One decoder call for all perturbations of this feature: one per batch entry
             # (every normalisation in the decoder is per sample).
             batch = len(slices)

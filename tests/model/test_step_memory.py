@@ -94,3 +94,26 @@ def test_whole_step_peak_of_vit_b_plans_on_the_meta_device(name, monkeypatch):
     error = estimate.step_peak / measured - 1
     print(f"{name}: measured {measured / 2**30:.2f} GiB, estimate {estimate.step_peak / 2**30:.2f} GiB ({error:+.1%})")
     assert abs(error) < TOLERANCE
+
+
+LITE_MEDSAM = dict(backbone="lite_medsam", patch_size=(3, 64, 96), token_size=(1, 4, 4), num_classes=3,
+                   adapter_dim=8, decoder_channels=(8, 16, 32))
+LITE_MEDSAM_CONFIGS = {
+    "lite_medsam adapters fp32": (dict(adapter_blocks=tuple(range(10))), "fp32"),
+    "lite_medsam adapters bf16": (dict(adapter_blocks=tuple(range(10))), "bf16"),
+    "lite_medsam late adapters fp32": (dict(adapter_blocks=tuple(range(4, 10))), "fp32"),
+    "lite_medsam full fp32": (dict(trainable="full", adapter_blocks=(0, 5)), "fp32"),
+}
+
+
+@pytest.mark.parametrize("name", list(LITE_MEDSAM_CONFIGS))
+def test_whole_step_peak_of_lite_medsam_on_cpu(name):
+    extra, precision = LITE_MEDSAM_CONFIGS[name]
+    config = NetworkConfig(**{**LITE_MEDSAM, **extra})
+    torch.manual_seed(0)
+    network = build_network(config).train()
+    measured = tracked_step_peak(network, Precision("cpu", torch.bfloat16 if precision == "bf16" else None, None), 1)
+    estimate = estimate_training_memory(config, 1, precision)
+    error = estimate.step_peak / measured - 1
+    print(f"{name}: measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.1%})")
+    assert abs(error) < TOLERANCE
