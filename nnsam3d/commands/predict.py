@@ -7,7 +7,7 @@ import sys
 
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.commands.nnunet_habits import checkpoint_choice, no_effect
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ensemble_folder
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION, ensemble_folder
 from nnsam3d.inference.model_sharing import opened_model
 from nnsam3d.inference.output_formats import DICOM_SEG
 from nnsam3d.inference.predictor import Predictor
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ensembled")
     parser.add_argument("-p", dest="plans", default=None, help=f"with -d: plans name (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
-                        help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_* with the checkpoint)")
+                        help=f"folds to ensemble, e.g. 0 1 2 3 4 or all (default: {DEFAULT_FOLDS_DESCRIPTION})")
     parser.add_argument("--checkpoint", "-chk", type=checkpoint_choice, choices=tuple(CHECKPOINT_FILES), default="final",
                         help="final: checkpoint_final.pth (default), or best: checkpoint_best.pth of each fold")
     parser.add_argument("--step-size", "-step_size", type=float, default=0.5,

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.inference.click_geometry import ClickError
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.image_io import read_volume_in_file_order, write_segmentation
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-tr", dest="trainer", default=INTERACTIVE_TRAINER,
                         help=f"trainer of the interactive model (default {INTERACTIVE_TRAINER})")
     parser.add_argument("-p", dest="plans", default=DEFAULT_PLANS_NAME, help=f"plans name (default {DEFAULT_PLANS_NAME})")
-    parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: every fold)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None, help=f"folds to ensemble (default: {DEFAULT_FOLDS_DESCRIPTION})")
     parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="final")
     parser.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (8x faster clicks)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

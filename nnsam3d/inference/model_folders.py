@@ -22,6 +22,8 @@ from nnsam3d import paths
 CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 ENSEMBLES_FOLDER = "ensembles"
 _FOLD_FOLDER = re.compile(r"^fold_(\d+|all)$")
+DEFAULT_FOLDS_DESCRIPTION = "the cross-validation folds fold_0, fold_1, ..., or fold_all when it is the only one"
+"""What a command's ``-f`` takes when it is not given (:func:`default_folds`), for its help text."""
 
 
 class ModelFolderError(FileNotFoundError):
@@ -47,10 +49,20 @@ def available_folds(model_dir: str | os.PathLike, checkpoint_name: str | None = 
     return sorted(folds, key=_fold_sort_key)
 
 
+def default_folds(model_dir: str | os.PathLike, checkpoint_name: str | None = None) -> list[str]:
+    """The folds a prediction uses when none are named: the cross-validation folds with
+    ``checkpoint_name``, as nnU-Net's auto-detection (which leaves ``fold_all`` out, since it saw
+    every case the others held out); ``["all"]`` when fold ``all`` is the only model, as on a
+    dataset too small for cross-validation (where nnU-Net would find no fold)."""
+    present = available_folds(model_dir, checkpoint_name)
+    cross_validation = [fold for fold in present if fold != "all"]
+    return cross_validation or present
+
+
 def fold_checkpoints(
     model_dir: str | os.PathLike, folds: Sequence[int | str] | None, checkpoint_name: str
 ) -> list[Path]:
-    """Checkpoint files of the requested folds (None: every fold that has ``checkpoint_name``).
+    """Checkpoint files of the requested folds (None: :func:`default_folds`).
 
     Raises :class:`ModelFolderError` naming the missing folder or file and what exists instead.
     """
@@ -73,7 +85,7 @@ def fold_checkpoints(
                 + (f" ({hint} exist; choose it with --checkpoint)" if hint else "; train a fold first")
                 + "."
             )
-        folds = present
+        folds = default_folds(model_dir, checkpoint_name)
     checkpoints = []
     for fold in folds:
         path = model_dir / f"fold_{fold}" / checkpoint_name

@@ -142,8 +142,9 @@ class Predictor:
         ``options["sam_checkpoint"]`` (a path), ``nnSAM3D_sam_checkpoint`` or the SAM checkpoint
         folder and checked by its SHA-256.
 
-        folds: e.g. ``[0, 1, 2, 3, 4]`` or ``["all"]``; None takes every ``fold_*`` holding
-            ``checkpoint_name``. A missing fold or no fold at all raises ``ModelFolderError``.
+        folds: e.g. ``[0, 1, 2, 3, 4]`` or ``["all"]``; None takes the cross-validation folds
+            holding ``checkpoint_name``, or fold ``all`` when it is the only one
+            (``model_folders.default_folds``). A missing fold or no fold at all raises ``ModelFolderError``.
         device: None or "auto" for CUDA when available. ``options``: see the class.
         ``postprocessing.json`` in ``model_dir`` is applied unless ``postprocessing`` is given.
         """

@@ -235,14 +235,30 @@ def find_best_configuration(
     ending = description.file_ending
     trainers = list(dict.fromkeys(trainers))
     model_dirs = {trainer: paths.training_output_dir(dataset_name, trainer, plans_name) for trainer in trainers}
+    first = model_dirs[trainers[0]]
+    # fold 'all' validates on its own training cases: choosing on its Dice would fit the choice
+    # (and the postprocessing) to the training data. Its model is used as it is.
+    use_fold_all = (f"Predict with fold 'all' as it is (no postprocessing): "
+                    f"{predict_command(dataset_name, trainers[:1], plans_name, ['all'])}")
     if folds is None:
-        folds = validation_folds(model_dirs[trainers[0]])
+        folds = validation_folds(first)
+        if not folds and "all" in available_folds(first):
+            raise ConfigurationError(
+                f"{first}: only fold 'all' is trained, and choosing a configuration and its postprocessing needs "
+                f"cross-validation folds (nnsam3d_train {dataset_name} K for K = 0..4, which needs at least 5 "
+                f"training cases). {use_fold_all}"
+            )
         if not folds:
             raise ConfigurationError(
-                f"{model_dirs[trainers[0]]}: no fold_K/{VALIDATION_FOLDER}/ found. Train folds first "
+                f"{first}: no fold_K/{VALIDATION_FOLDER}/ found. Train folds first "
                 f"(nnsam3d_train {dataset_name} K -tr {trainers[0]} -p {plans_name})."
             )
     folds = [str(f) for f in folds]
+    if "all" in folds:
+        raise ConfigurationError(
+            f"{first / 'fold_all' / VALIDATION_FOLDER}: fold 'all' was validated on its own training cases, so it "
+            f"cannot choose a configuration or postprocessing; give cross-validation folds with -f. {use_fold_all}"
+        )
     collected = f"crossval_results_folds_{_folds_text(folds)}"
 
     candidates: list[Candidate] = []

@@ -43,7 +43,8 @@ def _cell(value: float | None) -> str:
 
 def cross_validation_table(model_dir: Path) -> str:
     """Per fold: mean Dice of each class and the foreground mean (validation cases); then the
-    mean over the folds that have a summary."""
+    mean over the cross-validation folds that have a summary. Fold ``all`` gets its row but no
+    share of the mean: it was validated on its own training cases."""
     summaries = {}
     for fold in fold_folders(model_dir):
         path = fold.joinpath(*SUMMARY_PATH)
@@ -56,13 +57,15 @@ def cross_validation_table(model_dir: Path) -> str:
     for fold, summary in summaries.items():
         values = [summary["mean"].get(name, {}).get("Dice") for name in classes]
         values.append(summary["foreground_mean"]["Dice"])
+        held_out = fold != "fold_all"
         for name, value in zip(columns, values):
-            if value is not None:
+            if value is not None and held_out:
                 columns[name].append(value)
         cases = len(summary.get("per_case", []))
-        rows.append([fold, str(cases), *map(_cell, values)])
-    means = [float(np.mean(v)) if v else None for v in columns.values()]
-    rows.append(["mean over folds", "", *map(_cell, means)])
+        rows.append([fold if held_out else f"{fold} (its training cases)", str(cases), *map(_cell, values)])
+    if any(columns.values()):
+        means = [float(np.mean(v)) if v else None for v in columns.values()]
+        rows.append(["mean over folds", "", *map(_cell, means)])
     return plain_table(["fold", "cases", *[f"{name} Dice" for name in classes], "foreground mean Dice"], rows)
 
 

@@ -7,6 +7,10 @@ are nnU-Net's own for the same case identifiers (sorted identifiers, scikit-lear
 ``KFold(n_splits=5, shuffle=True, random_state=12345)``), so results compare fold by fold with an
 nnU-Net baseline. A file the user put there, or nnU-Net's own ``splits_final.json`` (from
 ``$nnUNet_preprocessed`` or a path given to ``nnsam3d_train --splits``), is used as is.
+
+Fold ``all`` needs no splits, as in nnU-Net: it trains on every case and validates on them, so a
+dataset with fewer cases than folds (1-4 cases for 5 folds) trains with ``all`` and nothing is
+read or written.
 """
 
 from __future__ import annotations
@@ -31,6 +35,22 @@ class SplitsError(ValueError):
     """splits_final.json is malformed or does not fit the preprocessed cases or the fold asked for."""
 
 
+class TooFewCasesError(SplitsError):
+    """Fewer cases than folds: no k-fold split exists (a run of fold ``all`` never meets this)."""
+
+    def __init__(self, num_folds: int, found: int, remedy: str | None = None):
+        self.num_folds, self.found = num_folds, found
+        self.remedy = remedy or f"Train with fold 'all', or write your own {SPLITS_FILENAME} with fewer folds."
+        super().__init__(f"{self.requirement} {self.remedy}")
+
+    def __reduce__(self):  # crosses process boundaries (launch of data-parallel training) intact
+        return type(self), (self.num_folds, self.found, self.remedy)
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.num_folds}-fold cross-validation needs at least {self.num_folds} training cases, found {self.found}."
+
+
 @dataclass(frozen=True)
 class FoldCases:
     """Case identifiers of one fold. For fold ``all`` both lists hold every case."""
@@ -53,10 +73,7 @@ def make_splits(case_ids: list[str], num_folds: int = DEFAULT_NUM_FOLDS, seed: i
     """
     cases = sorted(case_ids)
     if len(cases) < num_folds:
-        raise SplitsError(
-            f"{num_folds}-fold cross-validation needs at least {num_folds} training cases, found "
-            f"{len(cases)}. Train with fold 'all', or write your own {SPLITS_FILENAME} with fewer folds."
-        )
+        raise TooFewCasesError(num_folds, len(cases))
     order = np.arange(len(cases))
     np.random.RandomState(seed).shuffle(order)
     fold_sizes = np.full(num_folds, len(cases) // num_folds)
@@ -140,14 +157,30 @@ def fold_of_run(context: DistributedContext, preprocessed_dataset_dir: Path, dat
                 fold: int | str, splits_file: str | os.PathLike | None, message=print) -> FoldCases:
     """The cases of ``fold`` for a training run, the same on every rank: rank 0 writes
     ``splits_final.json`` once (from ``splits_file``, else nnU-Net's splits of the dataset when
-    ``$nnUNet_preprocessed`` has them, else new ones); the other ranks read what it wrote."""
+    ``$nnUNet_preprocessed`` has them, else new ones); the other ranks read what it wrote.
+
+    Fold ``all`` touches no splits file (every rank takes every case), so that it trains on
+    datasets too small for cross-validation and leaves the dataset's choice of folds open.
+    """
+    if str(fold) == ALL_FOLDS:
+        if splits_file is not None and context.is_main:
+            message(f"--splits {splits_file} not used: fold 'all' trains on every case")
+        return fold_cases([], ALL_FOLDS, case_ids)
+    path = Path(preprocessed_dataset_dir) / SPLITS_FILENAME
     if context.is_main:
         source = splits_file
-        if source is None and not (Path(preprocessed_dataset_dir) / SPLITS_FILENAME).is_file():
+        if source is None and not path.is_file():
             source = paths.nnunet_splits_file(dataset_name)  # a dataset nnU-Net already split
         if source is not None:
             message(f"cross-validation splits from {source}")
-        splits = load_or_create_splits(preprocessed_dataset_dir, case_ids, source=source)
+        try:
+            splits = load_or_create_splits(preprocessed_dataset_dir, case_ids, source=source)
+        except TooFewCasesError as error:
+            raise TooFewCasesError(error.num_folds, error.found, (
+                f"Fold {fold} needs cross-validation splits. Train on every case instead with "
+                f"nnsam3d_train {dataset_name} all (nnU-Net's fold 'all', which has no held-out validation), or "
+                f"write {path} yourself with fewer folds (a list of {{\"train\": [...], \"val\": [...]}})."
+            )) from None
     context.barrier()
     if not context.is_main:
         splits = load_or_create_splits(preprocessed_dataset_dir, case_ids, create=False)

@@ -191,7 +191,7 @@ def test_the_training_page_shows_every_folds_curves_and_the_cross_validation(tmp
     from nnsam3d.evaluation.evaluate_folder import summarize_cases
 
     labels = {"liver": 1, "kidney": 2}
-    for fold, dices in (("0", (0.9, 0.7)), ("1", (0.8, None))):
+    for fold, dices in (("0", (0.9, 0.7)), ("1", (0.8, None)), ("all", (1.0, 1.0))):
         per_case = [{"metrics": {name: {"Dice": d, "IoU": d, "NSD": d, "HD95_mm": 1.0}
                                  for name, d in zip(labels, dices)}}]
         means, foreground = summarize_cases(per_case, labels)
@@ -205,11 +205,12 @@ def test_the_training_page_shows_every_folds_curves_and_the_cross_validation(tmp
     (model / "fold_2").mkdir()
     assert report_main([str(model.parent), "-o", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "index.html").read_text()
-    assert text.count("data:image/png;base64,") == 2 and "fold_2: no progress.png yet" in text
+    assert text.count("data:image/png;base64,") == 3 and "fold_2: no progress.png yet" in text
     rows = re.findall(r"<tr>(.*?)</tr>", text)
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
     assert ["fold_0", "1", "0.9000", "0.7000", "0.8000"] in cells
     assert ["fold_1", "1", "0.8000", "-", "0.8000"] in cells
-    assert ["mean over folds", "", "0.8500", "0.7000", "0.8000"] in cells
+    assert ["fold_all (its training cases)", "1", "1.0000", "1.0000", "1.0000"] in cells
+    assert ["mean over folds", "", "0.8500", "0.7000", "0.8000"] in cells  # without fold_all's training cases
     assert report_main([str(tmp_path / "nowhere"), "-o", str(tmp_path / "out2")]) == 1
     assert "results folder not found" in capsys.readouterr().err

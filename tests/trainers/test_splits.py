@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from nnsam3d.trainers.distributed import DistributedContext
 from nnsam3d.trainers.splits import (
     SPLITS_FILENAME,
     SplitsError,
+    TooFewCasesError,
     fold_cases,
+    fold_of_run,
     load_or_create_splits,
     make_splits,
     parse_fold,
@@ -103,6 +106,33 @@ def test_fold_all_trains_and_validates_on_every_case():
 def test_too_few_cases_for_five_folds_suggests_fold_all():
     with pytest.raises(SplitsError, match="fold 'all'"):
         make_splits(CASES[:3])
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_fold_all_of_a_run_needs_no_splits_however_few_the_cases(tmp_path, count):
+    messages = []
+    fold = fold_of_run(DistributedContext(), tmp_path, "Dataset001_Few", CASES[:count], "all", None, messages.append)
+    assert fold.train == fold.val == tuple(CASES[:count])
+    assert not (tmp_path / SPLITS_FILENAME).exists() and messages == []
+    # A splits file given with fold 'all' is neither read nor adopted, and the run says so.
+    fold_of_run(DistributedContext(), tmp_path, "Dataset001_Few", CASES[:count], "all", tmp_path / "theirs.json",
+                messages.append)
+    assert messages == [f"--splits {tmp_path / 'theirs.json'} not used: fold 'all' trains on every case"]
+    assert not (tmp_path / SPLITS_FILENAME).exists()
+
+
+def test_a_numbered_fold_of_a_run_with_too_few_cases_names_the_command_and_the_file(tmp_path):
+    with pytest.raises(TooFewCasesError) as raised:
+        fold_of_run(DistributedContext(), tmp_path, "Dataset001_Few", CASES[:2], "1", None, lambda _: None)
+    message = str(raised.value)
+    assert message.startswith("5-fold cross-validation needs at least 5 training cases, found 2. Fold 1 needs")
+    assert "nnsam3d_train Dataset001_Few all" in message and str(tmp_path / SPLITS_FILENAME) in message
+    assert not (tmp_path / SPLITS_FILENAME).exists()
+    # Fewer folds written by the user: the numbered folds train.
+    (tmp_path / SPLITS_FILENAME).write_text(json.dumps([{"train": CASES[:1], "val": CASES[1:2]},
+                                                        {"train": CASES[1:2], "val": CASES[:1]}]))
+    fold = fold_of_run(DistributedContext(), tmp_path, "Dataset001_Few", CASES[:2], "1", None, lambda _: None)
+    assert fold.val == (CASES[0],)
 
 
 def test_parse_fold():
