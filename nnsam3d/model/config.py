@@ -56,6 +56,10 @@ class NetworkConfig:
     prompt_channels: input channels of the prompt branch of interactive networks (clicks and
         prior segmentation, ``nnsam3d.model.prompt_encoder``); 0 (default): no prompt branch,
         automatic segmentation only.
+    input_window: ``(low, high)`` of the normalised intensities that a TinyViT backbone maps
+        linearly to [0, 1] before its patch embedding: LiteMedSAM was trained on images scaled to
+        [0, 1] (a CT window or an MRI's percentiles); the planner sets it from the normalisation.
+        None: the input as it is (the ViTs, which see the normalised intensities directly).
     """
 
     backbone: str = "vit_b"
@@ -72,6 +76,7 @@ class NetworkConfig:
     train_norms: bool = False
     deep_supervision: bool = True
     prompt_channels: int = 0
+    input_window: tuple[float, float] | None = None
     schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,11 @@ class NetworkConfig:
         if int(self.prompt_channels) < 0:
             raise ValueError(f"prompt_channels must be at least 0, got {self.prompt_channels}")
         object.__setattr__(self, "prompt_channels", int(self.prompt_channels))
+        if self.input_window is not None:
+            low, high = (float(v) for v in self.input_window)
+            if not high > low:
+                raise ValueError(f"input_window must be (low, high) with high > low, got {self.input_window}")
+            object.__setattr__(self, "input_window", (low, high))
         if self.trainable not in TRAINABLE_MODES:
             raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
         if self.trainable == "frozen_encoder":
@@ -128,6 +138,8 @@ class NetworkConfig:
         content = asdict(self)
         for key in ("patch_size", "token_size", "window_size", "adapter_blocks", "decoder_channels"):
             content[key] = list(content[key])
+        if content["input_window"] is not None:
+            content["input_window"] = list(content["input_window"])
         return content
 
     @classmethod

@@ -41,7 +41,7 @@ def build_encoder(spec: BackboneSpec, config: NetworkConfig) -> nn.Module:
     if spec.tiny_vit is None:
         return Encoder3D(spec, config)
     return TinyViTEncoder3D(spec.tiny_vit, config.in_channels, config.adapter_blocks, config.adapter_dim,
-                            config.activation_checkpointing)
+                            config.activation_checkpointing, config.input_window)
 
 
 def is_new_encoder_parameter(name: str, config: NetworkConfig) -> bool:

@@ -244,15 +244,17 @@ class TinyViTEncoder3D(nn.Module):
     """LiteMedSAM's TinyViT on volumes (see the module docstring).
 
     adapter_blocks: indices into ``stages.attention_blocks``; adapter_dim: their bottleneck.
+    input_window: normalised intensities ``(low, high)`` mapped linearly to LiteMedSAM's [0, 1].
     frozen_prefix: run the patch embedding and stage 0 without autograd. True when nothing in
         them trains (frozen weights and no adapter there): their activations, the largest of the
         encoder (full resolution, 256 channels), are then never saved.
     """
 
     def __init__(self, stages: TinyViTStages, in_channels: int, adapter_blocks: tuple[int, ...], adapter_dim: int,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, input_window: tuple[float, float] | None = None):
         super().__init__()
         self.stages_spec = stages
+        self.input_window = input_window
         self.activation_checkpointing = activation_checkpointing
         self.frozen_prefix = False
         dims = stages.embed_dims
@@ -295,6 +297,9 @@ class TinyViTEncoder3D(nn.Module):
 
     def _stem(self, x: Tensor) -> Tensor:
         """Patch embedding and stage 0 with its merging: ``(B, C, Z, Y, X) -> (B, D1, Z, Y/2, X/2)``."""
+        if self.input_window is not None:
+            low, high = self.input_window
+            x = (x - low) / (high - low)
         x = self.patch_embed(x)
         for block in self.layers[0].blocks:
             x = block(x)

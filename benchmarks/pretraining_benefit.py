@@ -1,0 +1,169 @@
+"""Does pre-training help? LiteMedSAM's pre-trained encoder against training from scratch, at equal
+CPU training time, with 2, 5 and all training cases (issue 21, point 4).
+
+Arms (each trains fold 'all' of a dataset cut to the first N training cases, then predicts the
+dataset's test images without mirroring and evaluates them):
+
+* ``a``: lite_medsam, LiteMedSAM's weights frozen, 3D adapters train (``nnSAM3DTrainer``);
+* ``b``: lite_medsam from LiteMedSAM's weights, everything trains (``nnSAM3DTrainer_fullFinetune``);
+* ``c``: lite_medsam from random weights, everything trains (``nnSAM3DTrainer_fromScratch``);
+* ``d``: vit_tiny from scratch, today's CPU default (``nnSAM3DTrainer``).
+
+Every run trains for ``--minutes`` of wall time (the trainer's time budget, checked after each
+epoch of 10 iterations; the learning-rate decay follows the budget), so a busy machine gives every arm fewer steps: run one at a time on a quiet machine and
+read the load averages recorded beside each run. Each run's result is its own JSON file under
+``--workdir`` (reruns skip finished runs); the table of all of them is written to
+``benchmarks/results/pretraining_benefit.json``.
+
+Datasets: ``demo`` (the embedded synthetic CT, 10 training and 4 test cases) and ``brain``
+(``real_anatomy_dataset.py``: real brain templates, CSF / grey / white matter; needs its packages).
+
+    python benchmarks/pretraining_benefit.py --workdir /tmp/pretraining --datasets demo --cases 2 all \\
+        --arms a d --seeds 0 1 --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from benchmark_support import environment, load_average, write_result
+
+from nnsam3d import paths
+from nnsam3d.demo.run_demo import use_work_folders
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.evaluation.evaluate_folder import evaluate_folders
+from nnsam3d.inference.predictor import Predictor
+from nnsam3d.io.checkpoint_file import load_checkpoint
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
+from nnsam3d.trainers.launch import train_fold
+from nnsam3d.trainers.request import TrainingRequest
+
+ARMS = {
+    "a": ("lite_medsam", "nnSAM3DTrainer"),
+    "b": ("lite_medsam", "nnSAM3DTrainer_fullFinetune"),
+    "c": ("lite_medsam", "nnSAM3DTrainer_fromScratch"),
+    "d": ("vit_tiny", "nnSAM3DTrainer"),
+}
+FOLD = "all"
+ITERATIONS_PER_EPOCH = 10
+"""Short epochs: the time budget is checked after each, and a lite_medsam epoch takes minutes on a CPU."""
+
+
+def skip_final_validation() -> None:
+    """Fold 'all' validates on its own training cases with mirroring, minutes per case for
+    lite_medsam on a CPU and no information here: the held-out test cases are evaluated instead."""
+    nnSAM3DTrainer.validate = lambda self: None
+
+
+def source_dataset(name: str, raw_root: Path) -> Path:
+    """The full raw dataset folder of ``name`` (built if missing)."""
+    if name == "demo":
+        spec = SyntheticDatasetSpec()
+        folder = raw_root / spec.folder_name
+        if not (folder / "dataset.json").is_file():
+            generate_synthetic_dataset(raw_root, spec)
+        return folder
+    if name == "brain":
+        from real_anatomy_dataset import build_dataset
+
+        return build_dataset(raw_root)
+    raise ValueError(f"unknown dataset '{name}' (demo or brain)")
+
+
+def subset_dataset(source: Path, raw_root: Path, dataset_id: int, cases: int | None) -> tuple[str, Path]:
+    """A copy of ``source`` with its first ``cases`` training cases (all for None) and every test
+    case, as dataset ``dataset_id`` (its own plans and preprocessed data)."""
+    description = json.loads((source / "dataset.json").read_text())
+    labels = sorted((source / "labelsTr").iterdir())
+    chosen = labels if cases is None else labels[:cases]
+    name = f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}{len(chosen)}"
+    target = raw_root / name
+    if not (target / "dataset.json").is_file():
+        ending = description["file_ending"]
+        for folder in ("imagesTr", "labelsTr"):
+            (target / folder).mkdir(parents=True, exist_ok=True)
+        for label in chosen:
+            case = label.name[: -len(ending)]
+            shutil.copy(label, target / "labelsTr" / label.name)
+            for image in sorted((source / "imagesTr").glob(f"{case}_*{ending}")):
+                shutil.copy(image, target / "imagesTr" / image.name)
+        for folder in ("imagesTs", "labelsTs"):
+            shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
+        (target / "dataset.json").write_text(json.dumps({**description, "numTraining": len(chosen)}, indent=1))
+    return name, target
+
+
+def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int, minutes: float, device: str) -> dict:
+    result_file = workdir / "runs" / f"{dataset}_{cases or 'all'}_{arm}_seed{seed}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    backbone, trainer = ARMS[arm]
+    run_dir = workdir / f"{dataset}_{cases or 'all'}_{backbone}"
+    folders = use_work_folders(run_dir)
+    raw_root = folders[paths.RAW_VARIABLE]
+    source = source_dataset(dataset, workdir / "sources")
+    dataset_id = 600 + (cases or 99)
+    name, raw_dir = subset_dataset(source, raw_root, dataset_id, cases)
+    if not (paths.preprocessed_dataset_dir(name) / f"{DEFAULT_PLANS_NAME}.json").is_file():
+        plan_and_preprocess(dataset_id, verify=True, backbone=backbone, num_processes=2)
+    model_dir = paths.training_output_dir(name, trainer, DEFAULT_PLANS_NAME)
+    shutil.rmtree(model_dir / f"fold_{FOLD}", ignore_errors=True)
+    load_before = load_average()
+    train_fold(trainer, TrainingRequest(dataset=name, fold=FOLD, num_epochs=1000, iterations_per_epoch=ITERATIONS_PER_EPOCH,
+                                        device=device, seed=seed, time_budget_minutes=minutes))
+    history = load_checkpoint(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth").training_state["log"]["history"]
+    predictor = Predictor.from_model_folder(model_dir, folds=[FOLD], device=device, use_mirroring=False)
+    predictions = run_dir / "predictions" / f"{arm}_seed{seed}"
+    shutil.rmtree(predictions, ignore_errors=True)
+    started = time.perf_counter()
+    predictor.predict_folder(raw_dir / "imagesTs", predictions)
+    description = DatasetDescription.from_file(raw_dir / "dataset.json")
+    summary = evaluate_folders(raw_dir / "labelsTs", predictions, description.labels, description.file_ending)
+    result = {
+        "dataset": dataset, "training_cases": len(list((raw_dir / "labelsTr").iterdir())), "arm": arm,
+        "backbone": backbone, "trainer": trainer, "seed": seed, "minutes": minutes,
+        "epochs": len(history), "iterations": ITERATIONS_PER_EPOCH * len(history),
+        "training_seconds": sum(epoch["seconds"] for epoch in history),
+        "prediction_seconds": time.perf_counter() - started,
+        "dice": {label: summary["mean"][label]["Dice"] for label in summary["mean"] if not label.isdigit()},
+        "foreground_mean_dice": summary["foreground_mean"]["Dice"],
+        "loadavg_before": load_before, "loadavg_after": load_average(),
+    }
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("./pretraining_benchmark"))
+    parser.add_argument("--datasets", nargs="+", default=["demo"], choices=("demo", "brain"))
+    parser.add_argument("--cases", nargs="+", default=["2", "5", "all"], help="training cases per run: numbers or 'all'")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall time of every run (default 10)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    skip_final_validation()
+    workdir = args.workdir.resolve()
+    runs = []
+    for dataset in args.datasets:
+        for cases in args.cases:
+            for seed in args.seeds:
+                for arm in args.arms:
+                    count = None if cases == "all" else int(cases)
+                    runs.append(run_one(workdir, dataset, count, arm, seed, args.minutes, args.device))
+                    print(json.dumps(runs[-1]))
+    write_result("pretraining_benefit.json", {"machine": environment(), "command": vars(args) | {"workdir": str(workdir)},
+                                              "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
