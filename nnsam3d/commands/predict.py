@@ -8,7 +8,7 @@ import sys
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.commands.nnunet_habits import checkpoint_choice, no_effect
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, ensemble_folder
-from nnsam3d.model_sharing.export import opened_model
+from nnsam3d.model_sharing.model_zip import opened_model
 from nnsam3d.inference.output_formats import DICOM_SEG
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.inference.ray_prediction import RayOptions, predict_folder_on_ray

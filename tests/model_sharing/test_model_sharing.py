@@ -13,7 +13,8 @@ import pytest
 from nnsam3d.commands.export_model import main as export_main
 from nnsam3d.commands.install_model import main as install_main
 from nnsam3d.commands.predict import main as predict_main
-from nnsam3d.model_sharing.export import ModelSharingError, _sam_checkpoint, install_model
+from nnsam3d.model_sharing.install import install_model
+from nnsam3d.model_sharing.model_card import ModelSharingError, _sam_checkpoint
 from nnsam3d.inference.postprocessing import PostprocessingRules
 from nnsam3d.io.image_io import read_segmentation
 
