@@ -38,7 +38,7 @@ from tqdm import tqdm
 from nnsam3d.inference.case_inputs import select_cases
 from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lower_thread_priority
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
-from nnsam3d.inference.output_formats import output_ending_for
+from nnsam3d.inference.output_formats import check_inputs_for_format, output_ending_for
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.atomic import remove_leftover_temporaries
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
@@ -272,6 +272,7 @@ def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, ou
     description = DatasetDescription.from_json(described[0]["description"], source="the Ray worker's model")
     selection = select_cases(input_path, output_dir, description, **selection_options,
                              output_ending=output_ending_for(description, output_format))
+    check_inputs_for_format(selection, output_format, input_path)
     report = PipelineReport.of_selection(selection)
     output_dir.mkdir(parents=True, exist_ok=True)
     log(f"{len(selection.cases)} case(s) over {len(workers.live)} worker(s); {described[0]['checkpoints']}; "

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from nnsam3d.io.atomic import read_json
+from nnsam3d.io.disk_space import DiskFullError, disk_full_message, is_disk_full
 from nnsam3d.model.sam_checkpoints import file_sha256
 from nnsam3d.model_sharing.model_card import MODEL_CARD_FILENAME, ModelSharingError
 
@@ -68,11 +69,15 @@ def extract_model(source: str | os.PathLike, target_root: str | os.PathLike) -> 
     and return that folder, after checking its checkpoints against the model card's SHA-256
     (:func:`verify_checkpoints`). The caller owns ``target_root`` and removes it on failure."""
     source = Path(source)
+    needed = None
     try:
         with zipfile.ZipFile(source) as archive:
             root = _model_root(archive, source)
+            needed = sum(member.file_size for member in archive.infolist())
             archive.extractall(target_root)
     except (OSError, zipfile.BadZipFile) as error:
+        if needed is not None and is_disk_full(error, target_root):
+            raise DiskFullError(disk_full_message(target_root, f"extracting {source.name}", needed)) from error
         raise ModelSharingError(f"{source}: cannot be read as a model zip ({error}).") from error
     model_dir = Path(target_root, *root.parts)
     verify_checkpoints(model_dir, read_model_card(model_dir), source)
