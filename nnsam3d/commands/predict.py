@@ -141,7 +141,8 @@ def predict(arguments: argparse.Namespace) -> int:
     arguments.trainers = arguments.trainers or [DEFAULT_TRAINER]
     arguments.plans = arguments.plans or DEFAULT_PLANS_NAME
     if arguments.model is not None:
-        # a zip is extracted for as long as the run takes (Ray workers load from it too)
+        # a zip is extracted for as long as the run takes (a Ray run ships its checkpoints to the
+        # workers through the object store, so no other node needs this folder)
         with opened_model(arguments.model) as model_dir:
             report = _run(arguments, [model_dir], model_dir)
     else:
