@@ -24,6 +24,7 @@ ALLOWED = {
     "planners": {"io", "paths", "model", "schemas", "preprocessing"},
     "inference": {"io", "paths", "model", "schemas", "preprocessing"},
     "trainers": {"io", "paths", "model", "schemas", "preprocessing", "inference", "evaluation"},
+    "model_sharing": {"io", "paths", "model", "schemas", "inference"},
     "model_selection": {"io", "paths", "inference", "evaluation"},
     "reporting": {"io", "paths", "schemas", "inference", "evaluation"},
     "demo": {"io", "paths", "schemas", "planners", "trainers", "inference", "evaluation", "reporting"},

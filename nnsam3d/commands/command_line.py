@@ -29,7 +29,7 @@ from nnsam3d.commands.nnunet_habits import CONFIGURATION_OPTIONS, drop_configura
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError
 from nnsam3d.inference.case_inputs import CaseInputError
 from nnsam3d.inference.model_folders import ModelFolderError
-from nnsam3d.inference.model_sharing import ModelSharingError
+from nnsam3d.model_sharing.model_card import ModelSharingError
 from nnsam3d.inference.ensemble_loading import IncompatibleModelsError
 from nnsam3d.inference.ray_prediction import RayUnavailableError
 from nnsam3d.io.atomic import InvalidJSONError

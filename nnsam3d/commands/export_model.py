@@ -8,7 +8,7 @@ import sys
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.commands.nnunet_habits import checkpoint_choice
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
-from nnsam3d.inference.model_sharing import export_model
+from nnsam3d.model_sharing.export import export_model
 from nnsam3d.paths import training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.registry import DEFAULT_TRAINER

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from nnsam3d.commands.command_line import command_parser, run_command
-from nnsam3d.inference.model_sharing import install_model, read_model_card
+from nnsam3d.model_sharing.install import install_model
+from nnsam3d.model_sharing.model_zip import read_model_card
 from nnsam3d.paths import RESULTS_VARIABLE, results_root
 
 

@@ -8,7 +8,7 @@ import sys
 from nnsam3d.commands.command_line import command_parser, run_command
 from nnsam3d.commands.nnunet_habits import checkpoint_choice, no_effect
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION, ensemble_folder
-from nnsam3d.inference.model_sharing import opened_model
+from nnsam3d.model_sharing.model_zip import opened_model
 from nnsam3d.inference.output_formats import DICOM_SEG
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.inference.ray_prediction import RayOptions, predict_folder_on_ray
@@ -141,7 +141,8 @@ def predict(arguments: argparse.Namespace) -> int:
     arguments.trainers = arguments.trainers or [DEFAULT_TRAINER]
     arguments.plans = arguments.plans or DEFAULT_PLANS_NAME
     if arguments.model is not None:
-        # a zip is extracted for as long as the run takes (Ray workers load from it too)
+        # a zip is extracted for as long as the run takes (a Ray run ships its checkpoints to the
+        # workers through the object store, so no other node needs this folder)
         with opened_model(arguments.model) as model_dir:
             report = _run(arguments, [model_dir], model_dir)
     else:

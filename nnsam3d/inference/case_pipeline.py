@@ -18,7 +18,9 @@ leaves (while it waits for the GPU, for the GIL, for memory).
 Memory: one loaded case waits for the network, and one score volume waits for (or is in)
 the writer, besides the one the network is filling.
 
-A case whose stage raises is reported with its message and skipped; the others go on.
+A case whose stage raises is reported with its message and skipped; the others go on, except
+when a write fails for lack of space: every later case would fail the same way after its whole
+prediction, so the run stops there with :class:`DiskFullError` (:func:`stopped_by_full_disk`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 
 from tqdm import tqdm
 
+from nnsam3d.io.disk_space import DiskFullError, says_disk_full
 from nnsam3d.io.geometry import ImageReadError
 
 Case = TypeVar("Case")
@@ -107,6 +110,15 @@ def describe_error(error: BaseException | str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def stopped_by_full_disk(error: BaseException, case_id: str, written: int, not_written: int) -> DiskFullError:
+    """The error that ends a prediction run at the first case that could not be written for lack
+    of space: the disk's message, then how far the run got."""
+    return DiskFullError(
+        f"{error} Prediction stopped at {case_id}, the first case that could not be written: {written} case(s) "
+        f"were written, {not_written} not (run the same command with --continue to predict only those)."
+    )
+
+
 @dataclass
 class CaseStages(Generic[Case, Loaded, Result]):
     """The three stage functions of the pipeline.
@@ -138,6 +150,7 @@ def run_case_pipeline(
     """
     report = report or PipelineReport()
     started = time.perf_counter()
+    completed_before, failed_before = len(report.completed), len(report.failures)
     loads: deque[tuple[Case, Future]] = deque()
     saves: deque[tuple[str, Future]] = deque()
     upcoming = iter(cases)
@@ -152,7 +165,12 @@ def run_case_pipeline(
         try:
             future.result()
             report.completed.append(case_id)
-        except Exception as error:  # a failed case must not stop the others
+        except Exception as error:  # a failed case must not stop the others, unless the disk is full
+            if says_disk_full(error):
+                written = len(report.completed) - completed_before
+                raise stopped_by_full_disk(
+                    error, case_id, written, len(cases) - written - (len(report.failures) - failed_before)
+                ) from error
             report.add_failure(case_id, error)
         bar.update(1)
 
@@ -166,6 +184,8 @@ def run_case_pipeline(
             submit_next_load(loader_pool)
             case_id = stages.case_id(case)
             bar.set_postfix_str(case_id)
+            if saves and saves[0][1].done():
+                finish_oldest_save()  # a full disk stops the run before another prediction
             try:
                 loaded = future.result()
                 result = stages.predict(loaded)

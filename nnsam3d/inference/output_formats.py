@@ -7,9 +7,9 @@ from functools import partial
 from typing import Sequence
 
 import nnsam3d
-from nnsam3d.inference.case_inputs import CaseInputError
+from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection
 from nnsam3d.inference.export import DICOM_SEG_ENDING, LabelWriter
-from nnsam3d.io.dicom_seg import write_dicom_seg
+from nnsam3d.io.dicom_seg import require_dicom_extra, write_dicom_seg
 from nnsam3d.io.dicom_series import DicomSeries
 from nnsam3d.io.geometry import from_canonical
 from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, ImageIO, write_segmentation
@@ -32,6 +32,21 @@ def output_ending_for(description: DatasetDescription, output_format: str | None
             f"{', '.join(SUPPORTED_FILE_ENDINGS)}."
         )
     return ending
+
+
+def check_inputs_for_format(selection: CaseSelection, output_format: str | None, input_path) -> None:
+    """Refuse, before anything is predicted, a run whose label maps ``output_format`` cannot
+    write: DICOM-SEG needs the extra and DICOM series input (:class:`CaseInputError`)."""
+    if output_format != DICOM_SEG:
+        return
+    require_dicom_extra()
+    not_dicom = [case.case_id for case in selection.cases if not isinstance(case.image_files[0], DicomSeries)]
+    if not_dicom:
+        raise CaseInputError(
+            f"{input_path}: --output-format {DICOM_SEG} needs DICOM series as input (a DICOM-SEG "
+            f"references its source slices); {', '.join(not_dicom[:3])} are image files. Use an image "
+            f"format such as .nii.gz for them."
+        )
 
 
 def label_writer_for(

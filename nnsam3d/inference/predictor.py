@@ -26,20 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection, select_cases
+from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.device_rules import autocast_dtype_for, resolve_device
 from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
 from nnsam3d.inference.interactive_session import InteractiveSession
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
-from nnsam3d.inference.output_formats import DICOM_SEG, label_writer_for, output_ending_for
+from nnsam3d.inference.output_formats import check_inputs_for_format, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
 from nnsam3d.inference.postprocessing import PostprocessingRules, load_postprocessing_if_present
 from nnsam3d.inference.sliding_window import sliding_window_predict
 from nnsam3d.inference.window_prediction import SPATIAL_AXES, WindowEnsemble
-from nnsam3d.io.dicom_seg import require_dicom_extra
-from nnsam3d.io.dicom_series import DicomSeries
 from nnsam3d.io.geometry import ImageGeometry, from_canonical, to_canonical
 from nnsam3d.io.image_io import image_io_for_dataset, read_volume
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
@@ -288,9 +286,11 @@ class Predictor:
         output_format: str | None = None,
     ) -> CaseSelection:
         """The cases of ``input_path`` this run predicts (see :meth:`predict_folder`)."""
-        return select_cases(input_path, output_dir, self.description, skip_existing=skip_existing,
-                            save_probabilities=save_probabilities, num_parts=num_parts, part_id=part_id,
-                            output_ending=self.output_ending(output_format))
+        selection = select_cases(input_path, output_dir, self.description, skip_existing=skip_existing,
+                                 save_probabilities=save_probabilities, num_parts=num_parts, part_id=part_id,
+                                 output_ending=self.output_ending(output_format))
+        check_inputs_for_format(selection, output_format, input_path)
+        return selection
 
     def case_stages(
         self,
@@ -349,15 +349,6 @@ class Predictor:
             input_path, output_dir, skip_existing=skip_existing, save_probabilities=save_probabilities,
             num_parts=num_parts, part_id=part_id, output_format=output_format,
         )
-        if output_format == DICOM_SEG:
-            require_dicom_extra()
-            not_dicom = [case.case_id for case in selection.cases if not isinstance(case.image_files[0], DicomSeries)]
-            if not_dicom:
-                raise CaseInputError(
-                    f"{input_path}: --output-format {DICOM_SEG} needs DICOM series as input (a DICOM-SEG "
-                    f"references its source slices); {', '.join(not_dicom[:3])} are image files. Use an image "
-                    f"format such as .nii.gz for them."
-                )
         report = PipelineReport.of_selection(selection)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         network_seconds_before = self.window_ensemble.network_seconds

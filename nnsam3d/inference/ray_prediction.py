@@ -10,12 +10,20 @@ three threads), one is read and preprocessed in the background loader thread, on
 network (a lock lets one case at a time in), and one is exported by the background writer thread;
 loader and writer run at the pipeline's lower scheduling priority.
 
-The driver hands cases out as workers take them (a slow worker gets fewer). Outputs go to the
-output folder, which every node must see (a shared file system), written atomically by the
-exporter, so a case either has its complete output or none. A case whose worker dies (a node
-lost, a process killed) is handed to another worker, up to ``max_attempts`` times, and the dead
-worker is replaced. A case that fails by itself (an unreadable file) is reported by name and
-the others go on, as in the single-machine predictor.
+The model travels through Ray's object store (:mod:`shipped_model`): the driver reads the
+checkpoints once, and each worker writes them into a folder of its own node, loads them and
+deletes the folder, so no node needs to read the driver's folders (``-m model.zip`` extracts
+into the driver's temporary folder). Inputs and outputs are paths: every node must see them (a
+shared file system); outputs are written atomically by the exporter, so a case either has its
+complete output or none.
+
+The driver hands cases out as workers take them (a slow worker gets fewer). A case whose worker
+dies (a node lost, a process killed) is handed to another worker, up to ``max_attempts`` times,
+and the dead worker is replaced. A worker whose device breaks (``device_failures``: a sticky
+CUDA error fails every later case in milliseconds) is retired the same way, and its case is
+handed to another worker. A case that fails by itself (an unreadable file) is reported by name
+and the others go on, as in the single-machine predictor; a full output disk stops the run, as
+there (``case_pipeline.stopped_by_full_disk``).
 
 Ray is optional (``pip install 'nnsam3d[ray]'``); it is imported only here, when asked for.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -36,11 +45,14 @@ import torch
 from tqdm import tqdm
 
 from nnsam3d.inference.case_inputs import select_cases
-from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lower_thread_priority
-from nnsam3d.inference.model_folders import CHECKPOINT_FILES, fold_checkpoints
-from nnsam3d.inference.output_formats import output_ending_for
+from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lower_thread_priority, stopped_by_full_disk
+from nnsam3d.inference.device_failures import is_device_failure
+from nnsam3d.inference.model_folders import CHECKPOINT_FILES
+from nnsam3d.inference.output_formats import check_inputs_for_format, output_ending_for
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.inference.shipped_model import ShippedModel, pack_model, unpack_model
 from nnsam3d.io.atomic import remove_leftover_temporaries
+from nnsam3d.io.disk_space import format_bytes, says_disk_full
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 
 RAY_EXTRA_HINT = "pip install 'nnsam3d[ray]' (or pip install ray)"
@@ -84,18 +96,31 @@ class RayOptions:
     max_attempts: int = 3
 
 
+@dataclass(frozen=True)
+class CaseFailed:
+    """Why a worker did not write a case.
+
+    kind: ``"case"``, the case's own problem (reported, the run goes on); ``"device"``, the
+    worker's device is broken (the worker is retired, the case goes to another); ``"disk_full"``,
+    the output disk is full (the run stops).
+    """
+
+    message: str
+    kind: str = "case"
+
+
 class PredictionWorker:
     """A Ray actor (wrapped by ``ray.remote`` in :func:`predict_folder_on_ray`) holding one
     :class:`Predictor` and predicting single cases into ``output_dir``.
 
-    model_dirs, postprocessing_folder, predictor_options: as ``Predictor.from_model_folders``.
+    model: the shipped model folders (``shipped_model``), unpacked into a temporary folder of
+        this node for as long as loading takes. predictor_options: as ``Predictor.from_model_folders``.
     """
 
     def __init__(
         self,
-        model_dirs: Sequence[str],
+        model: ShippedModel,
         predictor_options: dict,
-        postprocessing_folder: str | None,
         output_dir: str,
         save_probabilities: bool,
         save_overlays: bool,
@@ -104,9 +129,12 @@ class PredictionWorker:
     ):
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, cpu_threads))
-        self.predictor = Predictor.from_model_folders(
-            model_dirs, postprocessing_folder=postprocessing_folder, **predictor_options
-        )
+        with tempfile.TemporaryDirectory(prefix="nnsam3d-model-") as local:
+            model_dirs, postprocessing_folder = unpack_model(model, local)
+            self.predictor = Predictor.from_model_folders(
+                model_dirs, postprocessing_folder=postprocessing_folder, **predictor_options
+            )
+        self.device_failure: str | None = None  # once set, the device is broken for good
         self.stages = self.predictor.case_stages(
             output_dir, save_probabilities=save_probabilities, save_overlays=save_overlays, output_format=output_format
         )
@@ -127,16 +155,22 @@ class PredictionWorker:
             "postprocessing": postprocessing.describe(names) if postprocessing else "none",
         }
 
-    def predict_case(self, case: RawCase) -> str | None:
-        """Predict one case; None when its output is written, else the reason it failed."""
+    def predict_case(self, case: RawCase) -> CaseFailed | None:
+        """Predict one case; None when its output is written, else why not."""
+        if self.device_failure is not None:  # cases that were already in flight
+            return CaseFailed(f"not started: this worker's device failed earlier ({self.device_failure})", "device")
         try:
             loaded = self.loader.submit(self.stages.load, case).result()
             with self.network_lock:
                 result = self.stages.predict(loaded)
             del loaded
             self.writer.submit(self.stages.save, case, result).result()
-        except Exception as error:  # the case fails, the worker goes on
-            return describe_error(error)
+        except Exception as error:  # the case fails; the worker goes on unless its device broke
+            if is_device_failure(error):
+                self.device_failure = describe_error(error)
+                return CaseFailed(self.device_failure, "device")
+            return CaseFailed(str(error) if says_disk_full(error) else describe_error(error),
+                              "disk_full" if says_disk_full(error) else "case")
         return None
 
     def network_seconds(self) -> float:
@@ -173,26 +207,32 @@ def predict_folder_on_ray(
     progress: bool = False,
     log: Callable[[str], Any] = lambda message: None,
     on_workers_ready: Callable[[list[dict]], Any] | None = None,
+    worker_class: type[PredictionWorker] = PredictionWorker,
 ) -> PipelineReport:
     """``Predictor.predict_folder`` on a Ray cluster (see the module); returns the same report,
     with ``retried`` naming the cases handed to another worker after their worker died.
 
-    model_dirs: model folders whose folds are ensembled (absolute paths reachable from every node).
+    model_dirs: model folders whose folds are ensembled (read by the driver only; see the module).
     postprocessing_folder: where ``postprocessing.json`` lies (default: the single model folder).
     predictor_options: further ``Predictor`` options (step_size, use_mirroring, batch_size, ...).
     log: receives one-line messages (workers started, retries).
     on_workers_ready: called with every worker's :meth:`PredictionWorker.describe` once they
         have loaded their networks (and again with each replacement's).
+    worker_class: :class:`PredictionWorker` or a subclass (the tests give one a broken device).
     Raises :class:`RayUnavailableError` without Ray, ``ModelFolderError`` for missing checkpoints
-    (checked here before any worker starts), ``CaseInputError`` for unusable input.
+    (checked here before any worker starts), ``CaseInputError`` for unusable input, ``DiskFullError``
+    when the output disk is full.
     """
     ray = import_ray()
     options = ray_options or RayOptions()
-    model_dirs = [str(Path(folder).resolve()) for folder in model_dirs]
-    for folder in model_dirs:  # a missing fold is a user error worth telling before the cluster starts
-        fold_checkpoints(folder, folds, checkpoint_name)
+    model_dirs = [Path(folder).resolve() for folder in model_dirs]
     if postprocessing_folder is None and len(model_dirs) == 1:
         postprocessing_folder = model_dirs[0]
+    # Read before the cluster starts: a missing fold is a user error worth telling first.
+    model = pack_model(model_dirs, folds, checkpoint_name, postprocessing_folder)
+    log(f"model: {sum(len(files) for _, files in model.folders)} checkpoint(s) "
+        f"({', '.join(f'{name}: {sorted(files)}' for name, files in model.folders)}), "
+        f"{format_bytes(model.num_bytes)} through Ray's object store")
     output_dir = Path(output_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
@@ -203,17 +243,17 @@ def predict_folder_on_ray(
             raise RayUnavailableError(f"cannot reach the Ray cluster at {options.address or 'local'}: {error}") from error
     try:
         num_workers, gpus_per_worker = _worker_resources(ray, options, device)
-        worker_class = ray.remote(PredictionWorker).options(
+        remote_class = ray.remote(worker_class).options(
             num_cpus=options.cpus_per_worker, num_gpus=gpus_per_worker,
             max_concurrency=CASES_IN_FLIGHT_PER_WORKER, max_restarts=0,
         )
         arguments = (
-            model_dirs,
+            ray.put(model),  # once; every worker (and replacement) reads it from the object store
             {"folds": folds, "checkpoint_name": checkpoint_name, "device": device, **(predictor_options or {})},
-            None if postprocessing_folder is None else str(postprocessing_folder),
             str(output_dir), save_probabilities, save_overlays, options.cpus_per_worker, output_format,
         )
-        workers = _Workers(ray, worker_class, arguments, {"CPU": options.cpus_per_worker, "GPU": gpus_per_worker},
+        del model
+        workers = _Workers(ray, remote_class, arguments, {"CPU": options.cpus_per_worker, "GPU": gpus_per_worker},
                            on_workers_ready, log)
         return _run_cases(ray, workers, num_workers, options.max_attempts, input_path, output_dir,
                           dict(skip_existing=skip_existing, save_probabilities=save_probabilities,
@@ -251,18 +291,39 @@ class _Workers:
             self.on_workers_ready(described)
         return described
 
-    def replace(self, dead) -> None:
+    def replace(self, dead, what: str = "a worker died", room_freed: bool = False) -> None:
         """Drop a dead worker; start another where the cluster has room now (a lost node's share
-        is gone, the survivors take its cases), and in any case when none is left."""
+        is gone, the survivors take its cases), and in any case when none is left or the dead
+        worker's own room is being freed (``room_freed``: killed by the driver)."""
         if dead not in self.live:
             return  # its other cases fail the same way; replaced once
         self.live.remove(dead)
         available = self.ray.available_resources()
-        if not self.live or all(available.get(name, 0) >= amount for name, amount in self.resources.items()):
-            self.log("a worker died; starting a replacement")
+        if not self.live or room_freed or all(available.get(name, 0) >= amount
+                                              for name, amount in self.resources.items()):
+            self.log(f"{what}; starting a replacement")
             self.start(1, timeout_seconds=REPLACEMENT_TIMEOUT_SECONDS)
         else:
-            self.log(f"a worker died; {len(self.live)} worker(s) go on (no room for a replacement)")
+            self.log(f"{what}; {len(self.live)} worker(s) go on (no room for a replacement)")
+
+    def retire(self, broken, reason: str) -> None:
+        """End a worker whose device failed (its process cannot recover) and replace it like a
+        dead one; its cases still in flight then fail as a dead worker's and go elsewhere."""
+        if broken in self.live:
+            self.ray.kill(broken)
+            self.replace(broken, f"a worker's device failed ({reason}); retired it", room_freed=True)
+
+
+def _stop_workers(ray, workers: _Workers, in_flight: dict, output_dir: Path) -> None:
+    """Kill every worker and, once their cases in flight have ended with them, remove what they
+    were writing."""
+    for worker in workers.live:
+        ray.kill(worker)
+    workers.live.clear()
+    if in_flight:
+        ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
+    for _, case in in_flight.values():
+        remove_leftover_temporaries(output_dir, case.case_id)
 
 
 def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, output_dir, selection_options,
@@ -272,9 +333,11 @@ def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, ou
     description = DatasetDescription.from_json(described[0]["description"], source="the Ray worker's model")
     selection = select_cases(input_path, output_dir, description, **selection_options,
                              output_ending=output_ending_for(description, output_format))
+    check_inputs_for_format(selection, output_format, input_path)
     report = PipelineReport.of_selection(selection)
+    failed_before = len(report.failures)
     output_dir.mkdir(parents=True, exist_ok=True)
-    log(f"{len(selection.cases)} case(s) over {len(workers.live)} worker(s); {described[0]['checkpoints']}; "
+    log(f"{len(selection.cases)} case(s) over {len(workers.live)} worker(s); "
         f"postprocessing: {described[0]['postprocessing']}")
 
     pending = deque(selection.cases)
@@ -283,6 +346,16 @@ def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, ou
     load: Counter = Counter()  # worker → cases in flight
     network_seconds = 0.0
     bar = tqdm(total=len(pending), desc="cases", unit="case", disable=not progress)
+
+    def retry_or_fail(case: RawCase, what: str, last: str) -> None:
+        if attempts[case.case_id] >= max_attempts:
+            report.add_failure(case.case_id, f"{what} {attempts[case.case_id]} times while predicting it (last: {last})")
+            bar.update(1)
+        else:
+            log(f"{case.case_id}: {what}; handed to another worker")
+            report.retried.append(case.case_id)
+            pending.appendleft(case)
+
     try:
         while pending or in_flight:
             for worker in workers.live:
@@ -295,24 +368,26 @@ def _run_cases(ray, workers: _Workers, num_workers, max_attempts, input_path, ou
             worker, case = in_flight.pop(ready)
             load[worker] -= 1
             try:
-                message = ray.get(ready)
+                outcome = ray.get(ready)
             except ray.exceptions.RayActorError as error:
                 workers.replace(worker)
                 # The dead worker may have been writing this case's outputs.
                 remove_leftover_temporaries(output_dir, case.case_id)
-                if attempts[case.case_id] >= max_attempts:
-                    report.add_failure(case.case_id, f"its Ray worker died {attempts[case.case_id]} times while "
-                                                     f"predicting it (last: {type(error).__name__})")
-                    bar.update(1)
-                else:
-                    log(f"{case.case_id}: its worker died; handed to another worker")
-                    report.retried.append(case.case_id)
-                    pending.appendleft(case)
+                retry_or_fail(case, "its Ray worker died", type(error).__name__)
                 continue
-            if message is None:
+            if outcome is not None and outcome.kind == "device":
+                workers.retire(worker, outcome.message)
+                retry_or_fail(case, "the device of its Ray worker failed", outcome.message)
+                continue
+            if outcome is not None and outcome.kind == "disk_full":
+                _stop_workers(ray, workers, in_flight, output_dir)
+                written = len(report.completed)
+                raise stopped_by_full_disk(outcome.message, case.case_id, written,
+                                           len(selection.cases) - written - (len(report.failures) - failed_before))
+            if outcome is None:
                 report.completed.append(case.case_id)
             else:
-                report.add_failure(case.case_id, message)
+                report.add_failure(case.case_id, outcome.message)
             bar.update(1)
         network_seconds = sum(ray.get([worker.network_seconds.remote() for worker in workers.live]))
     finally:

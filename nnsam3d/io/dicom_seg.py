@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from nnsam3d.io.atomic import atomic_path
-from nnsam3d.io.dicom_series import DicomSeries
+from nnsam3d.io.dicom_series import DicomSeries, positions_along_normal
 
 DICOM_EXTRA_HINT = "pip install 'nnsam3d[dicom]' (highdicom and pydicom)"
 
@@ -34,6 +34,24 @@ def require_dicom_extra() -> None:
             f"--output-format dicom-seg needs the optional extra nnsam3d[dicom], which is not installed "
             f"({error.name} is missing): {DICOM_EXTRA_HINT}."
         ) from error
+
+
+def _fill_missing_slice_thickness(sources: list) -> None:
+    """Give the source headers (in memory only) a Slice Thickness (0018,0050) where theirs is
+    missing or empty, as some exports leave it: the SEG's pixel measures need one. The distance
+    between neighbouring slices stands in for it; the series was checked to be evenly spaced
+    (``io.dicom_series``), so that distance is one number."""
+    missing = [source for source in sources if source.get("SliceThickness") in (None, "")]
+    if not missing:
+        return
+    if len(sources) < 2:
+        raise ValueError(f"{getattr(sources[0], 'filename', 'the series')}: no Slice Thickness (0018,0050) "
+                         f"and a single slice, so none can be derived from the slice spacing.")
+    _, along = positions_along_normal([float(v) for v in sources[0].ImageOrientationPatient],
+                                      [[float(v) for v in source.ImagePositionPatient] for source in sources])
+    spacing = float(np.median(np.abs(np.diff(along))))
+    for source in missing:
+        source.SliceThickness = round(spacing, 6)
 
 
 def write_dicom_seg(
@@ -58,6 +76,7 @@ def write_dicom_seg(
     if labels.shape[2] != len(series.files):
         raise ValueError(f"{series}: label map has {labels.shape[2]} slices, the series {len(series.files)}")
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in series.files]
+    _fill_missing_slice_thickness(sources)
     frames = np.ascontiguousarray(labels.transpose(2, 1, 0))  # (slice, row, column)
     frames = frames.astype(np.uint8 if max(label_names, default=0) < 256 else np.uint16)
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -116,6 +116,14 @@ def _vector(text: str, size: int, path: Path, what: str) -> np.ndarray:
     return values
 
 
+def positions_along_normal(orientation, positions) -> tuple[np.ndarray, np.ndarray]:
+    """(the slice normal, each slice's position along it in mm) from ImageOrientationPatient
+    (6 numbers: row and column directions) and ImagePositionPatient of every slice (n, 3)."""
+    orientation = np.asarray(orientation, dtype=np.float64)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return normal, np.asarray(positions, dtype=np.float64) @ normal
+
+
 def _sorted_slices(series_uid: str, files: list[Path], headers: list[dict], folder: Path) -> list[Path]:
     """The files sorted along the slice normal, after every check of the module docstring."""
     label = f"{folder} (DICOM series {series_uid})"
@@ -145,12 +153,17 @@ def _sorted_slices(series_uid: str, files: list[Path], headers: list[dict], fold
     if len(files) == 1:
         frames = int(float(headers[0].get("frames", "1") or 1))
         if frames > 1:
-            return files  # one multi-frame file: GDCM orders its frames
+            # Read as a series it comes out 4D, and a legacy multi-frame file without
+            # SpacingBetweenSlices gets a made-up slice spacing: refused before anything is predicted.
+            raise DicomSeriesError(
+                f"{label}: one multi-frame DICOM file ({files[0].name}, {frames} frames); nnsam3d reads series "
+                f"of single-frame slices (and writes DICOM-SEG for those). Convert it to single-frame slices "
+                f"or to an image file such as .nii.gz (e.g. with dcm2niix) and predict that."
+            )
         raise DicomSeriesError(f"{label}: a single slice ({files[0].name}); a 3D volume needs a stack of slices.")
 
-    normal = np.cross(orientations[0][:3], orientations[0][3:])
     positions = np.stack([_vector(h["position"], 3, f, "ImagePositionPatient") for f, h in zip(files, headers)])
-    along = positions @ normal
+    normal, along = positions_along_normal(orientations[0], positions)
     order = np.argsort(along, kind="stable")
     files = [files[i] for i in order]
     along, positions = along[order], positions[order]

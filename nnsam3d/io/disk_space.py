@@ -56,6 +56,12 @@ def is_disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
     return False
 
 
+def says_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` itself says the disk is full (a :class:`DiskFullError`, or ENOSPC/EDQUOT),
+    for callers that do not know the folder :func:`is_disk_full` would ask."""
+    return isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS)
+
+
 def disk_full_message(folder: str | os.PathLike, what: str, needed_bytes: int | None) -> str:
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

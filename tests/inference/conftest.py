@@ -118,6 +118,7 @@ def write_ct_series(
     modality: str = "CT",
     order_in_folder=None,
     prefix: str = "IM",
+    without: tuple[str, ...] = (),
 ) -> list[Path]:
     """Write ``volume`` (slice, row, column) int16 HU as one CT series; returns the files in slice order.
 
@@ -125,6 +126,7 @@ def write_ct_series(
     orientation: ImageOrientationPatient (row direction, column direction). Slice k lies at
     origin + k * spacing[0] * (row x column). ``order_in_folder``: a permutation of the slices
     for the file names (``PREFIX0000.dcm``, ...), so that readers must sort by position, not by name.
+    ``without``: attribute keywords left out of every file (as some exports omit e.g. SliceThickness).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -160,6 +162,8 @@ def write_ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
         ds.PixelData = np.ascontiguousarray(volume[k].astype(np.int16)).tobytes()
+        for keyword in without:
+            delattr(ds, keyword)
         path = folder / f"{prefix}{name:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files[k] = path

@@ -88,3 +88,40 @@ def test_dicom_seg_needs_dicom_input_and_the_extra(tmp_path, predictor, ct_case,
     with pytest.raises(MissingOptionalDependencyError, match="highdicom is missing"):
         predictor.predict_folder(tmp_path / "dicom", tmp_path / "seg", output_format=DICOM_SEG)
     assert not (tmp_path / "seg").exists() or not list((tmp_path / "seg").iterdir())
+
+
+def test_a_series_without_slice_thickness_gets_its_dicom_seg(tmp_path, predictor, ct_series_writer):
+    image, _, _ = phantom_case(np.random.default_rng(1), SyntheticDatasetSpec(shape=(6, 24, 20), spacing=SPACING))
+    files = ct_series_writer(tmp_path / "dicom" / "ct", np.rint(image[0]).astype(np.int16), SPACING, ORIGIN,
+                             without=("SliceThickness",))
+    assert "SliceThickness" not in pydicom.dcmread(files[0], stop_before_pixels=True)
+    report = predictor.predict_folder(tmp_path / "dicom", tmp_path / "seg", output_format=DICOM_SEG)
+    assert report.completed == ["ct"] and not report.failures, report.failures
+    seg = pydicom.dcmread(tmp_path / "seg" / "ct.dcm")
+    (measures,) = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert float(measures.SliceThickness) == pytest.approx(SPACING[0])  # the slice spacing stands in for it
+    assert "SliceThickness" not in pydicom.dcmread(files[0], stop_before_pixels=True)  # the source is not changed
+
+
+def test_a_multi_frame_file_is_named_before_anything_is_predicted(tmp_path, predictor, ct_case, monkeypatch):
+    """One multi-frame DICOM file (the series' slices as frames): read as a series it would come
+    out 4D and its DICOM-SEG cannot be written, so it is named, not predicted, in every output
+    format, and the series beside it is predicted."""
+    first = pydicom.dcmread(ct_case[0])
+    first.NumberOfFrames = len(ct_case)
+    first.PixelData = b"".join(pydicom.dcmread(f).PixelData for f in ct_case)
+    (tmp_path / "dicom" / "multi").mkdir()
+    first.save_as(tmp_path / "dicom" / "multi" / "frames.dcm", enforce_file_format=True)
+    predicted = []
+    original = Predictor.predict_probabilities
+    monkeypatch.setattr(Predictor, "predict_probabilities",
+                        lambda self, data: predicted.append(data.shape) or original(self, data))
+    for output_format in (DICOM_SEG, None):
+        report = predictor.predict_folder(tmp_path / "dicom", tmp_path / f"out_{output_format}",
+                                          output_format=output_format)
+        assert report.completed == ["ct"] and len(predicted) == 1
+        predicted.clear()
+        (failure,) = report.failures
+        assert failure.case_id.startswith("multi") and "frames.dcm, 10 frames" in failure.message, failure
+        assert "one multi-frame DICOM file" in failure.message and "Convert it" in failure.message
+        assert sorted(p.name for p in (tmp_path / f"out_{output_format}").iterdir()) in (["ct.dcm"], ["ct.nii.gz"])

@@ -17,7 +17,18 @@ import torch
 
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.inference.ray_prediction import LOCAL_CLUSTER_CONFIG, RayOptions, predict_folder_on_ray
+from nnsam3d.inference import ray_prediction
+from nnsam3d.inference.postprocessing import PostprocessingRules
+from nnsam3d.inference.ray_prediction import (
+    CASES_IN_FLIGHT_PER_WORKER,
+    LOCAL_CLUSTER_CONFIG,
+    PredictionWorker,
+    RayOptions,
+    predict_folder_on_ray,
+)
+from nnsam3d.inference.shipped_model import pack_model
+from nnsam3d.io.disk_space import DiskFullError, disk_full_message
+from nnsam3d.model_sharing.export import export_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'nnsam3d[ray]')")
 
@@ -33,12 +44,12 @@ def ray_cluster():
     ray.shutdown()
 
 
-def reference_predictions(mri_model, inputs, output):
+def reference_predictions(mri_model, inputs, output, model_dir=None):
     """The single-process predictor's outputs, with one thread as each Ray worker uses."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        predictor = Predictor.from_model_folder(mri_model.model_dir, device="cpu", **FAST)
+        predictor = Predictor.from_model_folder(model_dir or mri_model.model_dir, device="cpu", **FAST)
         assert predictor.predict_folder(inputs, output).ok
     finally:
         torch.set_num_threads(threads)
@@ -122,6 +133,111 @@ def test_a_killed_worker_loses_no_case(ray_cluster, mri_model, copy_cases, tmp_p
     assert any("a worker died" in m for m in messages)
     assert sorted(report.completed) == case_ids
     assert_same_outputs(case_ids, output, tmp_path / "reference")
+
+
+def test_a_model_zip_reaches_workers_that_cannot_read_the_drivers_folder(ray_cluster, mri_model, copy_cases, tmp_path,
+                                                                         monkeypatch, capsys):
+    """``-m model.zip --ray``: the driver extracts the zip into its own temporary folder, which
+    workers on other nodes cannot read; here that folder is renamed away as soon as the driver has
+    read the checkpoints, so the workers can only have the model from Ray's object store."""
+    model_dir = tmp_path / "results" / mri_model.dataset / mri_model.model_dir.name
+    shutil.copytree(mri_model.model_dir, model_dir)
+    PostprocessingRules(keep_largest_component=(1, 2)).save(model_dir / "postprocessing.json")  # travels too
+    archive = tmp_path / "model.zip"
+    export_model(model_dir, archive)
+    inputs = tmp_path / "in"
+    case_ids = copy_cases(mri_model, inputs, count=2)
+    reference_predictions(mri_model, inputs, tmp_path / "reference", model_dir)
+    hidden = []
+
+    def pack_then_hide(model_dirs, *args):
+        model = pack_model(model_dirs, *args)
+        for folder in model_dirs:
+            hidden.append(folder.rename(folder.with_name(f"{folder.name}-out-of-reach")))
+        return model
+
+    monkeypatch.setattr(ray_prediction, "pack_model", pack_then_hide)
+    capsys.readouterr()
+    code = predict_main(["-i", str(inputs), "-o", str(tmp_path / "ray"), "-m", str(archive), "--ray", "--ray-workers",
+                         "2", "--disable-tta", "--step-size", "1", "--no-progress", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert len(hidden) == 1 and hidden[0].parent.parent.name.startswith("nnsam3d-model-")  # the driver's extraction
+    assert_same_outputs(case_ids, tmp_path / "ray", tmp_path / "reference")
+
+
+def test_a_worker_whose_device_fails_is_retired_and_its_case_predicted_elsewhere(ray_cluster, mri_model, copy_cases,
+                                                                                  tmp_path):
+    inputs = tmp_path / "in"
+    case_ids = copy_cases(mri_model, inputs)
+    reference_predictions(mri_model, inputs, tmp_path / "reference")
+    claim = tmp_path / "broken_worker_pid"
+
+    class BrokenDeviceWorker(PredictionWorker):
+        """The first worker to start has a broken device: its network stage raises CUDA's sticky
+        error for every case, as a GPU after an illegal memory access does."""
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            try:
+                descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+
+            def broken_device(loaded):
+                raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+            self.stages.predict = broken_device
+
+    messages = []
+    report = predict_folder_on_ray([mri_model.model_dir], inputs, tmp_path / "ray", device="cpu",
+                                   ray_options=RayOptions(num_workers=2), predictor_options=FAST,
+                                   log=messages.append, worker_class=BrokenDeviceWorker)
+    assert report.ok, report.failures
+    assert sorted(report.completed) == case_ids and report.retried
+    assert any("device failed (AcceleratorError: CUDA error: an illegal memory access" in m
+               and "retired it; starting a replacement" in m for m in messages), messages
+    # Retired at its first failure: it never got more than the cases it already held.
+    assert 1 <= sum("the device of its Ray worker failed" in m for m in messages) <= CASES_IN_FLIGHT_PER_WORKER
+    broken_pid = int(claim.read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{broken_pid}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{broken_pid}"), "the retired worker's process still runs"
+    assert_same_outputs(case_ids, tmp_path / "ray", tmp_path / "reference")
+
+
+def test_a_full_output_disk_stops_the_ray_run(ray_cluster, mri_model, copy_cases, tmp_path):
+    inputs = tmp_path / "in"
+    copy_cases(mri_model, inputs)
+    output = tmp_path / "ray"
+    started = tmp_path / "started"
+    started.mkdir()
+
+    class FullDiskWorker(PredictionWorker):
+        """Every write fails as on a full disk (atomic_path turns the writer's error into this)."""
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            predict = self.stages.predict
+
+            def counted_predict(loaded):
+                (started / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+                return predict(loaded)
+
+            def full_disk(case, result):
+                raise DiskFullError(disk_full_message(output, f"writing {case.case_id}.nii.gz", 4096))
+
+            self.stages.predict, self.stages.save = counted_predict, full_disk
+
+    with pytest.raises(DiskFullError, match=r"no space left on the disk .* Prediction stopped at syntheticmri_\d+, the first "
+                                            r"case that could not be written: 0 case\(s\) were written, 4 not"):
+        predict_folder_on_ray([mri_model.model_dir], inputs, output, device="cpu",
+                              ray_options=RayOptions(num_workers=1), predictor_options=FAST,
+                              worker_class=FullDiskWorker)
+    assert len(list(started.iterdir())) < 4, "cases were still predicted after the disk was full"
+    assert list(output.iterdir()) == []
 
 
 def test_without_ray_the_message_names_the_extra(mri_model, copy_cases, tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ monkeypatched to fail as a full disk makes them fail (ENOSPC after a partial wri
 from __future__ import annotations
 
 import errno
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -120,3 +121,48 @@ def test_a_real_full_disk_is_reported_by_every_writer(one_mebibyte_tmpfs):
         message = str(caught.value)
         assert message.startswith(f"{one_mebibyte_tmpfs}: no space left on the disk (writing {name} needs about 2.0 MiB")
         assert list(one_mebibyte_tmpfs.iterdir()) == []
+
+
+def test_full_disk_during_prediction_stops_at_the_first_failed_write(random_model, nnsam3d_folders, tmp_path,
+                                                                      monkeypatch, capsys):
+    import nibabel as nib
+
+    from nnsam3d.commands.predict import main as predict_main
+    from nnsam3d.inference.predictor import Predictor
+
+    for image in (nnsam3d_folders.raw / random_model.dataset / "imagesTr").glob("*_0000.nii.gz"):
+        if not (random_model.inputs / image.name).exists():
+            shutil.copyfile(image, random_model.inputs / image.name)
+    case_ids = sorted(p.name[: -len("_0000.nii.gz")] for p in random_model.inputs.iterdir())
+    assert len(case_ids) == 6
+    predicted, writes = [], []
+    original_predict, original_save = Predictor.predict_probabilities, nib.save
+
+    def predict(self, data):
+        predicted.append(data.shape)
+        return original_predict(self, data)
+
+    def save(image, path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) >= 2:  # the first case's label map fits, then the disk is full
+            _write_part_then_fail(path)
+        return original_save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_probabilities", predict)
+    monkeypatch.setattr(nib, "save", save)
+    output = tmp_path / "predictions"
+    argv = ["-i", str(random_model.inputs), "-o", str(output), "-d", random_model.dataset, "--disable-tta",
+            "--step-size", "1", "--no-progress", "--device", "cpu"]
+    assert predict_main(argv) == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert f"{output}: no space left on the disk (writing {case_ids[1]}.nii.gz needs about" in stderr
+    assert (f"Prediction stopped at {case_ids[1]}, the first case that could not be written: 1 case(s) were written, "
+            f"5 not (run the same command with --continue") in stderr
+    assert len(predicted) <= 3, "cases were still predicted after a write had failed for lack of space"
+    assert sorted(p.name for p in output.iterdir()) == [f"{case_ids[0]}.nii.gz"]  # nothing half-written
+
+    monkeypatch.setattr(nib, "save", original_save)
+    assert predict_main([*argv, "--continue"]) == 0
+    assert "5 case(s) written" in capsys.readouterr().err
+    assert sorted(p.name for p in output.iterdir()) == [f"{c}.nii.gz" for c in case_ids]

@@ -13,20 +13,21 @@ import pytest
 from nnsam3d.commands.export_model import main as export_main
 from nnsam3d.commands.install_model import main as install_main
 from nnsam3d.commands.predict import main as predict_main
-from nnsam3d.inference.model_sharing import ModelSharingError, _sam_checkpoint, install_model
+from nnsam3d.model_sharing.install import install_model
+from nnsam3d.model_sharing.model_card import ModelSharingError, _sam_checkpoint
 from nnsam3d.inference.postprocessing import PostprocessingRules
-from nnsam3d.io.nifti import read_segmentation
+from nnsam3d.io.image_io import read_segmentation
 
 FAST = ["--disable-tta", "--no-progress", "--step-size", "1"]
 
 
 @pytest.fixture
-def shared(mri_model, tmp_path, monkeypatch):
-    """A results folder with the MRI model, a postprocessing rule, fold 0's best/latest checkpoints
-    and validation, two test cases to predict; nnSAM3D_results points at it."""
+def shared(random_model, tmp_path, monkeypatch):
+    """A results folder with the model, a postprocessing rule, fold 0's best/latest checkpoints
+    and validation, two cases to predict; nnSAM3D_results points at it."""
     results = tmp_path / "results_a"
-    model_dir = results / mri_model.dataset / mri_model.model_dir.name
-    shutil.copytree(mri_model.model_dir, model_dir)
+    model_dir = results / random_model.dataset / random_model.model_dir.name
+    shutil.copytree(random_model.model_dir, model_dir)
     fold_0 = model_dir / "fold_0"
     shutil.copy(fold_0 / "checkpoint_final.pth", fold_0 / "checkpoint_best.pth")
     shutil.copy(fold_0 / "checkpoint_final.pth", fold_0 / "checkpoint_latest.pth")
@@ -34,12 +35,8 @@ def shared(mri_model, tmp_path, monkeypatch):
     (fold_0 / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.75}}))
     (fold_0 / "validation" / "case.nii.gz").write_bytes(b"a validation segmentation")
     PostprocessingRules(keep_largest_component=(1,)).save(model_dir / "postprocessing.json")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for file in sorted((mri_model.raw_dir / "imagesTs").iterdir())[:4]:  # 2 cases x 2 channels
-        shutil.copy(file, inputs / file.name)
     monkeypatch.setenv("nnSAM3D_results", str(results))
-    return model_dir, inputs
+    return model_dir, random_model.inputs
 
 
 def _predictions(folder) -> dict:
@@ -47,16 +44,16 @@ def _predictions(folder) -> dict:
 
 
 def test_exported_model_installs_into_an_empty_results_folder_and_predicts_identically(
-    mri_model, shared, tmp_path, monkeypatch, capsys
+    random_model, shared, tmp_path, monkeypatch, capsys
 ):
     model_dir, inputs = shared
-    assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_a"), "-d", mri_model.dataset, *FAST]) == 0
+    assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_a"), "-d", random_model.dataset, *FAST]) == 0
     reference = _predictions(tmp_path / "out_a")
     assert len(reference) == 2
 
     archive = tmp_path / "model.zip"
-    assert export_main(["-d", mri_model.dataset, "-o", str(archive)]) == 0
-    root = f"{mri_model.dataset}/{model_dir.name}"
+    assert export_main(["-d", random_model.dataset, "-o", str(archive)]) == 0
+    root = f"{random_model.dataset}/{model_dir.name}"
     with zipfile.ZipFile(archive) as opened:
         members = set(opened.namelist())
         card = json.loads(opened.read(f"{root}/model_card.json"))
@@ -68,15 +65,15 @@ def test_exported_model_installs_into_an_empty_results_folder_and_predicts_ident
     assert card["folds"] == ["0", "1"] and card["checkpoints"]["1"] == ["checkpoint_final.pth"]
     assert card["cross_validation"]["foreground_mean_dice"] == 0.75 and card["backbone"] == "vit_tiny"
     assert card["sam_checkpoint"] is None  # vit_tiny has no official SAM weights
-    assert card["postprocessing"] and card["labels"] == mri_model.description.labels
+    assert card["postprocessing"] and card["labels"] == random_model.description.labels
 
     empty = tmp_path / "results_b"
     monkeypatch.setenv("nnSAM3D_results", str(empty))
     assert install_main([str(archive)]) == 0
-    installed = empty / mri_model.dataset / model_dir.name
+    installed = empty / random_model.dataset / model_dir.name
     assert (installed / "fold_0" / "checkpoint_best.pth").read_bytes() == (model_dir / "fold_0" / "checkpoint_best.pth").read_bytes()
-    assert [p.name for p in empty.iterdir()] == [mri_model.dataset]  # no staging folder left behind
-    assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_b"), "-d", mri_model.dataset, *FAST]) == 0
+    assert [p.name for p in empty.iterdir()] == [random_model.dataset]  # no staging folder left behind
+    assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "out_b"), "-d", random_model.dataset, *FAST]) == 0
     capsys.readouterr()
     assert install_main([str(archive)]) == 1
     assert "already exists; nothing was changed. Pass --force" in capsys.readouterr().err
