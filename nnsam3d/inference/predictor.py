@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnsam3d.devices import autocast_dtype_for, resolve_device
 from nnsam3d.inference.case_inputs import CaseInputError, CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
-from nnsam3d.inference.device_rules import autocast_dtype_for, resolve_device
 from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
-from nnsam3d.inference.interactive_session import InteractiveSession
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import DICOM_SEG, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
@@ -411,13 +410,3 @@ class Predictor:
                                  affine=tuple(tuple(float(v) for v in row) for row in affine))
         canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
         return preprocess_case(canonical, geometry, self.plans, case_id="volume")
-
-    def interactive(
-        self, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None
-    ) -> InteractiveSession:
-        """An interactive refinement session on a volume (arguments as :meth:`predict_volume`).
-
-        initial_labels: a label map (i, j, k) on the image's grid to refine; None starts from
-        this predictor's automatic segmentation. See :mod:`nnsam3d.inference.interactive_session`.
-        """
-        return InteractiveSession(self, image, affine, initial_labels)

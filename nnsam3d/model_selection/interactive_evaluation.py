@@ -2,7 +2,7 @@
 
 Per case and foreground class: start from the automatic segmentation, then click up to
 ``max_clicks`` times, each click placed by the training rule on the current segmentation
-against the reference (:mod:`nnsam3d.inference.simulated_clicks`, at the centre of the largest
+against the reference (:mod:`nnsam3d.interactive.simulated_user`, at the centre of the largest
 error region, deterministic), and record the class's Dice after every click. The class's clicks
 are then reset, so every class starts from the automatic result. The summary holds each curve,
 the mean curve per class and over classes at ``CURVE_POINTS`` clicks, and seconds per click
@@ -21,9 +21,11 @@ import numpy as np
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.case_inputs import find_input_cases
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.inference.simulated_clicks import error_click
+from nnsam3d.interactive.session import open_session
+from nnsam3d.interactive.simulated_user import error_click
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
-from nnsam3d.io.nifti import from_canonical, read_channels, read_segmentation
+from nnsam3d.io.geometry import from_canonical
+from nnsam3d.io.image_io import read_channels, read_segmentation
 
 CURVE_POINTS = (0, 1, 2, 3, 5, 10)
 
@@ -83,7 +85,7 @@ def evaluate_interactive(
         reference, _ = read_segmentation(Path(references) / f"{case.case_id}{description.file_ending}")
         # The session takes the file's voxel order, as predict_volume does.
         in_file_order = np.stack([from_canonical(channel, geometry) for channel in channels])
-        session = predictor.interactive(in_file_order, geometry.affine_array)
+        session = open_session(predictor, in_file_order, geometry.affine_array)
         curves = {}
         for label, name in names.items():
             curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds)

@@ -4,7 +4,7 @@ The network gets the prompt branch (:mod:`nnsam3d.model.prompt_encoder`). A shar
 (``interactive_share``) of the training batches simulates a user, as SAM, nnInteractive and
 DeepEdit train: the network predicts the patch without prompts, then for 1 to
 ``max_click_rounds`` rounds a click is placed per patch in the largest error region of a class
-with errors (:mod:`nnsam3d.inference.simulated_clicks`, centre-weighted draw) and the network
+with errors (:mod:`nnsam3d.interactive.simulated_user`, centre-weighted draw) and the network
 predicts again with every click so far and its previous prediction as the prior. The other
 batches are click-free.
 
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnsam3d.inference.click_prompts import build_prompts
-from nnsam3d.inference.simulated_clicks import classes_with_errors, error_click
+from nnsam3d.interactive.click_prompts import build_prompts
+from nnsam3d.interactive.simulated_user import classes_with_errors, error_click
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
 from nnsam3d.trainers.base_trainer import nnSAM3DTrainer

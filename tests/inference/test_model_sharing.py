@@ -15,7 +15,7 @@ from nnsam3d.commands.install_model import main as install_main
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.inference.model_sharing import ModelSharingError, _sam_checkpoint, install_model
 from nnsam3d.inference.postprocessing import PostprocessingRules
-from nnsam3d.io.nifti import read_segmentation
+from nnsam3d.io.image_io import read_segmentation
 
 FAST = ["--disable-tta", "--no-progress", "--step-size", "1"]
 

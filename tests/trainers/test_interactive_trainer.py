@@ -11,8 +11,9 @@ import torch
 
 from nnsam3d import paths
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.session import open_session
 from nnsam3d.io.checkpoint_file import load_checkpoint
-from nnsam3d.io.nifti import read_volume_in_file_order
+from nnsam3d.io.image_io import read_volume_in_file_order
 from nnsam3d.model.prompt_encoder import PROMPT_KINDS, prompt_channels
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers.interactive import nnSAM3DTrainer_interactive
@@ -87,7 +88,7 @@ def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clic
                                             use_mirroring=False)
     image_file = sorted((paths.raw_root() / tiny_dataset / "imagesTr").glob("*_0000.nii.gz"))[0]
     image, geometry = read_volume_in_file_order(image_file)
-    session = predictor.interactive(image, geometry.affine_array)
+    session = open_session(predictor, image, geometry.affine_array)
     automatic = session.automatic()
     assert np.array_equal(automatic, predictor.predict_volume(image, geometry.affine_array))
     centre = tuple(n // 2 for n in image.shape)

@@ -17,8 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnsam3d.inference.click_geometry import ClickError
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.click_geometry import ClickError
+from nnsam3d.interactive.session import open_session
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.network import build_network
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
@@ -83,7 +84,7 @@ def oracle_predictor(plans, mirroring=False) -> tuple[Predictor, PromptOracle]:
 def test_automatic_is_the_predictors_label_map(plans):
     predictor, _ = oracle_predictor(plans)
     image = phantom()
-    session = predictor.interactive(image, LPS_PERMUTED)
+    session = open_session(predictor, image, LPS_PERMUTED)
     expected = predictor.predict_volume(image, LPS_PERMUTED)
     assert np.array_equal(session.automatic(), expected)
     assert np.array_equal(session.labels, expected)
@@ -92,7 +93,7 @@ def test_automatic_is_the_predictors_label_map(plans):
 
 def test_positive_click_in_a_missed_region_adds_it_and_negative_click_removes_a_false_one(plans):
     predictor, _ = oracle_predictor(plans)
-    session = predictor.interactive(phantom(), LPS_PERMUTED)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
     before = session.labels
     after = session.click(voxel=(29, 25, 7), positive=True, label="liver")
     assert after[29, 25, 7] == 1 and before[29, 25, 7] == 0
@@ -108,9 +109,9 @@ def test_positive_click_in_a_missed_region_adds_it_and_negative_click_removes_a_
 
 def test_click_in_world_coordinates_is_the_click_at_that_voxel(plans):
     predictor, _ = oracle_predictor(plans)
-    by_voxel = predictor.interactive(phantom(), LPS_PERMUTED).click(voxel=(29, 25, 7), label="lesion")
+    by_voxel = open_session(predictor, phantom(), LPS_PERMUTED).click(voxel=(29, 25, 7), label="lesion")
     point_mm = (LPS_PERMUTED @ [29, 25, 7, 1])[:3]
-    by_point = predictor.interactive(phantom(), LPS_PERMUTED).click(point_mm, positive=True, label="lesion")
+    by_point = open_session(predictor, phantom(), LPS_PERMUTED).click(point_mm, positive=True, label="lesion")
     assert np.array_equal(by_voxel, by_point)
     # A ball round in millimetres: 2 mm away is in, 4 mm away out, along the 1 mm and the 2 mm axes.
     assert by_point[29, 25, 7] == 2 and by_point[31, 25, 7] == 2 and by_point[29, 25, 8] == 2
@@ -119,7 +120,7 @@ def test_click_in_world_coordinates_is_the_click_at_that_voxel(plans):
 
 def test_undo_and_reset_restore_exactly(plans):
     predictor, _ = oracle_predictor(plans)
-    session = predictor.interactive(phantom(), LPS_PERMUTED)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
     start = session.labels
     first = session.click(voxel=(29, 25, 7), label="lesion")
     second = session.click(voxel=(10, 10, 6), positive=False, label="liver")
@@ -130,7 +131,7 @@ def test_undo_and_reset_restore_exactly(plans):
 
     session.click(voxel=(29, 25, 7), label="lesion")
     session.click(voxel=(10, 10, 6), positive=False, label="liver")
-    only_liver = predictor.interactive(phantom(), LPS_PERMUTED)
+    only_liver = open_session(predictor, phantom(), LPS_PERMUTED)
     expected = only_liver.click(voxel=(10, 10, 6), positive=False, label="liver")
     assert np.array_equal(session.reset("lesion"), expected)
     assert not np.array_equal(expected, second)
@@ -139,7 +140,7 @@ def test_undo_and_reset_restore_exactly(plans):
 
 def test_the_encoder_runs_once_per_tile_and_mirroring(plans):
     predictor, oracle = oracle_predictor(plans, mirroring=True)
-    session = predictor.interactive(phantom(), LPS_PERMUTED)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
     oracle.encoder_calls = 0
     session.click(voxel=(29, 25, 7), label="lesion")
     first = oracle.encoder_calls
@@ -151,7 +152,7 @@ def test_the_encoder_runs_once_per_tile_and_mirroring(plans):
 
 def test_bad_clicks_are_refused_clearly(plans):
     predictor, _ = oracle_predictor(plans)
-    session = predictor.interactive(phantom(), LPS_PERMUTED)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
     with pytest.raises(ClickError, match="outside the image"):
         session.click((500.0, 0.0, 0.0), label="liver")
     with pytest.raises(ClickError, match="outside the image"):
@@ -168,7 +169,7 @@ def test_bad_clicks_are_refused_clearly(plans):
 def test_a_model_without_prompt_branch_is_refused(plans):
     predictor = Predictor([build_network(plans.network)], plans, DESCRIPTION, torch.device("cpu"))
     with pytest.raises(ClickError, match="nnSAM3DTrainer_interactive"):
-        predictor.interactive(phantom(), LPS_PERMUTED)
+        open_session(predictor, phantom(), LPS_PERMUTED)
 
 
 def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_predictor(plans):
@@ -182,7 +183,7 @@ def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_pred
     network.encoder.register_forward_hook(lambda *args: calls.append(1))
     predictor = Predictor([network], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
     image = phantom()
-    session = predictor.interactive(image, LPS_PERMUTED)
+    session = open_session(predictor, image, LPS_PERMUTED)
     assert np.array_equal(session.automatic(), predictor.predict_volume(image, LPS_PERMUTED))
     calls.clear()
     first = session.click(voxel=(29, 25, 7), label="lesion")
@@ -201,7 +202,7 @@ def test_a_click_reexports_only_its_region_and_equals_the_whole_export(plans, sp
     resample; the labels must equal those of exporting all scores anew, after clicks, undo, reset."""
     predictor, _ = oracle_predictor(plans)
     affine = np.diag([*spacing_ijk, 1.0])
-    session = predictor.interactive(phantom(), affine)
+    session = open_session(predictor, phantom(), affine)
     shape = np.array(phantom().shape)
 
     def assert_equals_whole_export():

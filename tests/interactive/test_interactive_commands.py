@@ -17,8 +17,10 @@ from nnsam3d.commands.refine import main as refine_main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.session import open_session
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
-from nnsam3d.io.nifti import read_volume_in_file_order, to_canonical, write_segmentation
+from nnsam3d.io.geometry import to_canonical
+from nnsam3d.io.image_io import read_volume_in_file_order, write_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.network import build_network
 from nnsam3d.model.prompt_encoder import prompt_channels
@@ -76,7 +78,7 @@ def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(in
     assert "2 click(s) applied" in capsys.readouterr().err
     # The command is the Python API: the same session, the same clicks, the same label map.
     predictor = Predictor.from_model_folder(model_dir, device="cpu", use_mirroring=False)
-    session = predictor.interactive(image, geometry.affine_array, initial)
+    session = open_session(predictor, image, geometry.affine_array, initial)
     exported_before = session._exported.copy()
     session.click(point_mm, positive=True, label="liver")
     expected = session.click(point_mm, positive=False, label="kidney")

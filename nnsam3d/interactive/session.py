@@ -1,6 +1,6 @@
 """Interactive refinement: clicks correct a segmentation, the encoder runs once per tile.
 
->>> session = Predictor.from_model_folder(model_dir).interactive(ct, affine)
+>>> session = open_session(Predictor.from_model_folder(model_dir), ct, affine)
 >>> labels = session.automatic()                                  # (i, j, k), as predict_volume
 >>> labels = session.click((12.5, -40.0, 88.0), positive=True, label="liver")
 >>> labels = session.undo()
@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nnsam3d.inference.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
-from nnsam3d.inference.click_prompts import Click, build_prompts
 from nnsam3d.inference.export import probabilities_to_label_map
 from nnsam3d.inference.gaussian_weights import gaussian_importance_map
 from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
-from nnsam3d.io.nifti import from_canonical, to_canonical
+from nnsam3d.interactive.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
+from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.io.geometry import from_canonical, to_canonical
 from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores_to_label_map, separate_axis_for
 
 DEFAULT_MAX_CACHED_TILES = 32
@@ -63,7 +63,7 @@ class _Step:
 
 
 class InteractiveSession:
-    """One volume, one predictor, a history of clicks. Built by ``Predictor.interactive``.
+    """One volume, one predictor, a history of clicks. Opened by :func:`open_session`.
 
     Every method returning a label map returns (i, j, k) int16 on the input image's grid.
     """
@@ -134,7 +134,7 @@ class InteractiveSession:
 
     @property
     def canonical_labels(self) -> np.ndarray:
-        """The current segmentation in canonical order (z, y, x), for ``io.nifti.write_segmentation``."""
+        """The current segmentation in canonical order (z, y, x), for ``io.image_io.write_segmentation``."""
         return self._labels
 
     def check_click(self, point_mm, label: str | int) -> None:
@@ -370,3 +370,17 @@ class InteractiveSession:
         on_grid = resample_label_map(canonical_labels[box], self.properties.shape_after_resampling, separate_axis)
         labels = torch.from_numpy(np.ascontiguousarray(on_grid, dtype=np.int64))
         return torch.nn.functional.one_hot(labels, self.num_classes).permute(3, 0, 1, 2).float()
+
+
+def open_session(predictor, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None,
+                 **options) -> InteractiveSession:
+    """An interactive refinement session of ``predictor`` (an ``inference.predictor.Predictor``
+    whose networks have a prompt branch) on a volume held in memory.
+
+    image, affine: as ``Predictor.predict_volume`` ((i, j, k) or (C, i, j, k) intensities in the
+    file's voxel order; a 4x4 voxel → world matrix in mm, or three voxel sizes).
+    initial_labels: a label map (i, j, k) on the image's grid to refine; None starts from the
+    predictor's automatic segmentation. ``options``: see :class:`InteractiveSession`.
+    The session lives here, above ``inference/``: the predictor knows nothing of clicks.
+    """
+    return InteractiveSession(predictor, image, affine, initial_labels, **options)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnsam3d.inference.click_prompts import Click, build_prompts
-from nnsam3d.inference.simulated_clicks import classes_with_errors, error_click
+from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.interactive.simulated_user import classes_with_errors, error_click
 from nnsam3d.model.prompt_encoder import prompt_channel
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnsam3d.inference.click_prompts import Click
+from nnsam3d.interactive.click_prompts import Click
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
