@@ -52,6 +52,12 @@ GPU_ACCUMULATOR_SHARE = 0.5
 """Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
 
 
+def fits_on_gpu(needed_bytes: int, reserved_bytes: int, free_bytes: int) -> bool:
+    """Whether a whole-volume state of ``needed_bytes`` goes to the GPU, beside ``reserved_bytes``
+    the caller holds there too, with ``free_bytes`` free: together under ``GPU_ACCUMULATOR_SHARE``."""
+    return needed_bytes + reserved_bytes < GPU_ACCUMULATOR_SHARE * free_bytes
+
+
 @dataclass
 class _PredictedCase:
     """What the writer needs of a predicted case: the scores and where they go back to."""
@@ -175,14 +181,16 @@ class Predictor:
     def num_classes(self) -> int:
         return self.description.num_classes
 
-    def volume_device(self, spatial_shape: Sequence[int], bytes_per_voxel: int) -> torch.device:
+    def volume_device(self, spatial_shape: Sequence[int], bytes_per_voxel: int, reserved_bytes: int = 0) -> torch.device:
         """Where a whole-volume state of ``bytes_per_voxel`` (score sums, an interactive session's
-        scores) lives: the GPU when it fits comfortably in its free memory, else host RAM."""
+        scores) lives: the GPU when it fits comfortably in its free memory, else host RAM.
+        reserved_bytes: what the caller will also hold on the GPU besides that state (an
+        interactive session's feature cache, up to its bound), counted against the same share."""
         if self.device.type != "cuda":
             return self.device
         needed = int(np.prod(spatial_shape)) * bytes_per_voxel
         free, _total = torch.cuda.mem_get_info(self.device)
-        return self.device if needed < GPU_ACCUMULATOR_SHARE * free else torch.device("cpu")
+        return self.device if fits_on_gpu(needed, reserved_bytes, free) else torch.device("cpu")
 
     def _accumulator_device(self, spatial_shape: Sequence[int]) -> torch.device:
         """The score sums (accumulator dtype) and the weight sum (float32)."""

@@ -218,3 +218,173 @@ def test_a_click_reexports_only_its_region_and_equals_the_whole_export(plans, sp
     assert_equals_whole_export()
     session.reset("liver")
     assert_equals_whole_export()
+
+
+# ------------------------------------------------------------------ all or nothing, host copies, the cache
+
+def _state(session) -> dict:
+    """Everything a click may change, copied."""
+    return {"clicks": list(session.clicks), "scores": session._scores.clone(), "prior": session._prior.clone(),
+            "labels": session._labels.copy(), "exported": session._exported.copy(),
+            "votes": dict(session._tile_votes), "history": list(session._history)}
+
+
+def _assert_state_equals(session, state: dict) -> None:
+    assert session.clicks == state["clicks"]
+    assert torch.equal(session._scores, state["scores"]) and torch.equal(session._prior, state["prior"])
+    assert np.array_equal(session._labels, state["labels"]) and np.array_equal(session._exported, state["exported"])
+    assert session._tile_votes.keys() == state["votes"].keys()
+    assert all(session._tile_votes[k] is v for k, v in state["votes"].items())
+    assert len(session._history) == len(state["history"])
+    assert all(a is b for a, b in zip(session._history, state["history"]))
+
+
+@pytest.mark.parametrize("failing", ["second tile", "export"])
+@pytest.mark.parametrize("action", ["click", "reset"])
+def test_a_failed_click_or_reset_leaves_the_session_exactly_as_it_was(plans, monkeypatch, failing, action):
+    """An out-of-memory error (here injected) while the second tile is predicted, or while the
+    labels are exported, must leave no phantom click, no half-swapped votes, no undo record."""
+    predictor, _ = oracle_predictor(plans)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
+    session.click(voxel=(29, 25, 7), label="lesion")
+    session.click(voxel=(10, 10, 6), positive=False, label="liver")
+    before = _state(session)
+    calls = []
+
+    def fail_on_second_tile(original):
+        def failing_vote(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("CUDA out of memory (injected)")
+            return original(*args, **kwargs)
+        return failing_vote
+
+    if failing == "second tile":
+        monkeypatch.setattr(session, "_prompted_vote", fail_on_second_tile(session._prompted_vote))
+    else:
+        monkeypatch.setattr(session, "_export_region", lambda box: (_ for _ in ()).throw(RuntimeError("injected")))
+    with pytest.raises(RuntimeError, match="injected"):
+        if action == "click":
+            session.click(voxel=(20, 18, 7), label="liver")   # in every tile: the second one fails
+        else:
+            session.reset("lesion")
+    _assert_state_equals(session, before)
+
+    # Still usable, and as if the failure never happened.
+    monkeypatch.undo()
+    expected = open_session(predictor, phantom(), LPS_PERMUTED)
+    expected.click(voxel=(29, 25, 7), label="lesion")
+    after_first = expected.click(voxel=(10, 10, 6), positive=False, label="liver").copy()
+    assert np.array_equal(session.click(voxel=(20, 18, 7), label="liver"),
+                          expected.click(voxel=(20, 18, 7), label="liver"))
+    assert np.array_equal(session.undo(), after_first)
+
+
+class _CopyInFlight:
+    """A stand-in for a CUDA event after a non-blocking copy: until synchronize() the host buffer
+    holds garbage (NaN); synchronize() completes the copy."""
+
+    def __init__(self, host: torch.Tensor, source: torch.Tensor):
+        self.host, self.source = host, source.clone()
+
+    def synchronize(self):
+        self.host.copy_(self.source)
+
+
+def test_undo_and_a_later_click_wait_for_the_vote_copies_to_complete(plans, monkeypatch):
+    from nnsam3d.devices import HostCopy
+    import nnsam3d.interactive.session as session_module
+
+    def copy_in_flight(vote):
+        host = torch.full_like(vote, float("nan"))
+        return HostCopy(host, _CopyInFlight(host, vote))
+
+    reference_predictor, _ = oracle_predictor(plans)
+    reference = open_session(reference_predictor, phantom(), LPS_PERMUTED)
+    reference.click(voxel=(29, 25, 7), label="lesion")
+    scores_after_first = reference._scores.clone()
+
+    monkeypatch.setattr(session_module, "copy_to_host", copy_in_flight)
+    predictor, _ = oracle_predictor(plans)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
+    first = session.click(voxel=(29, 25, 7), label="lesion")
+    # The second click swaps the first one's votes out: it reads their copies.
+    second = session.click(voxel=(28, 24, 7), positive=False, label="lesion")
+    assert not torch.isnan(session._scores).any()
+    assert np.array_equal(second, reference.click(voxel=(28, 24, 7), positive=False, label="lesion"))
+    # Undo swaps the first click's votes back in: it reads their copies again.
+    assert np.array_equal(session.undo(), first)
+    assert torch.allclose(session._scores, scores_after_first, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_copy_to_pinned_memory_is_complete_when_read():
+    from nnsam3d.devices import copy_to_host
+
+    source = torch.randn(64, 256, 256, device="cuda")
+    copies = [copy_to_host(source * k) for k in range(4)]
+    for k, copy in enumerate(copies):
+        assert copy.get().is_pinned() and torch.equal(copy.get(), (source * k).cpu())
+
+
+def test_the_feature_cache_stays_within_its_bytes(plans):
+    """Oracle features are the tile itself: (1, 1, 8, 32, 32) float32, 32 KiB per tile and mirroring."""
+    predictor, oracle = oracle_predictor(plans, mirroring=True)
+    entry = 8 * 32 * 32 * 4
+    session = open_session(predictor, phantom(), LPS_PERMUTED, cache_bytes=8 * entry)  # one tile, 8 mirrorings
+    assert session.tiles_for(voxel=(2, 33, 1)) == [2]
+    session.click(voxel=(2, 33, 1), label="liver")
+    assert session.encoder_calls == 8 and session.feature_cache.bytes == 8 * entry
+    session.click(voxel=(2, 33, 1), positive=False, label="liver")
+    assert session.encoder_calls == 8                              # all of tile 2 was kept
+    session.click(voxel=(29, 25, 7), label="lesion")               # 12 tiles: only the last one stays
+    assert session.encoder_calls == 8 + 12 * 8
+    assert session.feature_cache.bytes == 8 * entry and len(session.feature_cache) == 8
+    session.click(voxel=(2, 33, 1), label="liver")
+    assert session.encoder_calls == 8 + 12 * 8 + 8                 # tile 2 had been evicted
+
+    nothing_kept = open_session(predictor, phantom(), LPS_PERMUTED, cache_bytes=0)
+    for voxel, positive, label in [((2, 33, 1), True, "liver"), ((2, 33, 1), False, "liver"),
+                                   ((29, 25, 7), True, "lesion"), ((2, 33, 1), True, "liver")]:
+        nothing_kept.click(voxel=voxel, positive=positive, label=label)
+    assert nothing_kept.encoder_calls == 8 + 8 + 12 * 8 + 8 and nothing_kept.feature_cache.bytes == 0
+    assert np.array_equal(nothing_kept.labels, session.labels)    # the cache never changes a result
+
+
+def test_the_state_goes_to_the_gpu_only_beside_the_cache_at_its_bound(plans, monkeypatch):
+    from nnsam3d.inference.predictor import fits_on_gpu
+
+    predictor, _ = oracle_predictor(plans)
+    asked = []
+    original = predictor.volume_device
+    monkeypatch.setattr(predictor, "volume_device",
+                        lambda shape, per_voxel, reserved_bytes=0: asked.append((per_voxel, reserved_bytes))
+                        or original(shape, per_voxel))
+    open_session(predictor, phantom(), LPS_PERMUTED, cache_bytes=123_456_789)
+    session_state = 2 * 4 * NUM_CLASSES + 4 + 2 * 2   # two float32 score volumes, the weight sum, two int16 priors
+    assert (session_state, 123_456_789) in asked        # (the automatic prediction's accumulator asks too)
+    gib = 2**30
+    assert fits_on_gpu(3 * gib, 0, 10 * gib) and not fits_on_gpu(3 * gib, 3 * gib, 10 * gib)
+
+
+def test_folds_sharing_one_encoder_encode_once(plans):
+    """Two folds with one (frozen, shared) encoder module: one encoder run per tile, and the same
+    labels as two folds with equal but separate encoders."""
+    import copy
+
+    plans = dataclasses.replace(plans, network=plans.network.replace(prompt_channels=prompt_channels(NUM_CLASSES)))
+    torch.manual_seed(0)
+    first, second = build_network(plans.network), build_network(plans.network)
+    second.encoder = first.encoder
+    separate = copy.deepcopy(second)   # an equal encoder, another object
+    assert separate.encoder is not first.encoder
+    sessions = []
+    for networks in ([first, second], [first, separate]):
+        predictor = Predictor(networks, plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
+        session = open_session(predictor, phantom(), LPS_PERMUTED)
+        session.click(voxel=(2, 33, 1), label="liver")
+        sessions.append(session)
+    shared, unshared = sessions
+    assert shared.encoder_calls == 1 and unshared.encoder_calls == 2
+    assert np.array_equal(shared.labels, unshared.labels)
+    assert torch.allclose(shared._scores, unshared._scores, atol=1e-5)
