@@ -196,3 +196,27 @@ def hand_made_plans(
 def make_plans():
     """:func:`hand_made_plans` (test modules cannot import conftest under --import-mode=importlib)."""
     return hand_made_plans
+
+
+def mark_unannotated_slices(dataset_dir: Path, ignore: int) -> None:
+    """Sparse annotation: every second slice (last file axis) of every label map of ``dataset_dir``
+    becomes unannotated (the value ``ignore``), and dataset.json gets the label "ignore"."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    for path in sorted((dataset_dir / "labelsTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        labels = np.asarray(image.dataobj).copy()
+        labels[..., ::2] = ignore
+        nib.save(nib.Nifti1Image(labels, image.affine, image.header), path)
+    description = json.loads((dataset_dir / "dataset.json").read_text())
+    description["labels"]["ignore"] = ignore
+    (dataset_dir / "dataset.json").write_text(json.dumps(description))
+
+
+@pytest.fixture(scope="session")
+def mark_unannotated():
+    """:func:`mark_unannotated_slices`."""
+    return mark_unannotated_slices

@@ -230,17 +230,22 @@ class InteractiveSession:
         return self.labels
 
     def label_value(self, label: str | int) -> int:
-        labels = self.predictor.description.labels
+        """The class value of ``label`` (a name or value); only the dataset's foreground classes take clicks."""
+        description = self.predictor.description
+        labels = description.labels
         if isinstance(label, str) and label in labels:
             value = labels[label]
         elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and int(label) in labels.values():
             value = int(label)
         else:
-            names = ", ".join(name for name, v in labels.items() if v != 0)
+            names = ", ".join(description.label_name(v) for v in description.foreground_labels)
             raise ClickError(f"unknown label {label!r}; this model segments: {names}")
         if value == 0:
             raise ClickError("clicks are for foreground classes; a negative click removes a class instead of "
                              "adding background")
+        if value == description.ignore_label:
+            raise ClickError(f"{label!r} is the dataset's ignore label (unannotated voxels), not a class the "
+                             "model predicts; click a foreground class")
         return value
 
     # ------------------------------------------------------------------ tiles

@@ -7,6 +7,10 @@ error region, deterministic), and record the class's Dice after every click. The
 are then reset, so every class starts from the automatic result. The summary holds each curve,
 the mean curve per class and over classes at ``CURVE_POINTS`` clicks, and seconds per click
 (wall time of ``session.click``: decoders, encoder when a tile is new, export to the input grid).
+
+The classes are the dataset's foreground labels. With an ignore label (unannotated voxels) Dice
+counts the annotated voxels only, as ``evaluation.evaluate_folder`` does, and the simulated user
+never clicks where the reference says nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.case_inputs import find_input_cases
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.interactive.session import open_session
-from nnsam3d.interactive.simulated_user import error_click
+from nnsam3d.interactive.simulated_user import annotated_voxels, error_click
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
 from nnsam3d.io.geometry import from_canonical
 from nnsam3d.io.image_io import read_channels, read_segmentation
@@ -35,12 +39,18 @@ class InteractiveEvaluationError(ValueError):
 
 
 def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spacing: Sequence[float],
-                seconds: list[float]) -> list[float]:
-    """Dice of ``label`` after 0..max_clicks simulated clicks (canonical arrays); appends click times to ``seconds``."""
-    curve = [dice(reference == label, session.canonical_labels == label)]
+                seconds: list[float], ignore_label: int | None = None) -> list[float]:
+    """Dice of ``label`` after 0..max_clicks simulated clicks (canonical arrays), over the voxels
+    the reference annotates; appends click times to ``seconds``."""
+    annotated = annotated_voxels(reference, ignore_label)
+
+    def current_dice() -> float:
+        return dice(reference == label, (session.canonical_labels == label) & annotated)
+
+    curve = [current_dice()]
     canonical_affine = session.geometry.canonical_affine
     for _ in range(max_clicks):
-        click = error_click(session.canonical_labels, reference, label, spacing)
+        click = error_click(session.canonical_labels, reference, label, spacing, ignore_label=ignore_label)
         if click is None:  # perfect: the user stops, Dice stays
             curve.append(curve[-1])
             continue
@@ -48,7 +58,7 @@ def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spa
         started = time.perf_counter()
         session.click(point_mm, positive=click.positive, label=label)
         seconds.append(time.perf_counter() - started)
-        curve.append(dice(reference == label, session.canonical_labels == label))
+        curve.append(current_dice())
     session.reset(label)
     return curve
 
@@ -77,7 +87,7 @@ def evaluate_interactive(
                if not (Path(references) / f"{case.case_id}{description.file_ending}").is_file()]
     if missing:
         raise InteractiveEvaluationError(f"reference label maps missing: {', '.join(missing)}")
-    names = {value: name for name, value in description.labels.items() if value != 0}
+    names = {value: description.label_name(value) for value in description.foreground_labels}
     points = [n for n in CURVE_POINTS if n <= max_clicks]
     per_case, seconds = [], []
     for case in selection.cases:
@@ -88,7 +98,8 @@ def evaluate_interactive(
         session = open_session(predictor, in_file_order, geometry.affine_array)
         curves = {}
         for label, name in names.items():
-            curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds)
+            curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds,
+                                description.ignore_label)
             curves[name] = {str(n): (None if math.isnan(curve[n]) else curve[n]) for n in points}
         per_case.append({"case_id": case.case_id, "dice": curves})
         message(f"{case.case_id}: " + ", ".join(

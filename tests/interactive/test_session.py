@@ -166,6 +166,20 @@ def test_bad_clicks_are_refused_clearly(plans):
     assert session.clicks == [] and np.array_equal(session.labels, session.automatic())
 
 
+def test_the_ignore_label_takes_no_clicks(plans):
+    description = DatasetDescription(channel_names={"0": "CT"}, num_training=1, file_ending=".nii.gz",
+                                     labels={"background": 0, "liver": 1, "lesion": 2, "ignore": 3})
+    assert description.num_classes == NUM_CLASSES
+    predictor = Predictor([PromptOracle()], plans, description, torch.device("cpu"), use_mirroring=False)
+    session = open_session(predictor, phantom(), LPS_PERMUTED)
+    for label in ("ignore", 3):
+        with pytest.raises(ClickError, match="ignore label .*not a class"):
+            session.click(voxel=(10, 10, 6), positive=False, label=label)
+    with pytest.raises(ClickError, match="this model segments: liver, lesion$"):
+        session.click(voxel=(10, 10, 6), label="spleen")
+    assert session.clicks == []
+
+
 def test_a_model_without_prompt_branch_is_refused(plans):
     predictor = Predictor([build_network(plans.network)], plans, DESCRIPTION, torch.device("cpu"))
     with pytest.raises(ClickError, match="nnSAM3DTrainer_interactive"):
