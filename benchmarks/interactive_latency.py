@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.session import open_session
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network
@@ -94,7 +95,7 @@ def measure(case: dict, device: str, clicks: int, mirroring: bool) -> dict:
     image[tuple(slice(c - 10, c + 10) for c in centre)] += 250
     affine = np.diag([*spacing_ijk, 1.0])
     sessions = []
-    start_seconds = _timed(lambda: sessions.append(predictor.interactive(image, affine)), device)
+    start_seconds = _timed(lambda: sessions.append(open_session(predictor, image, affine)), device)
     session = sessions[0]
 
     def click_at(voxel, positive=True):

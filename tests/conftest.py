@@ -11,7 +11,9 @@ import torch
 
 from nnsam3d import paths
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.sam_checkpoints import SAM_CHECKPOINT_VARIABLE
+from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
 
 # CI has two cores; more threads only add contention.
 torch.set_num_threads(2)
@@ -161,3 +163,60 @@ def reported_dice_check():
     """:func:`assert_reported_dice_matches_files`, for test modules (which cannot import this
     conftest under --import-mode=importlib)."""
     return assert_reported_dice_matches_files
+
+
+TINY_PREDICTION_NETWORK = {"patch_size": (8, 32, 32), "token_size": (2, 8, 8), "window_size": (4, 4, 4),
+                           "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}
+"""A vit_tiny network small enough that a window takes milliseconds on the CPU (the prediction
+and interactive tests' hand-made plans)."""
+
+
+def hand_made_plans(
+    target_spacing=(3.0, 1.0, 1.0), num_channels: int = 1, num_classes: int = 4, dataset_name: str = "Dataset990_SyntheticCT"
+) -> Plans:
+    """Plans with a chosen target spacing, fixed CT normalisation and the tiny network."""
+    normalization = [
+        ChannelNormalization(channel=c, modality="CT", scheme="CTNormalization", mean=80.0, std=100.0,
+                             lower_bound=-200.0, upper_bound=400.0)
+        for c in range(num_channels)
+    ]
+    return Plans(
+        dataset_name=dataset_name,
+        target_spacing=target_spacing,
+        normalization=normalization,
+        median_shape=(16, 48, 48),
+        network=NetworkConfig(backbone="vit_tiny", in_channels=num_channels, num_classes=num_classes,
+                              trainable="full", **TINY_PREDICTION_NETWORK),
+        batch_size=2,
+        memory=MemoryBudget(target_bytes=2**30, estimate_bytes=2**28, precision="fp32"),
+    )
+
+
+@pytest.fixture(scope="session")
+def make_plans():
+    """:func:`hand_made_plans` (test modules cannot import conftest under --import-mode=importlib)."""
+    return hand_made_plans
+
+
+def mark_unannotated_slices(dataset_dir: Path, ignore: int) -> None:
+    """Sparse annotation: every second slice (last file axis) of every label map of ``dataset_dir``
+    becomes unannotated (the value ``ignore``), and dataset.json gets the label "ignore"."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    for path in sorted((dataset_dir / "labelsTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        labels = np.asarray(image.dataobj).copy()
+        labels[..., ::2] = ignore
+        nib.save(nib.Nifti1Image(labels, image.affine, image.header), path)
+    description = json.loads((dataset_dir / "dataset.json").read_text())
+    description["labels"]["ignore"] = ignore
+    (dataset_dir / "dataset.json").write_text(json.dumps(description))
+
+
+@pytest.fixture(scope="session")
+def mark_unannotated():
+    """:func:`mark_unannotated_slices`."""
+    return mark_unannotated_slices

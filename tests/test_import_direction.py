@@ -17,17 +17,21 @@ PACKAGE_ROOT = Path(nnsam3d.__file__).parent
 ALLOWED = {
     "io": set(),
     "paths": set(),
+    "devices": set(),
     "model": set(),
     "schemas": {"io", "model"},
     "evaluation": {"io"},
     "preprocessing": {"io", "paths", "schemas"},
-    "planners": {"io", "paths", "model", "schemas", "preprocessing"},
-    "inference": {"io", "paths", "model", "schemas", "preprocessing"},
-    "trainers": {"io", "paths", "model", "schemas", "preprocessing", "inference", "evaluation"},
-    "model_sharing": {"io", "paths", "model", "schemas", "inference"},
-    "model_selection": {"io", "paths", "inference", "evaluation"},
-    "reporting": {"io", "paths", "schemas", "inference", "evaluation"},
-    "demo": {"io", "paths", "schemas", "planners", "trainers", "inference", "evaluation", "reporting"},
+    "planners": {"io", "paths", "devices", "model", "schemas", "preprocessing"},
+    "inference": {"io", "paths", "devices", "model", "schemas", "preprocessing"},
+    "interactive": {"io", "paths", "devices", "model", "schemas", "preprocessing", "inference"},
+    "trainers": {"io", "paths", "devices", "model", "schemas", "preprocessing", "inference", "interactive",
+                 "evaluation"},
+    "model_sharing": {"io", "paths", "devices", "model", "schemas", "inference"},
+    "model_selection": {"io", "paths", "devices", "inference", "interactive", "evaluation"},
+    "reporting": {"io", "paths", "devices", "schemas", "inference", "interactive", "evaluation"},
+    "demo": {"io", "paths", "devices", "schemas", "planners", "trainers", "inference", "interactive", "evaluation",
+             "reporting"},
 }
 """What each part may import; ``commands`` may import anything and nothing imports it."""
 
@@ -85,3 +89,9 @@ def test_the_allowed_layering_has_no_cycle():
 
     for node in ALLOWED:
         visit(node, [node])
+
+
+def test_inference_knows_nothing_of_clicks():
+    """The predictor opens no session: the interactive room builds on inference, never the reverse."""
+    assert "interactive" not in ALLOWED["inference"]
+    assert "interactive" not in import_edges()["inference"]

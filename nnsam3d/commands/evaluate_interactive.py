@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from nnsam3d.commands.command_line import command_parser, run_command
-from nnsam3d.inference.click_geometry import ClickError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.click_geometry import ClickError
 from nnsam3d.model_selection.interactive_evaluation import (
     InteractiveEvaluationError,
     evaluate_interactive,

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from nnsam3d.commands.command_line import command_parser, run_command
-from nnsam3d.inference.click_geometry import ClickError
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESCRIPTION
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.click_geometry import ClickError
+from nnsam3d.interactive.session import open_session
 from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.image_io import read_volume_in_file_order, write_segmentation
 from nnsam3d.paths import resolve_dataset_name, training_output_dir
@@ -99,7 +100,7 @@ def refine(arguments: argparse.Namespace) -> int:
         use_mirroring=not arguments.disable_tta,
     )
     image, geometry, initial = _read_case(arguments.images, arguments.segmentation)
-    session = predictor.interactive(image, geometry.affine_array, initial)
+    session = open_session(predictor, image, geometry.affine_array, initial)
     for click in clicks:  # every click checked before the first one runs
         try:
             session.check_click(click["point_mm"], click["label"])

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnsam3d.devices import autocast_dtype_for, resolve_device
 from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
-from nnsam3d.inference.device_rules import autocast_dtype_for, resolve_device
 from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
-from nnsam3d.inference.interactive_session import InteractiveSession
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import check_inputs_for_format, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
@@ -49,6 +48,12 @@ from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case
 OVERLAY_FOLDER = "overlays"
 GPU_ACCUMULATOR_SHARE = 0.5
 """Largest share of the free GPU memory the score accumulator may take before it goes to host RAM."""
+
+
+def fits_on_gpu(needed_bytes: int, reserved_bytes: int, free_bytes: int) -> bool:
+    """Whether a whole-volume state of ``needed_bytes`` goes to the GPU, beside ``reserved_bytes``
+    the caller holds there too, with ``free_bytes`` free: together under ``GPU_ACCUMULATOR_SHARE``."""
+    return needed_bytes + reserved_bytes < GPU_ACCUMULATOR_SHARE * free_bytes
 
 
 @dataclass
@@ -175,14 +180,16 @@ class Predictor:
     def num_classes(self) -> int:
         return self.description.num_classes
 
-    def volume_device(self, spatial_shape: Sequence[int], bytes_per_voxel: int) -> torch.device:
+    def volume_device(self, spatial_shape: Sequence[int], bytes_per_voxel: int, reserved_bytes: int = 0) -> torch.device:
         """Where a whole-volume state of ``bytes_per_voxel`` (score sums, an interactive session's
-        scores) lives: the GPU when it fits comfortably in its free memory, else host RAM."""
+        scores) lives: the GPU when it fits comfortably in its free memory, else host RAM.
+        reserved_bytes: what the caller will also hold on the GPU besides that state (an
+        interactive session's feature cache, up to its bound), counted against the same share."""
         if self.device.type != "cuda":
             return self.device
         needed = int(np.prod(spatial_shape)) * bytes_per_voxel
         free, _total = torch.cuda.mem_get_info(self.device)
-        return self.device if needed < GPU_ACCUMULATOR_SHARE * free else torch.device("cpu")
+        return self.device if fits_on_gpu(needed, reserved_bytes, free) else torch.device("cpu")
 
     def _accumulator_device(self, spatial_shape: Sequence[int]) -> torch.device:
         """The score sums (accumulator dtype) and the weight sum (float32)."""
@@ -403,13 +410,3 @@ class Predictor:
                                  affine=tuple(tuple(float(v) for v in row) for row in affine))
         canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
         return preprocess_case(canonical, geometry, self.plans, case_id="volume")
-
-    def interactive(
-        self, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None
-    ) -> InteractiveSession:
-        """An interactive refinement session on a volume (arguments as :meth:`predict_volume`).
-
-        initial_labels: a label map (i, j, k) on the image's grid to refine; None starts from
-        this predictor's automatic segmentation. See :mod:`nnsam3d.inference.interactive_session`.
-        """
-        return InteractiveSession(self, image, affine, initial_labels)

@@ -2,11 +2,15 @@
 
 Per case and foreground class: start from the automatic segmentation, then click up to
 ``max_clicks`` times, each click placed by the training rule on the current segmentation
-against the reference (:mod:`nnsam3d.inference.simulated_clicks`, at the centre of the largest
+against the reference (:mod:`nnsam3d.interactive.simulated_user`, at the centre of the largest
 error region, deterministic), and record the class's Dice after every click. The class's clicks
 are then reset, so every class starts from the automatic result. The summary holds each curve,
 the mean curve per class and over classes at ``CURVE_POINTS`` clicks, and seconds per click
 (wall time of ``session.click``: decoders, encoder when a tile is new, export to the input grid).
+
+The classes are the dataset's foreground labels. With an ignore label (unannotated voxels) Dice
+counts the annotated voxels only, as ``evaluation.evaluate_folder`` does, and the simulated user
+never clicks where the reference says nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import numpy as np
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.case_inputs import find_input_cases
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.inference.simulated_clicks import error_click
+from nnsam3d.interactive.session import open_session
+from nnsam3d.interactive.simulated_user import annotated_voxels, error_click
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
-from nnsam3d.io.nifti import from_canonical, read_channels, read_segmentation
+from nnsam3d.io.geometry import from_canonical
+from nnsam3d.io.image_io import read_channels, read_segmentation
 
 CURVE_POINTS = (0, 1, 2, 3, 5, 10)
 
@@ -33,12 +39,18 @@ class InteractiveEvaluationError(ValueError):
 
 
 def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spacing: Sequence[float],
-                seconds: list[float]) -> list[float]:
-    """Dice of ``label`` after 0..max_clicks simulated clicks (canonical arrays); appends click times to ``seconds``."""
-    curve = [dice(reference == label, session.canonical_labels == label)]
+                seconds: list[float], ignore_label: int | None = None) -> list[float]:
+    """Dice of ``label`` after 0..max_clicks simulated clicks (canonical arrays), over the voxels
+    the reference annotates; appends click times to ``seconds``."""
+    annotated = annotated_voxels(reference, ignore_label)
+
+    def current_dice() -> float:
+        return dice(reference == label, (session.canonical_labels == label) & annotated)
+
+    curve = [current_dice()]
     canonical_affine = session.geometry.canonical_affine
     for _ in range(max_clicks):
-        click = error_click(session.canonical_labels, reference, label, spacing)
+        click = error_click(session.canonical_labels, reference, label, spacing, ignore_label=ignore_label)
         if click is None:  # perfect: the user stops, Dice stays
             curve.append(curve[-1])
             continue
@@ -46,7 +58,7 @@ def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spa
         started = time.perf_counter()
         session.click(point_mm, positive=click.positive, label=label)
         seconds.append(time.perf_counter() - started)
-        curve.append(dice(reference == label, session.canonical_labels == label))
+        curve.append(current_dice())
     session.reset(label)
     return curve
 
@@ -75,7 +87,7 @@ def evaluate_interactive(
                if not (Path(references) / f"{case.case_id}{description.file_ending}").is_file()]
     if missing:
         raise InteractiveEvaluationError(f"reference label maps missing: {', '.join(missing)}")
-    names = {value: name for name, value in description.labels.items() if value != 0}
+    names = {value: description.label_name(value) for value in description.foreground_labels}
     points = [n for n in CURVE_POINTS if n <= max_clicks]
     per_case, seconds = [], []
     for case in selection.cases:
@@ -83,10 +95,11 @@ def evaluate_interactive(
         reference, _ = read_segmentation(Path(references) / f"{case.case_id}{description.file_ending}")
         # The session takes the file's voxel order, as predict_volume does.
         in_file_order = np.stack([from_canonical(channel, geometry) for channel in channels])
-        session = predictor.interactive(in_file_order, geometry.affine_array)
+        session = open_session(predictor, in_file_order, geometry.affine_array)
         curves = {}
         for label, name in names.items():
-            curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds)
+            curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds,
+                                description.ignore_label)
             curves[name] = {str(n): (None if math.isnan(curve[n]) else curve[n]) for n in points}
         per_case.append({"case_id": case.case_id, "dice": curves})
         message(f"{case.case_id}: " + ", ".join(

@@ -25,7 +25,7 @@ from nnsam3d import paths
 from nnsam3d.evaluation.evaluate_folder import evaluate_case, foreground_labels, prediction_files
 from nnsam3d.inference.overlays import label_colour, largest_structure_centre, overlay_figure
 from nnsam3d.io.atomic import atomic_path
-from nnsam3d.io.nifti import read_segmentation, read_volume
+from nnsam3d.io.image_io import read_segmentation, read_volume
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.reporting.case_review import ClassReview, TrainingSizes, flags_for, review_classes
 from nnsam3d.reporting.html_page import Cell, Column, Page, Row, render_page

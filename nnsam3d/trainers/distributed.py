@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nnsam3d.inference import device_rules
+from nnsam3d import devices
 
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 """Long enough for a slow collective (e.g. rank 0 writing a checkpoint while the others wait in the
@@ -96,7 +96,7 @@ class DistributedContext:
 def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     """The predictor's rule (``auto``: CUDA when available; ``cuda`` without a GPU is a
     ValueError), on this rank's GPU."""
-    device = device_rules.resolve_device(request)
+    device = devices.resolve_device(request)
     return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 

@@ -4,7 +4,8 @@ The network gets the prompt branch (:mod:`nnsam3d.model.prompt_encoder`). A shar
 (``interactive_share``) of the training batches simulates a user, as SAM, nnInteractive and
 DeepEdit train: the network predicts the patch without prompts, then for 1 to
 ``max_click_rounds`` rounds a click is placed per patch in the largest error region of a class
-with errors (:mod:`nnsam3d.inference.simulated_clicks`, centre-weighted draw) and the network
+with errors (:mod:`nnsam3d.interactive.simulated_user`, centre-weighted draw; never in voxels of
+the ignore label, which are unannotated) and the network
 predicts again with every click so far and its previous prediction as the prior. The other
 batches are click-free.
 
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnsam3d.inference.click_prompts import build_prompts
-from nnsam3d.inference.simulated_clicks import classes_with_errors, error_click
+from nnsam3d.interactive.click_prompts import build_prompts
+from nnsam3d.interactive.simulated_user import classes_with_errors, error_click
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
 from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
@@ -122,16 +123,18 @@ class nnSAM3DTrainer_interactive(nnSAM3DTrainer):
         num_classes = network.config.num_classes
         spacing = self.plans.target_spacing
         reference = target[:, 0].long().cpu().numpy()
+        classes, ignore_label = self.description.foreground_labels, self.description.ignore_label
         rounds = int(np.random.randint(1, self.max_click_rounds + 1))
         prediction = full_resolution(automatic).argmax(1)
         clicks: list[list] = [[] for _ in range(data.shape[0])]
         for round_index in range(rounds):
             predicted = prediction.cpu().numpy()
             for sample, sample_clicks in enumerate(clicks):
-                wrong = classes_with_errors(predicted[sample], reference[sample], num_classes)
+                wrong = classes_with_errors(predicted[sample], reference[sample], classes, ignore_label)
                 if wrong:
                     label = wrong[int(np.random.randint(len(wrong)))]
-                    click = error_click(predicted[sample], reference[sample], label, spacing, rng=np.random)
+                    click = error_click(predicted[sample], reference[sample], label, spacing, rng=np.random,
+                                        ignore_label=ignore_label)
                     sample_clicks.append(click)
             prompts = torch.stack([
                 build_prompts(prediction[sample], sample_clicks, num_classes, spacing)

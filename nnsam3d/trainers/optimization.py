@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nnsam3d.inference.device_rules import autocast_dtype_for
+from nnsam3d.devices import autocast_dtype_for
 
 DEFAULT_GRADIENT_CLIP_NORM = 12.0
 SCHEDULE_KINDS = ("poly", "cosine")

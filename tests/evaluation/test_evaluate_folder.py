@@ -9,7 +9,8 @@ import pytest
 
 from nnsam3d.commands.evaluate import main as evaluate_main
 from nnsam3d.evaluation.evaluate_folder import EvaluationInputError, evaluate_folders
-from nnsam3d.io.nifti import ImageGeometry, write_segmentation
+from nnsam3d.io.geometry import ImageGeometry
+from nnsam3d.io.image_io import write_segmentation
 
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
 

@@ -1,4 +1,5 @@
-"""Fixtures of the inference tests: hand-made plans, and model folders of random-weight networks.
+"""Fixtures of the inference tests: model folders of random-weight networks (the hand-made plans,
+``make_plans``, are in ``tests/conftest.py``; the interactive tests use them too).
 
 The model folders hold real checkpoint files (``io.checkpoint_file``) of vit_tiny networks
 built by ``build_network`` with random weights: everything the predictor reads is real, only
@@ -19,33 +20,8 @@ import torch
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network
-from nnsam3d.schemas.plans import ChannelNormalization, MemoryBudget, Plans
-
-TINY_NETWORK = {"patch_size": (8, 32, 32), "token_size": (2, 8, 8), "window_size": (4, 4, 4),
-                "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}
-"""A vit_tiny network small enough that a window takes milliseconds on the CPU."""
-
-def hand_made_plans(
-    target_spacing=(3.0, 1.0, 1.0), num_channels: int = 1, num_classes: int = 4, dataset_name: str = "Dataset990_SyntheticCT"
-) -> Plans:
-    """Plans with a chosen target spacing, fixed CT normalisation and the tiny network."""
-    normalization = [
-        ChannelNormalization(channel=c, modality="CT", scheme="CTNormalization", mean=80.0, std=100.0,
-                             lower_bound=-200.0, upper_bound=400.0)
-        for c in range(num_channels)
-    ]
-    return Plans(
-        dataset_name=dataset_name,
-        target_spacing=target_spacing,
-        normalization=normalization,
-        median_shape=(16, 48, 48),
-        network=NetworkConfig(backbone="vit_tiny", in_channels=num_channels, num_classes=num_classes,
-                              trainable="full", **TINY_NETWORK),
-        batch_size=2,
-        memory=MemoryBudget(target_bytes=2**30, estimate_bytes=2**28, precision="fp32"),
-    )
+from nnsam3d.schemas.plans import ChannelNormalization, Plans
 
 
 def save_random_folds(plans: Plans, description: DatasetDescription, model_dir: Path, folds=(0, 1), seed: int = 0) -> None:
@@ -71,7 +47,7 @@ class RandomModel:
 
 
 @pytest.fixture(scope="module")
-def mri_model(tmp_path_factory, point_folders) -> RandomModel:
+def mri_model(tmp_path_factory, point_folders, make_plans) -> RandomModel:
     """Two-channel MRI-like phantoms (so that a case can miss a channel), 4 test cases, with the
     nnsam3d folder variables pointing into the fixture's root while the module runs."""
     root = tmp_path_factory.mktemp("mri_model")
@@ -81,7 +57,7 @@ def mri_model(tmp_path_factory, point_folders) -> RandomModel:
                                     num_training=1, num_test=4, shape=(12, 36, 36))
         raw_dir = generate_synthetic_dataset(root / "raw", spec)
         description = DatasetDescription.from_file(raw_dir / "dataset.json")
-        plans = hand_made_plans((3.0, 1.0, 1.0), num_channels=2, dataset_name=spec.folder_name)
+        plans = make_plans((3.0, 1.0, 1.0), num_channels=2, dataset_name=spec.folder_name)
         plans.normalization = [
             ChannelNormalization(channel=c, modality=description.modality(c), scheme="ZScoreNormalization")
             for c in range(2)
@@ -89,12 +65,6 @@ def mri_model(tmp_path_factory, point_folders) -> RandomModel:
         model_dir = root / "results" / spec.folder_name / "nnSAM3DTrainer__nnsam3d_plans"
         save_random_folds(plans, description, model_dir)
         yield RandomModel(root, spec.folder_name, raw_dir, model_dir, plans, description)
-
-
-@pytest.fixture(scope="session")
-def make_plans():
-    """:func:`hand_made_plans` (test modules cannot import conftest under --import-mode=importlib)."""
-    return hand_made_plans
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from nnsam3d.commands.find_best_configuration import main as find_best_main
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.commands.train import main as train_main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-from nnsam3d.io.nifti import read_segmentation, write_segmentation
+from nnsam3d.io.image_io import read_segmentation, write_segmentation
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess, plans_path
 
 SHRINK = {"patch_size": (16, 32, 32), "adapter_dim": 16, "decoder_channels": (8, 16, 32, 64)}

@@ -11,7 +11,7 @@ import pytest
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, phantom_case, write_case
 from nnsam3d.inference.export import export_prediction, load_probabilities_file, probabilities_file_for
 from nnsam3d.inference.postprocessing import PostprocessingRules
-from nnsam3d.io.nifti import read_segmentation
+from nnsam3d.io.image_io import read_segmentation
 from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
 ORIENTATIONS = ("RAS", "LPS", "ASL", "PIR", "oblique")

@@ -12,7 +12,7 @@ from scipy import ndimage
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.inference.postprocessing import POSTPROCESSING_FILENAME, PostprocessingRules
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.io.nifti import read_segmentation
+from nnsam3d.io.image_io import read_segmentation
 
 FAST = ["--disable-tta", "--no-progress", "--step-size", "1"]
 

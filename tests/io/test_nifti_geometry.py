@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from nnsam3d.demo.synthetic_dataset import _file_orientation
-from nnsam3d.io.nifti import (
-    ImageGeometry,
-    ImageReadError,
-    read_segmentation,
-    read_volume,
-    write_segmentation,
-)
+from nnsam3d.io.geometry import ImageGeometry, ImageReadError
+from nnsam3d.io.image_io import read_segmentation, read_volume, write_segmentation
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS", "ASL", "PIR", "oblique"])

@@ -20,7 +20,8 @@ from nnsam3d.model_selection.find_best_configuration import ConfigurationError, 
 from nnsam3d.inference.export import save_probabilities_file
 from nnsam3d.inference.postprocessing import PostprocessingRules
 from nnsam3d.io.atomic import write_json_atomic
-from nnsam3d.io.nifti import ImageGeometry, write_segmentation
+from nnsam3d.io.geometry import ImageGeometry
+from nnsam3d.io.image_io import write_segmentation
 from nnsam3d.preprocessing.case_properties import CaseProperties
 
 DATASET = "Dataset992_Constructed"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-from nnsam3d.io.nifti import read_channels, read_segmentation
+from nnsam3d.io.image_io import read_channels, read_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription, DatasetFormatError, training_cases
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.planners.fingerprint_extraction import extract_fingerprint

@@ -1,7 +1,7 @@
 """The case preprocessor: crop, normalise, resample, sample locations, and the way back.
 
 Round trips go all the way from the raw file to a written NIfTI file through the recorded
-properties (``geometry_restore`` + ``io.nifti.write_segmentation``), for every file orientation
+properties (``geometry_restore`` + ``io.image_io.write_segmentation``), for every file orientation
 the phantoms use (RAS, LPS, ASL, oblique, LAS, PIR).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset, write_case
-from nnsam3d.io.nifti import read_channels, read_segmentation, write_segmentation
+from nnsam3d.io.image_io import read_channels, read_segmentation, write_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription, training_cases
 from nnsam3d.preprocessing.geometry_restore import restore_label_map
 from nnsam3d.preprocessing.preprocessor import (

@@ -31,7 +31,7 @@ def test_new_grid_equals_argmax_of_the_resampled_scores(separate_axis):
 
 
 def test_probabilities_are_restored_class_by_class_into_the_full_image():
-    from nnsam3d.io.nifti import ImageGeometry
+    from nnsam3d.io.geometry import ImageGeometry
     from nnsam3d.preprocessing.case_properties import CaseProperties
     from nnsam3d.preprocessing.cropping import paste_into_box
     from nnsam3d.preprocessing.geometry_restore import restore_probabilities

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
 from nnsam3d.trainers.augmentation import settings_for, training_transforms

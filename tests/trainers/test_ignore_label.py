@@ -43,27 +43,15 @@ def test_foreground_patches_are_never_centred_on_the_ignore_label():
     assert foreground_centre({IGNORE: np.array([[5, 5, 5]])}, rng, ignore_label=IGNORE) is None
 
 
-def _sparsify(dataset_dir) -> None:
-    """Mark every second slice (last file axis) of every label map as unannotated."""
-    for path in sorted((dataset_dir / "labelsTr").glob("*.nii.gz")):
-        image = nib.load(path)
-        labels = np.asarray(image.dataobj).copy()
-        labels[..., ::2] = IGNORE
-        nib.save(nib.Nifti1Image(labels, image.affine, image.header), path)
-    description = json.loads((dataset_dir / "dataset.json").read_text())
-    description["labels"]["ignore"] = IGNORE
-    (dataset_dir / "dataset.json").write_text(json.dumps(description))
-
-
 @pytest.fixture(scope="module")
-def sparse_run(tmp_path_factory, point_folders, tiny_network):
+def sparse_run(tmp_path_factory, point_folders, tiny_network, mark_unannotated):
     from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("sparse")
     with pytest.MonkeyPatch.context() as patch:
         point_folders(root, patch)
         spec = SyntheticDatasetSpec(num_training=5, num_test=0, shape=(16, 48, 48))
-        _sparsify(generate_synthetic_dataset(root / "raw", spec))
+        mark_unannotated(generate_synthetic_dataset(root / "raw", spec), IGNORE)
         plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
         plans.network = plans.network.replace(**tiny_network)
         plans.save(root / "preprocessed" / spec.folder_name / f"{plans.plans_name}.json")

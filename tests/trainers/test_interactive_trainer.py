@@ -3,18 +3,29 @@ the saved model takes clicks, and two data-parallel processes stay identical."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import textwrap
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from nnsam3d import paths
+from nnsam3d.commands.evaluate_interactive import main as evaluate_interactive_main
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.interactive.session import InteractiveSession, open_session
 from nnsam3d.io.checkpoint_file import load_checkpoint
-from nnsam3d.io.nifti import read_volume_in_file_order
-from nnsam3d.model.prompt_encoder import PROMPT_KINDS, prompt_channels
+from nnsam3d.io.image_io import read_volume_in_file_order
+from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
 from nnsam3d.schemas.plans import Plans
+from nnsam3d.trainers import interactive as interactive_trainer
 from nnsam3d.trainers.interactive import nnSAM3DTrainer_interactive
 from nnsam3d.trainers.launch import launch_training, train_fold
 from nnsam3d.trainers.request import TrainingRequest
@@ -22,30 +33,68 @@ from nnsam3d.trainers.request import TrainingRequest
 TRAINER = "nnSAM3DTrainer_interactive"
 
 
-def _click_centres(prompts: torch.Tensor, num_classes: int) -> list[tuple[str, int, tuple[int, ...]]]:
-    """(kind, label, voxel) of every ball's peak in one sample's prompt."""
-    found = []
-    foreground = num_classes - 1
-    for kind_index, kind in enumerate(PROMPT_KINDS[1:], start=1):
-        for label in range(1, num_classes):
-            channel = prompts[kind_index * foreground + label - 1]
-            for voxel in torch.nonzero(channel == 1.0).tolist():
-                found.append((kind, label, tuple(voxel)))
-    return found
+@dataclass
+class SimulatedBatch:
+    prompts: torch.Tensor           # (B, P, z, y, x) as the trainer returned them
+    target: torch.Tensor            # (B, 1, z, y, x)
+    clicks: list[list[Click]]       # every click of each sample, as the trainer drew them
+    step: int                       # optimiser step
 
 
-def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clicks(tiny_dataset, monkeypatch):
-    simulated = []
-    original = nnSAM3DTrainer_interactive.simulate_user
+@pytest.fixture
+def simulated_batches(monkeypatch) -> list[SimulatedBatch]:
+    """Record every simulated batch of nnSAM3DTrainer_interactive with its clicks.
 
-    def recording(self, data, target, features, automatic):
-        prompts = original(self, data, target, features, automatic)
-        simulated.append((prompts.cpu(), target.cpu()))
-        steps.append(self.optimization.schedule.step_count)
+    The clicks are taken where the trainer hands them to ``build_prompts`` (the last call per
+    sample is the returned prompt's), not guessed back from the prompt: balls of repeated or nearby
+    clicks add up, so a ball's centre need not hold 1.0, or a maximum, there.
+    """
+    batches, built = [], []
+    original_build, original_simulate = interactive_trainer.build_prompts, nnSAM3DTrainer_interactive.simulate_user
+
+    def building(prior, clicks, *args, **kwargs):
+        built.append(list(clicks))
+        return original_build(prior, clicks, *args, **kwargs)
+
+    def simulating(self, data, target, features, automatic):
+        built.clear()
+        prompts = original_simulate(self, data, target, features, automatic)
+        batches.append(SimulatedBatch(prompts.cpu(), target.cpu(), built[-data.shape[0]:],
+                                      self.optimization.schedule.step_count))
         return prompts
 
-    steps = []
-    monkeypatch.setattr(nnSAM3DTrainer_interactive, "simulate_user", recording)
+    monkeypatch.setattr(interactive_trainer, "build_prompts", building)
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "simulate_user", simulating)
+    return batches
+
+
+def check_simulated_clicks(batches: list[SimulatedBatch], num_classes: int, spacing,
+                           ignore_label: int | None = None) -> int:
+    """Every click in the returned prompt, each where its kind belongs; returns the number of clicks."""
+    count = 0
+    clicks_only = [prompt_channel(kind, label, num_classes) for kind in ("positive", "negative")
+                   for label in range(1, num_classes)]
+    for batch in batches:
+        assert batch.prompts.shape[1] == prompt_channels(num_classes)
+        for sample, clicks in enumerate(batch.clicks):
+            truth = batch.target[sample, 0]
+            # The prompt holds exactly these clicks' balls (repeated ones added up), nothing else.
+            drawn = build_prompts(torch.zeros(truth.shape, dtype=torch.int16), clicks, num_classes, spacing)
+            assert torch.allclose(batch.prompts[sample, clicks_only], drawn[clicks_only])
+            for click in clicks:
+                value = int(truth[tuple(int(v) for v in click.position)])
+                # A positive click marks a missed voxel of its class; a negative one an annotated
+                # voxel of another class (never an unannotated one).
+                if click.positive:
+                    assert value == click.label, click
+                else:
+                    assert value != click.label and value != ignore_label, (click, value)
+                count += 1
+    return count
+
+
+def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clicks(tiny_dataset, monkeypatch,
+                                                                                   simulated_batches):
     monkeypatch.setattr(nnSAM3DTrainer_interactive, "clicks_from", 0.25)
     monkeypatch.setattr(nnSAM3DTrainer_interactive, "interactive_share", 0.75)
     request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=8,
@@ -53,30 +102,21 @@ def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clic
     trainer = train_fold(TRAINER, request)
 
     # Both kinds of batches trained, and no clicks in the first quarter of the schedule (steps 0, 1).
-    assert 0 < len(simulated) < 6 and len(trainer.iteration_losses) == 8
-    assert min(steps) >= 2, steps
+    assert 0 < len(simulated_batches) < 6 and len(trainer.iteration_losses) == 8
+    assert min(batch.step for batch in simulated_batches) >= 2, [batch.step for batch in simulated_batches]
     num_classes = trainer.description.num_classes
-    clicks = 0
-    for prompts, target in simulated:
-        assert prompts.shape[1] == prompt_channels(num_classes)
-        for sample in range(prompts.shape[0]):
-            for kind, label, voxel in _click_centres(prompts[sample], num_classes):
-                truth = int(target[sample, 0][voxel])
-                # A positive click marks a missed voxel of its class, a negative one a voxel of another.
-                assert (truth == label) if kind == "positive" else (truth != label), (kind, label, truth)
-                clicks += 1
-    assert clicks >= len(simulated)
+    clicks = check_simulated_clicks(simulated_batches, num_classes, trainer.plans.target_spacing)
+    assert clicks >= len(simulated_batches)
 
-    # The clicked batches' extra loss looks at the clicks' surroundings only: full weight at a
-    # click, none far from every click.
-    prompts, _ = simulated[0]
-    weights = trainer.click_weights(prompts)
-    for sample in range(prompts.shape[0]):
-        centres = _click_centres(prompts[sample], num_classes)
-        for _, _, voxel in centres:
-            assert weights[sample][voxel] == 1.0
-        if centres:
-            assert 0 < int((weights[sample] > 0).sum()) < weights[sample].numel() // 4
+    # The clicked batches' extra loss looks at the clicks' surroundings only: at least full weight
+    # at a click (more where balls add up), none far from every click.
+    for batch in simulated_batches:
+        weights = trainer.click_weights(batch.prompts)
+        for sample, sample_clicks in enumerate(batch.clicks):
+            for click in sample_clicks:
+                assert weights[sample][tuple(int(v) for v in click.position)] >= 1.0
+            if sample_clicks:
+                assert 0 < int((weights[sample] > 0).sum()) < weights[sample].numel() // 4
 
     final = load_checkpoint(trainer.output_folder / "checkpoint_final.pth")
     assert Plans.from_json(final.plans).network.prompt_channels == prompt_channels(num_classes)
@@ -87,12 +127,80 @@ def test_interactive_training_clicks_in_errors_and_gives_a_model_that_takes_clic
                                             use_mirroring=False)
     image_file = sorted((paths.raw_root() / tiny_dataset / "imagesTr").glob("*_0000.nii.gz"))[0]
     image, geometry = read_volume_in_file_order(image_file)
-    session = predictor.interactive(image, geometry.affine_array)
+    session = open_session(predictor, image, geometry.affine_array)
     automatic = session.automatic()
     assert np.array_equal(automatic, predictor.predict_volume(image, geometry.affine_array))
     centre = tuple(n // 2 for n in image.shape)
     refined = session.click(voxel=centre, positive=True, label="liver")
     assert refined.shape == image.shape
+
+
+IGNORE = 4  # background 0, liver 1, kidney 2, lesion 3
+
+
+@pytest.fixture
+def sparse_dataset(nnsam3d_folders, tiny_network, mark_unannotated) -> tuple[str, Path]:
+    """The tiny phantoms with every second slice unannotated, planned and preprocessed."""
+    from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
+
+    spec = SyntheticDatasetSpec(num_training=5, num_test=0, shape=(16, 48, 48))
+    raw_dir = generate_synthetic_dataset(nnsam3d_folders.raw, spec)
+    mark_unannotated(raw_dir, IGNORE)
+    plans = plan_and_preprocess(spec.dataset_id, backbone="vit_tiny", num_processes=1)
+    plans.network = plans.network.replace(**tiny_network)
+    plans.save(nnsam3d_folders.preprocessed / spec.folder_name / f"{plans.plans_name}.json")
+    return spec.folder_name, raw_dir
+
+
+def test_interactive_training_and_evaluation_with_an_ignore_label(sparse_dataset, monkeypatch, simulated_batches,
+                                                                  tmp_path, capsys):
+    """Sparse annotation: the simulated user never clicks where nobody annotated, in training or in
+    evaluation; the evaluation's classes are the foreground labels and its Dice counts annotated voxels."""
+    dataset, raw_dir = sparse_dataset
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "clicks_from", 0.0)
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "interactive_share", 1.0)
+    # Whole-case validation under an ignore label is test_ignore_label.py's; here it would only cost time.
+    monkeypatch.setattr(nnSAM3DTrainer_interactive, "validate", lambda self: None)
+    request = TrainingRequest(dataset=dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=4,
+                              num_workers=0, seed=3)
+    trainer = train_fold(TRAINER, request)
+    assert trainer.description.ignore_label == IGNORE and len(simulated_batches) == 4
+    assert any((batch.target == IGNORE).any() for batch in simulated_batches)
+    clicks = check_simulated_clicks(simulated_batches, trainer.description.num_classes,
+                                    trainer.plans.target_spacing, IGNORE)
+    assert clicks >= 4
+
+    images = tmp_path / "images"
+    images.mkdir()
+    case_files = sorted((raw_dir / "imagesTr").glob("*_0000.nii.gz"))[:1]
+    for file in case_files:
+        shutil.copy(file, images / file.name)
+    clicked = []
+    original_click = InteractiveSession.click
+    monkeypatch.setattr(InteractiveSession, "click",
+                        lambda self, *args, **kwargs: clicked.append((self, args, kwargs)) or original_click(
+                            self, *args, **kwargs))
+    code = evaluate_interactive_main(["-d", dataset, "-i", str(images), "-ref", str(raw_dir / "labelsTr"),
+                                      "--clicks", "2", "-o", str(tmp_path / "out"), "--disable-tta", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "interactive_summary.json").read_text())
+    assert list(summary["mean"]) == ["liver", "kidney", "lesion"]
+    # Every evaluation click lands on an annotated voxel (input grid = the reference's grid).
+    assert clicked
+    reference, _ = read_volume_in_file_order(raw_dir / "labelsTr" / case_files[0].name.replace("_0000", ""))
+    for session, args, _kwargs in clicked:
+        voxel = np.round(np.linalg.inv(session.geometry.affine_array) @ [*args[0], 1.0])[:3].astype(int)
+        assert reference[tuple(voxel)] != IGNORE
+    # 0 clicks: the automatic prediction's Dice over annotated voxels, computed here independently.
+    predictor = Predictor.from_model_folder(trainer.output_folder.parent, device="cpu", use_mirroring=False)
+    case = summary["per_case"][0]
+    image, geometry = read_volume_in_file_order(case_files[0])
+    automatic = predictor.predict_volume(image, geometry.affine_array)
+    annotated = reference != IGNORE
+    for name, value in [("liver", 1), ("kidney", 2), ("lesion", 3)]:
+        expected = dice(reference == value, (automatic == value) & annotated)
+        got = case["dice"][name]["0"]
+        assert (got is None and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-9)
 
 
 RANK_WEIGHTS_TRAINER = '''

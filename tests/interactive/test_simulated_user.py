@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnsam3d.inference.click_prompts import Click, build_prompts
-from nnsam3d.inference.simulated_clicks import classes_with_errors, error_click
+from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.interactive.simulated_user import classes_with_errors, error_click
 from nnsam3d.model.prompt_encoder import prompt_channel
 
 
@@ -31,7 +31,25 @@ def test_the_largest_error_gets_the_click_at_its_centre():
     assert not click.positive and prediction[tuple(int(v) for v in click.position)] == 1
     assert reference[tuple(int(v) for v in click.position)] != 1
     assert error_click(reference, reference, 1) is None
-    assert classes_with_errors(prediction, reference, 3) == [1]
+    assert classes_with_errors(prediction, reference, [1, 2]) == [1]
+
+
+def test_voxels_of_the_ignore_label_hold_no_error_and_get_no_click():
+    """Unannotated voxels (the ignore label, 3 here) are neither a false positive nor a class."""
+    prediction, reference = _maps()
+    prediction[2:8, 2:12, 2:12] = 1                 # the miss fixed; the leak (48 voxels) remains
+    reference[:, 15:30, 15:30] = 3                  # ... but lies where nobody annotated
+    prediction[6:10, 15:30, 15:30] = 1              # and a larger leak there too (900 voxels)
+    assert error_click(prediction, reference, 1, ignore_label=3) is None
+    assert classes_with_errors(prediction, reference, [1, 2], ignore_label=3) == []
+    assert classes_with_errors(prediction, reference, [1, 2]) == [1]      # without it: "errors"
+    prediction[0, 0, 0:4] = 1                       # an annotated leak, smaller than the unannotated one
+    click = error_click(prediction, reference, 1, ignore_label=3)
+    assert not click.positive and click.position[0] == 0 and click.position[2] < 4
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        drawn = error_click(prediction, reference, 1, rng=rng, ignore_label=3)
+        assert reference[tuple(int(v) for v in drawn.position)] == 0
 
 
 def test_drawn_clicks_stay_inside_the_region_and_favour_its_centre():

@@ -8,16 +8,20 @@ evaluation clicks at the farthest point (the one nearest the centroid among equa
 probability proportional to the squared distance, so that clicks vary but stay off borders.
 
 Used by the interactive trainer (on patches) and the interactive evaluation (on whole cases).
+
+The classes are the dataset's foreground labels (``DatasetDescription.foreground_labels``), never
+its ignore label; voxels carrying the ignore label are unannotated, so nothing predicted there is
+known to be wrong: they hold no false positive and get no click.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from nnsam3d.inference.click_prompts import Click
+from nnsam3d.interactive.click_prompts import Click
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -36,15 +40,17 @@ def error_click(
     label: int,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     rng: np.random.Generator | None = None,
+    ignore_label: int | None = None,
 ) -> Click | None:
     """The next click for class ``label``, or None when the prediction has no error for it.
 
     prediction, reference: (z, y, x) integer label maps on the same grid; spacing: mm per voxel.
     rng: None clicks at the region's centre (farthest from its border); a generator samples.
+    ignore_label: the reference's value for unannotated voxels (None: every voxel is annotated).
     """
     predicted, true = prediction == label, reference == label
     false_negative = largest_component(true & ~predicted)
-    false_positive = largest_component(predicted & ~true)
+    false_positive = largest_component(predicted & ~true & annotated_voxels(reference, ignore_label))
     fn_size, fp_size = int(false_negative.sum()), int(false_positive.sum())
     if fn_size == 0 and fp_size == 0:
         return None
@@ -65,7 +71,14 @@ def error_click(
     return Click(label=int(label), position=position, positive=positive)
 
 
-def classes_with_errors(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> list[int]:
-    """Foreground classes whose prediction differs from the reference somewhere."""
-    return [label for label in range(1, num_classes)
-            if np.any((prediction == label) != (reference == label))]
+def annotated_voxels(reference: np.ndarray, ignore_label: int | None) -> np.ndarray | bool:
+    """Where the reference says something (not the ignore label); True everywhere without one."""
+    return True if ignore_label is None else reference != ignore_label
+
+
+def classes_with_errors(prediction: np.ndarray, reference: np.ndarray, classes: Iterable[int],
+                        ignore_label: int | None = None) -> list[int]:
+    """Those of ``classes`` (foreground label values) whose prediction differs from the reference
+    somewhere the reference is annotated."""
+    annotated = annotated_voxels(reference, ignore_label)
+    return [label for label in classes if np.any(((prediction == label) != (reference == label)) & annotated)]

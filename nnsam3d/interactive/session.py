@@ -1,6 +1,6 @@
 """Interactive refinement: clicks correct a segmentation, the encoder runs once per tile.
 
->>> session = Predictor.from_model_folder(model_dir).interactive(ct, affine)
+>>> session = open_session(Predictor.from_model_folder(model_dir), ct, affine)
 >>> labels = session.automatic()                                  # (i, j, k), as predict_volume
 >>> labels = session.click((12.5, -40.0, 88.0), positive=True, label="liver")
 >>> labels = session.undo()
@@ -13,8 +13,12 @@ as those scores. A click re-predicts the tiles that contain it, through every ne
 mirroring of the predictor, with the prompt (every click so far, and the current segmentation as
 the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones. Only
 those tiles' decoders run: the encoder's features of a tile do not depend on prompts and are
-kept (``max_cached_tiles`` tiles, least recently used out), so a second click in the same region
-costs decoder passes only. ``encoder_calls`` counts encoder runs.
+kept (:mod:`feature_cache`: bounded in bytes, shared by folds that share an encoder), so a second
+click in the same region costs decoder passes only. ``encoder_calls`` counts encoder runs.
+
+A click is all or nothing: its votes are computed from the clicks so far plus the new one, and
+the click, its votes, the labels and the undo record are kept only once all of it succeeded; if
+anything fails (an out-of-memory error in a decoder, an export error) the session is as before.
 
 What the user gets back stays on exactly the input grid: the label map changes only at voxels
 whose exported label (scores resampled to the input grid and argmaxed, as the predictor exports)
@@ -24,52 +28,45 @@ and a given initial segmentation included.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from nnsam3d.inference.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
-from nnsam3d.inference.click_prompts import Click, build_prompts
+from nnsam3d.devices import HostCopy, copy_to_host
 from nnsam3d.inference.export import probabilities_to_label_map
 from nnsam3d.inference.gaussian_weights import gaussian_importance_map
 from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
-from nnsam3d.io.nifti import from_canonical, to_canonical
+from nnsam3d.interactive.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
+from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.interactive.feature_cache import FeatureCache, default_cache_bytes, encoder_of
+from nnsam3d.io.geometry import from_canonical, to_canonical
 from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores_to_label_map, separate_axis_for
-
-DEFAULT_MAX_CACHED_TILES = 32
-
-
-def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy; from a GPU into pinned memory without waiting (a later copy back to the GPU
-    is ordered after it on the same stream), which keeps a click's tile votes off its critical path."""
-    if tensor.device.type != "cuda":
-        return tensor.cpu()
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return host.copy_(tensor, non_blocking=True)
 
 
 @dataclass
 class _Step:
-    """What one action changed, to undo it: earlier clicks, earlier tile votes, earlier labels."""
+    """What one action changed, to undo it: earlier clicks, earlier tile votes (host copies, read
+    through ``get``, which waits for a copy still in flight), earlier labels."""
 
     clicks: list[Click]
-    tile_votes: dict[int, torch.Tensor]
+    tile_votes: dict[int, HostCopy]
     changed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     labels_before: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
     exported_before: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
 
 
 class InteractiveSession:
-    """One volume, one predictor, a history of clicks. Built by ``Predictor.interactive``.
+    """One volume, one predictor, a history of clicks. Opened by :func:`open_session`.
 
     Every method returning a label map returns (i, j, k) int16 on the input image's grid.
+    cache_bytes: bound of the encoder-feature cache (bytes); None: a quarter of the GPU's free
+    memory, or 2 GiB on a CPU (:func:`feature_cache.default_cache_bytes`).
     """
 
     def __init__(self, predictor, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None,
-                 max_cached_tiles: int = DEFAULT_MAX_CACHED_TILES):
+                 cache_bytes: int | None = None):
         networks = predictor.networks
         not_interactive = [str(path) for network, path in zip(networks, predictor.checkpoint_files or [None] * len(networks))
                            if not getattr(network, "is_interactive", False)]
@@ -81,7 +78,7 @@ class InteractiveSession:
             )
         self.predictor = predictor
         self.num_classes = predictor.num_classes
-        self.max_cached_tiles = int(max_cached_tiles)
+        self.feature_cache = FeatureCache(default_cache_bytes(predictor.device) if cache_bytes is None else cache_bytes)
         self.encoder_calls = 0
 
         case = predictor.preprocess_volume(image, affine)
@@ -94,9 +91,11 @@ class InteractiveSession:
         padded_shape = tuple(self._padded.shape[1:])
         self._windows = window_slices(padded_shape, predictor.plans.patch_size, predictor.step_size)
         # Scores, weights and the prior live on the predictor's GPU where they fit (two float32
-        # score volumes, the weight sum, two int16 priors): a click updates and argmaxes them
-        # there, and only the changed region of the scores comes back for the export.
-        device = predictor.volume_device(padded_shape, 2 * 4 * self.num_classes + 4 + 2 * 2)
+        # score volumes, the weight sum, two int16 priors) beside the feature cache at its bound:
+        # a click updates and argmaxes them there, and only the changed region of the scores
+        # comes back for the export.
+        device = predictor.volume_device(padded_shape, 2 * 4 * self.num_classes + 4 + 2 * 2,
+                                         reserved_bytes=self.feature_cache.max_bytes)
         self._weights = torch.from_numpy(np.array(gaussian_importance_map(tuple(predictor.plans.patch_size)))).to(device)
         self._weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
         for window in self._windows:
@@ -117,7 +116,6 @@ class InteractiveSession:
                                                        self.properties.original_spacing)
         self._start_exported = self._export_whole()
         self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
-        self._features: OrderedDict[int, list] = OrderedDict()
         self._history: list[_Step] = []
         self._restore_start()
 
@@ -134,7 +132,7 @@ class InteractiveSession:
 
     @property
     def canonical_labels(self) -> np.ndarray:
-        """The current segmentation in canonical order (z, y, x), for ``io.nifti.write_segmentation``."""
+        """The current segmentation in canonical order (z, y, x), for ``io.image_io.write_segmentation``."""
         return self._labels
 
     def check_click(self, point_mm, label: str | int) -> None:
@@ -151,11 +149,16 @@ class InteractiveSession:
         """
         value = self.label_value(label)
         padded_position = self._padded_position(point_mm, voxel)
-        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
-        self.clicks.append(Click(value, padded_position, bool(positive)))
+        clicks = [*self.clicks, Click(value, padded_position, bool(positive))]
         tiles = self._tiles_containing(padded_position)
-        self._predict_tiles(tiles)
-        self._commit(step, tiles)
+        step = _Step(clicks=self.clicks, tile_votes=dict(self._tile_votes))
+        with self._all_or_nothing(tiles):
+            votes = self._predict_tiles(tiles, clicks)
+            step.changed, step.labels_before, step.exported_before = self._update_labels(tiles)
+        # Nothing below can fail: the click exists from here on.
+        self._tile_votes.update(votes)
+        self.clicks = clicks
+        self._history.append(step)
         return self.labels
 
     def tiles_for(self, point_mm=None, *, voxel=None) -> list[int]:
@@ -181,14 +184,19 @@ class InteractiveSession:
         """Take back the last click (or reset); returns the label map before it."""
         if not self._history:
             raise ClickError("nothing to undo")
-        step = self._history.pop()
-        for index in set(self._tile_votes) | set(step.tile_votes):
-            previous = step.tile_votes.get(index)
-            self._set_vote(index, self._base_vote(index) if previous is None else previous)
+        step = self._history[-1]
+        if not step.tile_votes:  # back at the start: exactly, not up to rounding
+            self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
+        # Else the tiles whose vote the step changed (the others hold the very same copy).
+        elif tiles := sorted(index for index in set(self._tile_votes) | set(step.tile_votes)
+                             if self._tile_votes.get(index) is not step.tile_votes.get(index)):
+            with self._all_or_nothing(tiles):
+                for index in tiles:
+                    previous = step.tile_votes.get(index)
+                    self._set_vote(index, self._base_vote(index) if previous is None else previous.get())
+        self._history.pop()
         self._tile_votes = step.tile_votes
         self.clicks = step.clicks
-        if not self._tile_votes:  # back at the start: exactly, not up to rounding
-            self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
         flat_labels, flat_exported = self._labels.reshape(-1), self._exported.reshape(-1)
         flat_labels[step.changed] = step.labels_before
         flat_exported[step.changed] = step.exported_before
@@ -197,15 +205,23 @@ class InteractiveSession:
     def reset(self, label: str | int) -> np.ndarray:
         """Drop every click of ``label`` and replay the others from the starting segmentation."""
         value = self.label_value(label)
-        step = _Step(clicks=list(self.clicks), tile_votes=dict(self._tile_votes))
-        labels_before, exported_before = self._labels.copy(), self._exported.copy()
+        step = _Step(clicks=self.clicks, tile_votes=dict(self._tile_votes))
+        # The replay works on new scores, votes and label arrays (_restore_start copies), so the
+        # current ones, kept here, are the state to return to if it fails.
+        before = (self._scores, self._prior, self._labels, self._exported, self._tile_votes, self.clicks)
+        labels_before, exported_before = self._labels, self._exported
         kept = [click for click in self.clicks if click.label != value]
-        self._restore_start()
-        for click in kept:
-            self.clicks.append(click)
-            tiles = self._tiles_containing(click.position)
-            self._predict_tiles(tiles)
-            self._update_labels(tiles)
+        try:
+            self._restore_start()
+            for click in kept:
+                clicks = [*self.clicks, click]
+                tiles = self._tiles_containing(click.position)
+                self._tile_votes.update(self._predict_tiles(tiles, clicks))
+                self.clicks = clicks
+                self._update_labels(tiles)
+        except BaseException:
+            self._scores, self._prior, self._labels, self._exported, self._tile_votes, self.clicks = before
+            raise
         changed = np.flatnonzero((labels_before != self._labels).reshape(-1) | (exported_before != self._exported).reshape(-1))
         step.changed = changed
         step.labels_before = labels_before.reshape(-1)[changed]
@@ -214,17 +230,22 @@ class InteractiveSession:
         return self.labels
 
     def label_value(self, label: str | int) -> int:
-        labels = self.predictor.description.labels
+        """The class value of ``label`` (a name or value); only the dataset's foreground classes take clicks."""
+        description = self.predictor.description
+        labels = description.labels
         if isinstance(label, str) and label in labels:
             value = labels[label]
         elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and int(label) in labels.values():
             value = int(label)
         else:
-            names = ", ".join(name for name, v in labels.items() if v != 0)
+            names = ", ".join(description.label_name(v) for v in description.foreground_labels)
             raise ClickError(f"unknown label {label!r}; this model segments: {names}")
         if value == 0:
             raise ClickError("clicks are for foreground classes; a negative click removes a class instead of "
                              "adding background")
+        if value == description.ignore_label:
+            raise ClickError(f"{label!r} is the dataset's ignore label (unannotated voxels), not a class the "
+                             "model predicts; click a foreground class")
         return value
 
     # ------------------------------------------------------------------ tiles
@@ -238,56 +259,77 @@ class InteractiveSession:
         return self._base_scores[(slice(None), *self._windows[index])]
 
     def _set_vote(self, index: int, vote: torch.Tensor) -> None:
+        """Swap tile ``index``'s vote in the average from its kept one to ``vote``."""
         window = self._windows[index]
         current = self._tile_votes.get(index)
         device = self._scores.device
-        current = self._base_vote(index) if current is None else current.to(device, non_blocking=True)
+        current = self._base_vote(index) if current is None else current.get().to(device, non_blocking=True)
         region = (slice(None), *window)
         self._scores[region] += (vote.to(device) - current) * (self._weights / self._weight_sum[window])
         self._prior[window] = self._scores[region].argmax(0).to(torch.int16)
 
-    def _predict_tiles(self, indices: list[int]) -> None:
+    def _predict_tiles(self, indices: list[int], clicks: list[Click]) -> dict[int, HostCopy]:
+        """Predict the tiles with ``clicks`` and swap their votes into the scores; returns the new
+        votes' host copies, for the caller to keep (for undo) once the whole action succeeded."""
+        votes = {}
         for index in indices:
-            vote = self._prompted_vote(index)
+            vote = self._prompted_vote(index, clicks)
             self._set_vote(index, vote)
-            self._tile_votes[index] = _to_host(vote)  # kept for undo, off the device
+            votes[index] = copy_to_host(vote)  # kept for undo, off the device
+        return votes
 
-    def _tile_features(self, index: int, inputs: torch.Tensor) -> list:
-        """Encoder features of the tile for every (network, mirroring), computed once."""
-        if index in self._features:
-            self._features.move_to_end(index)
-            return self._features[index]
-        ensemble = self.predictor.window_ensemble
-        features = []
-        for network in ensemble.networks:
-            for axes in ensemble.mirrorings:
-                features.append(network.encode(torch.flip(inputs, axes) if axes else inputs))
-                self.encoder_calls += 1
-        self._features[index] = features
-        while len(self._features) > self.max_cached_tiles:
-            self._features.popitem(last=False)
+    @contextmanager
+    def _all_or_nothing(self, tiles: list[int]):
+        """Put the scores and prior of ``tiles``' region back as they were if the block fails; the
+        block changes nothing else before its last step (the label arrays, updated last)."""
+        box = self._box_of(tiles)
+        region = (slice(None), *box)
+        scores, prior = self._scores[region].clone(), self._prior[box].clone()
+        try:
+            yield
+        except BaseException:
+            self._scores[region] = scores
+            self._prior[box] = prior
+            raise
+
+    def _box_of(self, tiles: list[int]) -> tuple[slice, ...]:
+        """The bounding box (padded network grid) of the windows of ``tiles``."""
+        windows = [self._windows[index] for index in tiles]
+        return tuple(slice(min(w[a].start for w in windows), max(w[a].stop for w in windows)) for a in range(3))
+
+    def _encoded(self, network, index: int, axes: tuple[int, ...], inputs: torch.Tensor) -> list:
+        """Encoder features of tile ``index`` in mirroring ``axes`` (``inputs`` already mirrored),
+        from the cache where this network's encoder computed them before."""
+        key = FeatureCache.key(encoder_of(network), index, axes)
+        features = self.feature_cache.get(key)
+        if features is None:
+            features = network.encode(inputs)
+            self.encoder_calls += 1
+            self.feature_cache.put(key, features)
         return features
 
-    def _prompted_vote(self, index: int) -> torch.Tensor:
-        """Mean softmax (K, *patch) of the tile with the current prompt, over networks and mirrorings."""
+    def _prompted_vote(self, index: int, clicks: list[Click]) -> torch.Tensor:
+        """Mean softmax (K, *patch) of the tile with the prompt of ``clicks``, over networks and mirrorings.
+        One (network, mirroring) at a time, so that only one pass's features are held beyond the cache."""
         window = self._windows[index]
         device = self.predictor.device
         ensemble = self.predictor.window_ensemble
         inputs = self._padded[(slice(None), *window)][None].to(device)
         origin = tuple(s.start for s in window)
-        prompts = build_prompts(self._prior[window].to(device), self.clicks, self.num_classes, self.spacing, origin)[None]
+        prompts = build_prompts(self._prior[window].to(device), clicks, self.num_classes, self.spacing, origin)[None]
         autocast = (torch.autocast(device.type, dtype=ensemble.autocast_dtype)
                     if ensemble.autocast_dtype else nullcontext())
         total = None
         with torch.inference_mode(), autocast:
-            features = self._tile_features(index, inputs)
-            passes = [(network, axes) for network in ensemble.networks for axes in ensemble.mirrorings]
-            for (network, axes), tile_features in zip(passes, features):
-                flip = (lambda t: torch.flip(t, axes)) if axes else (lambda t: t)
-                logits = network.decode(flip(inputs), tile_features, flip(prompts))
-                probabilities = flip(torch.softmax(logits.float(), dim=1))
-                total = probabilities if total is None else total + probabilities
-        return (total / len(passes))[0]
+            for network in ensemble.networks:
+                for axes in ensemble.mirrorings:
+                    flip = (lambda t: torch.flip(t, axes)) if axes else (lambda t: t)
+                    mirrored = flip(inputs)
+                    features = self._encoded(network, index, axes, mirrored)
+                    logits = network.decode(mirrored, features, flip(prompts))
+                    probabilities = flip(torch.softmax(logits.float(), dim=1))
+                    total = probabilities if total is None else total + probabilities
+        return (total / ensemble.passes_per_window)[0]
 
     # ------------------------------------------------------------------ labels
     def _export_whole(self) -> np.ndarray:
@@ -329,15 +371,13 @@ class InteractiveSession:
         self._scores, self._prior = self._base_scores.clone(), self._base_prior.clone()
         self._exported = self._start_exported.copy()
         self._labels = self._automatic_labels.copy()
-        self._tile_votes: dict[int, torch.Tensor] = {}
+        self._tile_votes: dict[int, HostCopy] = {}
         self.clicks: list[Click] = []
 
     def _update_labels(self, tiles: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Export the scores changed by re-predicting ``tiles``; labels change where the export
         changed. Returns (changed flat indices, their labels before, their export before)."""
-        windows = [self._windows[index] for index in tiles]  # a click lies in at least one
-        box = tuple(slice(min(w[a].start for w in windows), max(w[a].stop for w in windows)) for a in range(3))
-        export_box, labels = self._export_region(box)
+        export_box, labels = self._export_region(self._box_of(tiles))  # a click lies in at least one tile
         previous = self._exported[export_box]  # a view: updated in place below
         local = np.nonzero(labels != previous)
         changed = np.ravel_multi_index(tuple(i + s.start for i, s in zip(local, export_box)), self._exported.shape)
@@ -347,10 +387,6 @@ class InteractiveSession:
         flat_labels[changed] = labels[local]
         previous[local] = labels[local]
         return changed, labels_before, exported_before
-
-    def _commit(self, step: _Step, tiles: list[int]) -> None:
-        step.changed, step.labels_before, step.exported_before = self._update_labels(tiles)
-        self._history.append(step)
 
     def _canonical_initial_labels(self, initial_labels: np.ndarray) -> np.ndarray:
         initial_labels = np.asarray(initial_labels)
@@ -370,3 +406,17 @@ class InteractiveSession:
         on_grid = resample_label_map(canonical_labels[box], self.properties.shape_after_resampling, separate_axis)
         labels = torch.from_numpy(np.ascontiguousarray(on_grid, dtype=np.int64))
         return torch.nn.functional.one_hot(labels, self.num_classes).permute(3, 0, 1, 2).float()
+
+
+def open_session(predictor, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None,
+                 **options) -> InteractiveSession:
+    """An interactive refinement session of ``predictor`` (an ``inference.predictor.Predictor``
+    whose networks have a prompt branch) on a volume held in memory.
+
+    image, affine: as ``Predictor.predict_volume`` ((i, j, k) or (C, i, j, k) intensities in the
+    file's voxel order; a 4x4 voxel → world matrix in mm, or three voxel sizes).
+    initial_labels: a label map (i, j, k) on the image's grid to refine; None starts from the
+    predictor's automatic segmentation. ``options``: see :class:`InteractiveSession`.
+    The session lives here, above ``inference/``: the predictor knows nothing of clicks.
+    """
+    return InteractiveSession(predictor, image, affine, initial_labels, **options)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsam3d.io.nifti import ImageGeometry
+from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.preprocessing.case_properties import CaseProperties
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from nnsam3d.commands.refine import main as refine_main
 from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.session import open_session
+from nnsam3d.interactive.simulated_user import error_click
 from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
-from nnsam3d.io.nifti import read_volume_in_file_order, to_canonical, write_segmentation
+from nnsam3d.io.geometry import to_canonical
+from nnsam3d.io.image_io import read_volume_in_file_order, write_segmentation
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.network import build_network
 from nnsam3d.model.prompt_encoder import prompt_channels
@@ -54,6 +58,24 @@ def _case(raw_dir: Path):
     return image_file, image, geometry
 
 
+def _tile_reach_mm(plans, geometry) -> np.ndarray:
+    """How far (mm, per canonical axis) from a click a voxel of a tile containing it can lie."""
+    return np.array(plans.patch_size) * np.array(plans.target_spacing) + np.array(geometry.spacing)
+
+
+def _offsets_mm(voxels: np.ndarray, point_mm, geometry) -> np.ndarray:
+    """|canonical voxel - the click| in mm per axis, for voxels (N, 3) in canonical (z, y, x) order."""
+    click = (np.linalg.inv(geometry.canonical_affine) @ [*point_mm, 1.0])[:3]
+    return np.abs(voxels - click) * np.array(geometry.spacing)
+
+
+def assert_changed_only_near(before: np.ndarray, after: np.ndarray, point_mm, geometry, plans) -> None:
+    """The click changed the segmentation (canonical arrays), and only within the tiles around it."""
+    changed = np.argwhere(before != after)
+    assert len(changed), "the click changed nothing"
+    assert (_offsets_mm(changed, point_mm, geometry) <= _tile_reach_mm(plans, geometry)).all()
+
+
 def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(interactive_model, tmp_path, capsys):
     dataset, raw_dir, model_dir = interactive_model
     image_file, image, geometry = _case(raw_dir)
@@ -61,8 +83,9 @@ def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(in
     initial[2:6, 2:6, 1:3] = 3                                      # a hand-made segmentation to refine
     initial_file = tmp_path / "initial.nii.gz"
     write_segmentation(to_canonical(initial, geometry.affine_array), geometry, initial_file)
-    centre = np.array(image.shape) // 2
-    point_mm = (geometry.affine_array @ [*centre, 1.0])[:3].tolist()
+    # Near a corner, so that most of the image lies beyond the tiles a click re-predicts.
+    corner = np.array(image.shape) - 3
+    point_mm = (geometry.affine_array @ [*corner, 1.0])[:3].tolist()
     clicks = tmp_path / "clicks.json"
     clicks.write_text(json.dumps([{"label": "liver", "point_mm": point_mm, "positive": True},
                                   {"label": "kidney", "point_mm": point_mm, "positive": False}]))
@@ -72,11 +95,16 @@ def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(in
     assert code == 0, capsys.readouterr().err
     refined, refined_geometry = read_volume_in_file_order(output)
     assert refined_geometry.shape == geometry.shape and np.allclose(refined_geometry.affine_array, geometry.affine_array)
-    assert (refined != initial).any()
     assert "2 click(s) applied" in capsys.readouterr().err
-    # The command is the Python API: the same session, the same clicks, the same label map.
+    # Without clicks the command writes the initial segmentation; the clicks changed it near them only.
+    canonical_refined, canonical_initial = (to_canonical(a, geometry.affine_array) for a in (refined, initial))
     predictor = Predictor.from_model_folder(model_dir, device="cpu", use_mirroring=False)
-    session = predictor.interactive(image, geometry.affine_array, initial)
+    assert_changed_only_near(canonical_initial, canonical_refined, point_mm, geometry, predictor.plans)
+    everywhere = np.argwhere(np.ones(canonical_initial.shape, dtype=bool))
+    out_of_reach = (_offsets_mm(everywhere, point_mm, geometry) > _tile_reach_mm(predictor.plans, geometry)).any(axis=1)
+    assert out_of_reach.sum() > canonical_initial.size // 10         # so that "near only" can fail
+    # The command is the Python API: the same session, the same clicks, the same label map.
+    session = open_session(predictor, image, geometry.affine_array, initial)
     exported_before = session._exported.copy()
     session.click(point_mm, positive=True, label="liver")
     expected = session.click(point_mm, positive=False, label="kidney")
@@ -84,7 +112,6 @@ def test_refine_applies_clicks_and_keeps_the_rest_of_the_initial_segmentation(in
     # Voxels whose exported label no click changed keep the initial segmentation's value, even
     # where the model would disagree with it (the hand-made block is kept unless clicked away).
     untouched = session._exported == exported_before
-    canonical_refined, canonical_initial = (to_canonical(a, geometry.affine_array) for a in (refined, initial))
     assert untouched.any() and np.array_equal(canonical_refined[untouched], canonical_initial[untouched])
     assert np.array_equal(canonical_refined[~untouched], session._exported[~untouched])
 
@@ -110,7 +137,7 @@ def test_refine_refuses_bad_clicks_and_writes_nothing(interactive_model, tmp_pat
     assert re.search(expected, error), error
 
 
-def test_evaluate_interactive_writes_the_curve_and_starts_at_the_automatic_dice(interactive_model, tmp_path, capsys):
+def test_evaluate_interactive_writes_the_curve_of_the_clicks_it_applies(interactive_model, tmp_path, capsys):
     dataset, raw_dir, model_dir = interactive_model
     code = evaluate_interactive_main(["-d", dataset, "-i", str(raw_dir / "imagesTs"), "-ref", str(raw_dir / "labelsTs"),
                                       "--clicks", "1", "-o", str(tmp_path), "--disable-tta", "--device", "cpu"])
@@ -132,6 +159,25 @@ def test_evaluate_interactive_writes_the_curve_and_starts_at_the_automatic_dice(
             expected = dice(reference == value, automatic == value)
             got = case["dice"][name]["0"]
             assert (got is None and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-9)
+    # Dice after 1 click is that of the simulated user's click replayed here on a session of its
+    # own; the click changed the segmentation, near it only, and for some class that moved the Dice.
+    session = open_session(predictor, image, geometry.affine_array)
+    canonical_reference = to_canonical(reference, geometry.affine_array)
+    moved = []
+    for name, value in predictor.description.labels.items():
+        if not value:
+            continue
+        before = session.canonical_labels.copy()
+        click = error_click(before, canonical_reference, value, geometry.spacing)
+        point_mm = (geometry.canonical_affine @ [*click.position, 1.0])[:3]
+        session.click(point_mm, positive=click.positive, label=value)
+        assert_changed_only_near(before, session.canonical_labels, point_mm, geometry, predictor.plans)
+        after = dice(canonical_reference == value, session.canonical_labels == value)
+        reported = [math.nan if v is None else v for v in (case["dice"][name]["0"], case["dice"][name]["1"])]
+        assert reported[1] == pytest.approx(after, abs=1e-9, nan_ok=True)
+        moved.append(abs(reported[1] - reported[0]) > 1e-6)
+        session.reset(value)
+    assert any(moved)
 
 
 def test_evaluate_interactive_names_missing_references(interactive_model, tmp_path, capsys):
@@ -139,3 +185,4 @@ def test_evaluate_interactive_names_missing_references(interactive_model, tmp_pa
     code = evaluate_interactive_main(["-d", dataset, "-i", str(raw_dir / "imagesTs"), "-ref", str(tmp_path),
                                       "--clicks", "1", "--device", "cpu"])
     assert code == 1 and "reference label maps missing" in capsys.readouterr().err
+

@@ -1,0 +1,2 @@
+"""Interactive refinement: clicks → prompts, the simulated user, and the session that applies
+clicks to a predictor's segmentation (see ``README.md`` beside this file)."""
