@@ -75,9 +75,11 @@ def write_random_folds(plans: Plans, description: DatasetDescription, model_dir:
         save_checkpoint(checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth")
 
 
-def typical_abdominal_ct_plans(slices: int, gpu_memory_gb: float = 24.0) -> tuple[Plans, DatasetDescription]:
-    """The planner's vit_b plan for 40 abdominal CTs of ``slices`` x 512 x 512 voxels at
-    2.5 x 0.78 x 0.78 mm with 13 organs, for a GPU of ``gpu_memory_gb`` GiB."""
+def typical_abdominal_ct_plans(
+    slices: int, gpu_memory_gb: float = 24.0, backbone: str = "vit_b"
+) -> tuple[Plans, DatasetDescription]:
+    """The planner's plan (``backbone``, vit_b by default) for 40 abdominal CTs of ``slices`` x
+    512 x 512 voxels at 2.5 x 0.78 x 0.78 mm with 13 organs, for a GPU of ``gpu_memory_gb`` GiB."""
     from nnsam3d.planners.experiment_planner import plan_experiment
     from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
 
@@ -95,5 +97,5 @@ def typical_abdominal_ct_plans(slices: int, gpu_memory_gb: float = 24.0) -> tupl
     labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
     description = DatasetDescription(channel_names={"0": "CT"}, labels=labels, num_training=len(cases),
                                      file_ending=".nii.gz")
-    plans = plan_experiment(fingerprint, description, gpu_memory_gb=gpu_memory_gb, backbone="vit_b")
+    plans = plan_experiment(fingerprint, description, gpu_memory_gb=gpu_memory_gb, backbone=backbone)
     return plans, description

@@ -155,7 +155,8 @@ def prediction_check(plans, description, device: torch.device, shape_ijk) -> dic
             "patch_size": list(plans.patch_size), "mirroring": True, "step_size": 0.5, "seconds": round(seconds, 2)}
 
 
-def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results: None) -> dict:
+def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results: None,
+               backbone: str = "vit_b", predict: bool = True) -> dict:
     """``save(results)`` is called after each part, so that a run stopped from outside (a lent
     machine's time running out) keeps the parts that finished."""
     prefer_expandable_cuda_segments()  # as every nnsam3d command does, before CUDA's first allocation
@@ -177,7 +178,7 @@ def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results
         if dry_run:
             plans, description = _dry_run_plans(gigabytes)
         else:
-            plans, description = typical_abdominal_ct_plans(slices=300, gpu_memory_gb=gigabytes)
+            plans, description = typical_abdominal_ct_plans(slices=300, gpu_memory_gb=gigabytes, backbone=backbone)
         if plans.memory.estimate_bytes > card_bytes:
             results["stopped"] = (f"the {gigabytes:g} GiB plan ({plans.backbone} {list(plans.patch_size)} x "
                                   f"{plans.batch_size}) needs about {plans.memory.estimate_bytes / 2**30:.1f} GiB, "
@@ -193,7 +194,7 @@ def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results
               f"estimate/measured {run['estimate_over_measured']}, SDPA {run['sdpa_kernel']}", file=sys.stderr)
         if plans_for_prediction is None or gigabytes == 24:  # the 24 GiB plan on a GPU, the first in a dry run
             plans_for_prediction = (plans, description)
-    if plans_for_prediction is not None:
+    if plans_for_prediction is not None and predict:
         results["prediction"] = prediction_check(*plans_for_prediction, device, ct_shape)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     save(results)
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, vit_tiny, seconds: checks the script itself")
     parser.add_argument("--output", type=Path, default=None,
                         help="result file (default benchmarks/results/gpu_checks.json; dry run: gpu_checks_dry_run.json)")
+    parser.add_argument("--backbone", default="vit_b",
+                        help="backbone of the planned runs (default vit_b; lite_medsam: LiteMedSAM's TinyViT)")
+    parser.add_argument("--no-prediction", action="store_true", help="skip the whole-CT prediction")
     arguments = parser.parse_args(argv)
     if not arguments.dry_run and not torch.cuda.is_available():
         print("gpu_checks.py needs a CUDA GPU (torch.cuda.is_available() is False); use --dry-run on a CPU.",
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output = arguments.output or RESULTS / ("gpu_checks_dry_run.json" if arguments.dry_run else "gpu_checks.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    results = run_checks(arguments.dry_run, save=lambda results: output.write_text(json.dumps(results, indent=2) + "\n"))
+    results = run_checks(arguments.dry_run, save=lambda results: output.write_text(json.dumps(results, indent=2) + "\n"),
+                         backbone=arguments.backbone, predict=not arguments.no_prediction)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -16,6 +16,8 @@
 #   2. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
 #   3. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
 #      weights: no download here) on CUDA: the whole pipeline, trainer, predictor and evaluation.
+#   4. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
+#      real steps: memory against the memory model, seconds per step, TFLOP/s (no prediction).
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu_session_out}"
 mkdir -p "$OUT"
@@ -26,8 +28,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
-LIMITS="${GPU_SESSION_LIMITS:-260 90 170}"
-read -r checks_s latency_s demo_s <<<"$LIMITS"
+LIMITS="${GPU_SESSION_LIMITS:-260 90 170 120}"
+read -r checks_s latency_s demo_s lite_s <<<"$LIMITS"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
@@ -56,3 +58,7 @@ timeout "$demo_s" python3 -m nnsam3d.commands.demo --workdir "$work/demo" --back
 for file in training_log.txt progress.png; do cp "$work"/demo/results/*/*/fold_0/$file "$OUT/demo_$file" 2>/dev/null; done
 cp "$work"/demo/preprocessed/*/nnsam3d_plans.json "$OUT/demo_plans.json" 2>/dev/null
 ls -la "$OUT"
+
+echo "=== 4. gpu_checks, lite_medsam plans (limit ${lite_s} s)"
+timeout "$lite_s" python3 benchmarks/gpu_checks.py --backbone lite_medsam --no-prediction \
+    --output "$OUT/gpu_checks_lite_medsam.json" 2>&1 | tee "$OUT/gpu_checks_lite_medsam.log"

@@ -150,6 +150,10 @@ class _Tally:
     largest_tensor: int = 0
     largest_block: int = 0
     largest_block_tensor: int = 0
+    recompute_peak: int | None = None
+    """Activations alive at the worst checkpointed recompute, where the encoder knows it (the
+    TinyViT); None: the largest block's recompute on top of everything saved (the ViT's blocks
+    are alike, so the last one, recomputed first, is as large as any)."""
     activations: dict[str, int] = field(default_factory=dict)
 
     def parameters(self, count: int, trainable: bool, matmul_weight: int = 0) -> None:
@@ -271,6 +275,7 @@ def _tiny_vit_encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, byt
     tally.largest_tensor = max(memory.largest_tensor, FP32 * batch * config.in_channels * prod(config.patch_size))
     tally.largest_block = memory.largest_block
     tally.largest_block_tensor = memory.largest_block_tensor
+    tally.recompute_peak = memory.recompute_peak
 
 
 def _block_activations(
@@ -401,4 +406,6 @@ def _transient(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally)
     # checkpointed plans by 1.2-2x). Recomputing, a block holds its activations plus a gradient
     # and an input gradient of its largest tensor.
     recompute = tally.largest_block + 2 * tally.largest_block_tensor
+    if tally.recompute_peak is not None:
+        recompute = tally.recompute_peak - sum(tally.activations.values())
     return max(decoder_and_loss, recompute)

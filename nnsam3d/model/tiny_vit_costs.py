@@ -114,6 +114,11 @@ class EncoderMemory:
     largest_tensor: int
     largest_block: int
     largest_block_tensor: int
+    recompute_peak: int
+    """Encoder activations alive at the worst recompute under checkpointing: backward reaches a
+    block once everything saved after it is freed, so only what was saved before it is still
+    there, with the block's own activations and a gradient and an input gradient of its largest
+    tensor. The TinyViT's largest blocks come first (stage 1), when little else is left."""
 
 
 def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: int, low: int, cast: int) -> EncoderMemory:
@@ -124,7 +129,7 @@ def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: in
     dims = stages.embed_dims
     normalised = cast or FP32
     saved: dict[str, int] = {}
-    largest_tensor = largest_block = largest_block_tensor = 0
+    largest_tensor = largest_block = largest_block_tensor = recompute_peak = 0
 
     def add(part: str, nbytes: int) -> None:
         saved[part] = saved.get(part, 0) + nbytes
@@ -165,8 +170,11 @@ def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: in
                     block["adapter"] = (0 if shares_fc1_input else normalised * tokens * dim) + 3 * low * tokens * config.adapter_dim
                 total = sum(block.values())
                 largest_block = max(largest_block, total)
-                largest_block_tensor = max(largest_block_tensor, FP32 * tokens * hidden, low * padded * dim)
+                block_tensor = max(FP32 * tokens * hidden, low * padded * dim)
+                largest_block_tensor = max(largest_block_tensor, block_tensor)
                 largest_tensor = max(largest_tensor, FP32 * tokens * hidden)
+                if total:
+                    recompute_peak = max(recompute_peak, sum(saved.values()) + total + 2 * block_tensor)
                 # Under checkpointing a block through which a gradient flows keeps only its input.
                 add(f"block_{index}", FP32 * tokens * dim if config.activation_checkpointing and total else total)
                 index += 1
@@ -183,7 +191,7 @@ def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: in
     # autocast copies in bf16) and the contiguous channels-last copy of the neck's output.
     feature_tokens = [batch * grids[s].tokens * dims[s] for s in stages.feature_stages]
     add("neck_inputs", FP32 * last * stages.neck_dim if cast == 0 else cast * (sum(feature_tokens) + last * stages.neck_dim))
-    return EncoderMemory(saved, largest_tensor, largest_block, largest_block_tensor)
+    return EncoderMemory(saved, largest_tensor, largest_block, largest_block_tensor, recompute_peak)
 
 
 def encoder_forward_flops(stages: TinyViTStages, config: NetworkConfig, batch: int) -> list[tuple[str, float, bool, bool, float]]:

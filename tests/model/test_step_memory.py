@@ -103,6 +103,7 @@ LITE_MEDSAM_CONFIGS = {
     "lite_medsam adapters bf16": (dict(adapter_blocks=tuple(range(10))), "bf16"),
     "lite_medsam late adapters fp32": (dict(adapter_blocks=tuple(range(4, 10))), "fp32"),
     "lite_medsam full fp32": (dict(trainable="full", adapter_blocks=(0, 5)), "fp32"),
+    "lite_medsam checkpointing fp32": (dict(adapter_blocks=tuple(range(10)), activation_checkpointing=True), "fp32"),
 }
 
 
