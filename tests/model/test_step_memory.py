@@ -62,17 +62,21 @@ def tracked_step_peak(network, precision: Precision, batch_size: int) -> int:
     return tracker.peak
 
 
-@pytest.mark.parametrize("name", list(CPU_CONFIGS))
-def test_whole_step_peak_on_cpu(name):
-    extra, precision = CPU_CONFIGS[name]
-    config = NetworkConfig(**{**TINY, **extra})
+def assert_cpu_step_peak_is_estimated(name: str, config: NetworkConfig, precision: str, batch_size: int) -> None:
     torch.manual_seed(0)
     network = build_network(config).train()
-    measured = tracked_step_peak(network, Precision("cpu", torch.bfloat16 if precision == "bf16" else None, None), 2)
-    estimate = estimate_training_memory(config, 2, precision)
+    autocast = torch.bfloat16 if precision == "bf16" else None
+    measured = tracked_step_peak(network, Precision("cpu", autocast, None), batch_size)
+    estimate = estimate_training_memory(config, batch_size, precision)
     error = estimate.step_peak / measured - 1
     print(f"{name}: measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.1%})")
     assert abs(error) < TOLERANCE
+
+
+@pytest.mark.parametrize("name", list(CPU_CONFIGS))
+def test_whole_step_peak_on_cpu(name):
+    extra, precision = CPU_CONFIGS[name]
+    assert_cpu_step_peak_is_estimated(name, NetworkConfig(**{**TINY, **extra}), precision, 2)
 
 
 def fused_attention_on_meta(query, key, value, scale):
@@ -110,14 +114,7 @@ LITE_MEDSAM_CONFIGS = {
 @pytest.mark.parametrize("name", list(LITE_MEDSAM_CONFIGS))
 def test_whole_step_peak_of_lite_medsam_on_cpu(name):
     extra, precision = LITE_MEDSAM_CONFIGS[name]
-    config = NetworkConfig(**{**LITE_MEDSAM, **extra})
-    torch.manual_seed(0)
-    network = build_network(config).train()
-    measured = tracked_step_peak(network, Precision("cpu", torch.bfloat16 if precision == "bf16" else None, None), 1)
-    estimate = estimate_training_memory(config, 1, precision)
-    error = estimate.step_peak / measured - 1
-    print(f"{name}: measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.1%})")
-    assert abs(error) < TOLERANCE
+    assert_cpu_step_peak_is_estimated(name, NetworkConfig(**{**LITE_MEDSAM, **extra}), precision, 1)
 
 
 def test_a_checkpointed_step_peaks_on_the_recomputed_block_when_it_is_larger(monkeypatch):
