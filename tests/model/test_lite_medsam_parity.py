@@ -14,7 +14,8 @@ from nnsam3d.model import lite_medsam_weights
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.lite_medsam_weights import installed_lite_medsam_file
 from nnsam3d.model.network import build_network
-from tests.model.lite_medsam_reference import build_reference_encoder
+from nnsam3d.model.tiny_vit3d import attention_bias_indices
+from tests.model.lite_medsam_reference import build_reference_encoder, reference_tiny_vit_module
 
 SLICES = 2
 TOLERANCE = 2e-4  # relative to each feature's largest magnitude (fp32, different op order)
@@ -118,3 +119,14 @@ def test_input_window_scales_normalised_intensities_to_lite_medsams_range():
         for ours, reference in zip(windowed.encoder(x), plain.encoder((x + 2.0) / 4.0)):
             assert torch.allclose(ours, reference, atol=1e-5)
         assert not torch.allclose(windowed.encoder(x)[0], plain.encoder(x)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("window", [7, 14])
+def test_bias_table_indices_are_tiny_vits(window):
+    """Each (query, key) pair reads the trained table entry TinyViT reads: the index buffer equals
+    the wheel's own ``Attention.attention_bias_idxs`` (a transposed numbering changes the features
+    too little for the stage comparison to see)."""
+    reference = reference_tiny_vit_module().Attention(64, 32, num_heads=2, attn_ratio=1, resolution=(window, window))
+    indices, length = attention_bias_indices(window)
+    assert torch.equal(indices, reference.attention_bias_idxs)
+    assert length == reference.attention_biases.shape[1]
