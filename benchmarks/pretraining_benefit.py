@@ -30,6 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from benchmark_support import environment, load_average, write_result
 
 from nnsam3d import paths
@@ -141,6 +142,32 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     return result
 
 
+ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full"}
+
+
+def step_costs(workdir: Path, seconds: float) -> dict:
+    """Seconds per training iteration of each arm's network on the demo plan (the trainer's step
+    on a fixed batch, ``train_speed.model_step``), and the iterations that fit in 10 minutes: the
+    first reason an equal-time comparison on a CPU can go either way."""
+    from train_speed import _rate, model_step
+
+    costs = {}
+    for arm, (backbone, _) in ARMS.items():
+        folders = use_work_folders(workdir / f"step_cost_{backbone}")
+        source = source_dataset("demo", folders[paths.RAW_VARIABLE])
+        dataset_id = int(source.name[len("Dataset"):len("Dataset") + 3])
+        plans = plan_and_preprocess(dataset_id, backbone=backbone, num_processes=2)
+        config = plans.network.replace(trainable=ARM_MODES[arm], deep_supervision=True)
+        step = model_step(config, plans.batch_size, torch.device("cpu"))[0]
+        step()  # AdamW's state
+        rate = _rate(step, seconds, minimum=3)
+        costs[arm] = {"backbone": backbone, "trainable": config.trainable, "patch_size": list(config.patch_size),
+                      "batch_size": plans.batch_size, "seconds_per_iteration": 1 / rate["per_second"],
+                      "iterations_in_10_minutes": int(600 * rate["per_second"]), "loadavg": load_average()}
+        print(arm, json.dumps(costs[arm]))
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("./pretraining_benchmark"))
@@ -150,9 +177,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall time of every run (default 10)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="only measure each arm's seconds per iteration on the demo plan (CPU)")
     args = parser.parse_args()
     skip_final_validation()
     workdir = args.workdir.resolve()
+    if args.step_cost:
+        write_result("pretraining_step_cost_cpu.json", {"machine": environment(), "arms": step_costs(workdir, 30.0)})
+        return
     runs = []
     for dataset in args.datasets:
         for cases in args.cases:
