@@ -92,10 +92,11 @@ def create_app(predictor, datastore: Datastore, options: ServerOptions | None = 
                             options.session_cache_bytes)
     queue = ModelQueue(options.max_waiting)
     datastore.max_upload_bytes = options.max_upload_bytes
+    datastore.record_model_classes(predictor.description.labels, predictor.description.channel_names)
 
     app = FastAPI(title=f"{options.name} (MONAI Label protocol)", version=__version__)
     app.add_middleware(GateMiddleware, token=options.token, max_body_bytes=options.max_upload_bytes)
-    app.state.sessions, app.state.queue, app.state.datastore = sessions, queue, datastore
+    app.state.sessions, app.state.queue, app.state.datastore, app.state.models = sessions, queue, datastore, models
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, error: ServingError):

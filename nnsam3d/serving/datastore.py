@@ -93,6 +93,19 @@ class Datastore:
             return [{"image": str(self.image_path(image_id)), "label": str(self.label_path(image_id, FINAL_TAG))}
                     for image_id, entry in self._index["objects"].items() if FINAL_TAG in entry["labels"]]
 
+    def record_model_classes(self, labels: dict[str, int], channel_names: dict[str, str]) -> None:
+        """Remember the served model's classes and channels in the index (key ``nnsam3d``, beside
+        MONAI Label's keys), so that ``datastore_to_dataset`` writes the dataset.json they belong to."""
+        with self._lock:
+            record = {"labels": dict(labels), "channel_names": dict(channel_names)}
+            if self._index.get("nnsam3d") != record:
+                self._index["nnsam3d"] = record
+                write_json_atomic(self.root / INDEX_NAME, self._index)
+
+    def model_classes(self) -> dict | None:
+        with self._lock:
+            return _deep_copy(self._index.get("nnsam3d"))
+
     def image_ids(self) -> list[str]:
         with self._lock:
             return list(self._index["objects"])

@@ -83,27 +83,35 @@ class GateMiddleware:
                 await send(message)
             return
         received = 0
-        started = False
+        exceeded = False
+        replaced = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    exceeded = True
                     raise TooLargeError(too_large)
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def answering_send(message):
+            # The app may catch the error while parsing a form and answer 400: the answer is
+            # replaced by the 413 that says why.
+            nonlocal replaced
+            if exceeded:
+                if not replaced:
+                    replaced = True
+                    for own in _json_response(413, too_large):
+                        await send(own)
+                return
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except TooLargeError as error:
-            if started:
-                raise
-            for message in _json_response(413, str(error)):
-                await send(message)
+            await self.app(scope, limited_receive, answering_send)
+        except TooLargeError:
+            if not replaced:
+                replaced = True
+                for message in _json_response(413, too_large):
+                    await send(message)
