@@ -54,4 +54,6 @@ def test_the_server_packages_stay_in_the_serve_extra():
     imports = _imports()
     assert _list("SERVE") == ["fastapi", "uvicorn", "python-multipart"]
     for module in ("fastapi", "uvicorn", "starlette"):
-        assert all(path.startswith("serving/") for path in imports.get(module, set())), (module, imports.get(module))
+        # commands/serve.py only checks, when started, that they are installed (else: pip install the extra).
+        assert all(path.startswith("serving/") or path == "commands/serve.py" for path in imports.get(module, set())), \
+            (module, imports.get(module))

@@ -35,7 +35,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from nnsam3d import __version__
+import nnsam3d
 from nnsam3d.interactive.click_geometry import ClickError
 from nnsam3d.io.geometry import ImageReadError
 from nnsam3d.io.image_io import write_volume_in_file_order
@@ -94,7 +94,7 @@ def create_app(predictor, datastore: Datastore, options: ServerOptions | None = 
     datastore.max_upload_bytes = options.max_upload_bytes
     datastore.record_model_classes(predictor.description.labels, predictor.description.channel_names)
 
-    app = FastAPI(title=f"{options.name} (MONAI Label protocol)", version=__version__)
+    app = FastAPI(title=f"{options.name} (MONAI Label protocol)", version=nnsam3d.__version__)
     app.add_middleware(GateMiddleware, token=options.token, max_body_bytes=options.max_upload_bytes)
     app.state.sessions, app.state.queue, app.state.datastore, app.state.models = sessions, queue, datastore, models
 
@@ -126,7 +126,7 @@ def create_app(predictor, datastore: Datastore, options: ServerOptions | None = 
     @app.get("/info/")
     def info():
         return {"name": options.name, "description": "nnsam3d annotation server (MONAI Label protocol)",
-                "version": __version__, "labels": list(label_names),
+                "version": nnsam3d.__version__, "labels": list(label_names),
                 "models": {name: model_info(kind) for name, kind in models.items()},
                 "trainers": {}, "strategies": {STRATEGY: {"description": "the first image without a final label"}},
                 "scoring": {}, "train_stats": {}, "datastore": datastore.status()}

@@ -1,0 +1,119 @@
+"""nnsam3d_serve over a model folder of a real interactive network (random weights, its prompt
+branch randomised so that clicks act), and nnsam3d_datastore_to_dataset on what it saved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from nnsam3d.commands.datastore_to_dataset import main as datastore_to_dataset_main
+from nnsam3d.commands.serve import build_app, build_parser, main as serve_main
+from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
+from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
+from nnsam3d.io.image_io import read_volume_in_file_order
+from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model.network import build_network
+from nnsam3d.model.prompt_encoder import prompt_channels
+from nnsam3d.planners.integrity import check_dataset_integrity
+from nnsam3d.serving.server_thread import running_server
+
+TRAINER = "nnSAM3DTrainer_interactive"
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory, point_folders, make_plans):
+    """(dataset name, raw folder, model folder, nnsam3d root) of a one-fold interactive model."""
+    root = tmp_path_factory.mktemp("served_model")
+    with pytest.MonkeyPatch.context() as patch:
+        point_folders(root, patch)
+        spec = SyntheticDatasetSpec(num_training=1, num_test=2, shape=(10, 40, 40))
+        raw_dir = generate_synthetic_dataset(root / "raw", spec)
+        description = DatasetDescription.from_file(raw_dir / "dataset.json")
+        plans = make_plans((3.0, 1.0, 1.0), dataset_name=spec.folder_name)
+        plans = dataclasses.replace(plans, network=plans.network.replace(
+            prompt_channels=prompt_channels(description.num_classes)))
+        torch.manual_seed(0)
+        network = build_network(plans.network)
+        with torch.no_grad():
+            for parameter in network.prompt_encoder.parameters():
+                parameter.normal_(0, 0.3)
+        model_dir = root / "results" / spec.folder_name / f"{TRAINER}__nnsam3d_plans"
+        save_checkpoint(ModelCheckpoint(TRAINER, "0", 1, plans.to_json(), description.to_json(), network.state_dict()),
+                        model_dir / "fold_0" / "checkpoint_final.pth")
+        yield spec.folder_name, raw_dir, model_dir, root
+
+
+def test_binding_beyond_loopback_needs_a_token(served_model, capsys):
+    _, _, model_dir, _ = served_model
+    assert serve_main(["-m", str(model_dir), "--host", "0.0.0.0"]) == 1
+    error = capsys.readouterr().err
+    assert "nnsam3d_serve: error:" in error and "--token" in error and "0.0.0.0" in error
+
+
+def test_served_model_segments_takes_clicks_and_its_saved_labels_become_a_dataset(served_model, tmp_path, capsys):
+    dataset, raw_dir, model_dir, root = served_model
+    arguments = build_parser().parse_args(["-d", dataset, "--datastore", str(tmp_path / "store"), "--disable-tta",
+                                           "--device", "cpu"])
+    app = build_app(arguments, model_dir, None)
+    image_files = sorted((raw_dir / "imagesTs").glob("*_0000.nii.gz"))
+    with running_server(app) as url:
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        assert info["models"]["nnsam3d_interactive"]["type"] == "deepedit"
+        assert info["models"]["nnsam3d"]["labels"]["liver"] == 1
+        for index, image_file in enumerate(image_files):
+            with open(image_file, "rb") as handle:
+                response = requests.put(f"{url}/datastore/image", params={"image": f"case_{index}"},
+                                        files={"file": (image_file.name, handle)}, timeout=60)
+            assert response.json() == {"image": f"case_{index}"}
+        image, geometry = read_volume_in_file_order(image_files[0])
+        automatic = _labels(requests.post(f"{url}/infer/nnsam3d", params={"image": "case_0", "output": "image"},
+                                          timeout=120), tmp_path / "automatic.nii.gz", geometry)
+        corner = [int(n) - 3 for n in image.shape]
+        latencies = []
+        for positive in ([corner], [corner, [corner[0] - 1, corner[1], corner[2]]]):
+            params = {"label": "liver", "foreground": positive, "background": []}
+            started = time.perf_counter()
+            response = requests.post(f"{url}/infer/nnsam3d_interactive", params={"image": "case_0", "output": "image"},
+                                     data={"params": json.dumps(params)}, timeout=120)
+            latencies.append(time.perf_counter() - started)
+            clicked = _labels(response, tmp_path / "clicked.nii.gz", geometry)
+        changed = np.argwhere(clicked != automatic)
+        assert len(changed) and (np.abs(changed - corner) <= np.array([40, 40, 10])).all()
+        print(f"click latency over HTTP on {image.shape}: {', '.join(f'{s:.3f}' for s in latencies)} s")
+        # The corrected label of case 0 and the automatic one of case 1 saved; the conversion turns
+        # them into a dataset that passes the integrity check.
+        _, geometry_1 = read_volume_in_file_order(image_files[1])
+        _labels(requests.post(f"{url}/infer/nnsam3d", params={"image": "case_1", "output": "image"}, timeout=120),
+                tmp_path / "case_1.nii.gz", geometry_1)
+        for image_id, label_file in (("case_0", tmp_path / "clicked.nii.gz"), ("case_1", tmp_path / "case_1.nii.gz")):
+            with open(label_file, "rb") as handle:
+                saved = requests.put(f"{url}/datastore/label", params={"image": image_id},
+                                     files={"label": (label_file.name, handle)}, timeout=60)
+            assert saved.json() == {"image": image_id, "label": image_id}
+    code = datastore_to_dataset_main(["--datastore", str(tmp_path / "store"), "-o", str(tmp_path / "Dataset600_Corrected")])
+    assert code == 0, capsys.readouterr().err
+    description, cases = check_dataset_integrity(tmp_path / "Dataset600_Corrected", num_processes=1)
+    assert description.labels == json.loads((raw_dir / "dataset.json").read_text())["labels"]
+    assert sorted(case.case_id for case in cases) == ["case_0", "case_1"]
+    converted, converted_geometry = read_volume_in_file_order(tmp_path / "Dataset600_Corrected" / "labelsTr" / "case_0.nii.gz")
+    assert np.array_equal(converted, clicked) and converted_geometry.shape == geometry.shape
+
+
+def _labels(response, path, geometry):
+    assert response.status_code == 200, response.text
+    path.write_bytes(response.content)
+    labels, label_geometry = read_volume_in_file_order(path)
+    assert label_geometry.shape == geometry.shape
+    assert np.allclose(label_geometry.affine_array, geometry.affine_array, atol=1e-4)
+    return labels
+
+
+def test_datastore_to_dataset_names_what_is_missing(tmp_path, capsys):
+    assert datastore_to_dataset_main(["--datastore", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
+    assert "no datastore.json" in capsys.readouterr().err
