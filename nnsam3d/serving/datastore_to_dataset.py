@@ -3,8 +3,8 @@
 ``DATASET/imagesTr/ID_0000.nii.gz``, ``labelsTr/ID.nii.gz`` and ``dataset.json`` with the served
 model's classes and channel (recorded in the datastore's index by the server), ready for
 ``nnsam3d_plan_and_preprocess``. Every file is converted to the dataset's file ending and written
-atomically. Label values are the model's; a label saved by 3D Slicer with ``label_info`` (segment
-names and the values they were written with) is mapped by name onto them.
+atomically. Label values are the model's; a label saved by 3D Slicer with ``label_info`` (the
+names of the segments it exported, in the order of their values) is mapped by name onto them.
 """
 
 from __future__ import annotations
@@ -69,18 +69,25 @@ def datastore_to_dataset(datastore_dir: str | os.PathLike, dataset_dir: str | os
 
 
 def _model_values(label_map: np.ndarray, info: dict, labels: dict[str, int], label_file: Path) -> np.ndarray:
-    """The label map in the model's values: remapped by name when the client said which segment
-    name each value is (Slicer's ``label_info``: ``[{"name", "idx"}]``), else checked as is."""
-    segments = (info.get("params") or {}).get("label_info") if isinstance(info.get("params"), dict) else None
+    """The label map in the model's values. 3D Slicer's MONAILabel extension saves the segments
+    it exports with ``label_info`` (``[{"name", "idx"}, ...]``, in export order) and writes them
+    as values 1, 2, ... in that order (its ``idx`` counts skipped segments too, so the order is
+    what holds): such a map is remapped by segment name. Any other map is checked as it is."""
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    segments = params.get("label_info")
     values = label_map.astype(np.int64)
-    if segments:
+    if isinstance(segments, list) and segments:
         mapped = np.zeros_like(values)
-        for segment in segments:
-            name, index = segment.get("name"), segment.get("idx")
+        for position, segment in enumerate(segments, start=1):
+            name = segment.get("name") if isinstance(segment, dict) else None
             if name not in labels:
                 raise DatastoreConversionError(f"{label_file}: segment {name!r} is not a class of the model "
-                                               f"({', '.join(labels)}); rename it or leave it out")
-            mapped[values == int(index)] = labels[name]
+                                               f"({', '.join(labels)}); rename it in the viewer and save again")
+            mapped[values == position] = labels[name]
+        beyond = values > len(segments)
+        if beyond.any():
+            raise DatastoreConversionError(f"{label_file}: values up to {int(values.max())} but label_info names "
+                                           f"{len(segments)} segments")
         values = mapped
     unknown = sorted(set(np.unique(values).tolist()) - set(labels.values()))
     if unknown:

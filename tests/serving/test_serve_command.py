@@ -117,3 +117,29 @@ def _labels(response, path, geometry):
 def test_datastore_to_dataset_names_what_is_missing(tmp_path, capsys):
     assert datastore_to_dataset_main(["--datastore", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
     assert "no datastore.json" in capsys.readouterr().err
+
+
+def test_a_slicer_label_is_mapped_by_segment_name(tmp_path, capsys):
+    """Slicer exported the segments "lesion" then "liver" as values 1 and 2 (label_info in that
+    order, idx counting a skipped background segment): the dataset holds the model's values."""
+    import io
+
+    import nibabel as nib
+
+    from nnsam3d.serving.datastore import Datastore
+
+    store = Datastore(tmp_path / "store")
+    store.record_model_classes({"background": 0, "liver": 1, "lesion": 2}, {"0": "CT"})
+    image = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32) * 100
+    exported = np.zeros((6, 7, 8), dtype=np.uint8)
+    exported[1:3, 1:3, 1:3] = 1   # lesion
+    exported[4:6, 4:6, 4:6] = 2   # liver
+    for name, array in (("image.nii.gz", image), ("label.nii.gz", exported)):
+        nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.0, 2.0, 1.0])), tmp_path / name)
+    store.add_image("case", "image.nii.gz", io.BytesIO((tmp_path / "image.nii.gz").read_bytes()))
+    store.save_label("case", "label.nii.gz", io.BytesIO((tmp_path / "label.nii.gz").read_bytes()),
+                     info={"params": {"label_info": [{"name": "lesion", "idx": 2}, {"name": "liver", "idx": 3}]}})
+    assert datastore_to_dataset_main(["--datastore", str(tmp_path / "store"), "-o", str(tmp_path / "Dataset7_X")]) == 0
+    converted, _ = read_volume_in_file_order(tmp_path / "Dataset7_X" / "labelsTr" / "case.nii.gz")
+    assert (converted[1:3, 1:3, 1:3] == 2).all() and (converted[4:6, 4:6, 4:6] == 1).all()
+    assert converted.sum() == 8 * 2 + 8 * 1
