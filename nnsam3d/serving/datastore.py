@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from nnsam3d.io.atomic import atomic_path, read_json, write_json_atomic
+from nnsam3d.io.atomic import TEMPORARY_PREFIX, atomic_path, read_json, write_json_atomic
 from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, file_ending_of, read_volume_in_file_order
 from nnsam3d.serving.errors import NotFoundError, ServingError, TooLargeError, UnsupportedFileError
@@ -53,7 +53,9 @@ def checked_ending(filename: str | None, what: str) -> str:
 
 
 class Datastore:
-    """The datastore folder ``root`` (created). Thread-safe: one lock guards the index."""
+    """The datastore folder ``root`` (created). Thread-safe: one lock guards the index. One
+    server per folder: opening it removes the temporary files a killed server left (a write's
+    ``.tmp-*`` file whose move into place never ran; the index never names one)."""
 
     def __init__(self, root: str | os.PathLike, name: str = "nnsam3d", description: str = "",
                  max_upload_bytes: int = 1 << 30):
@@ -62,6 +64,7 @@ class Datastore:
         (self.root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         (self.root / LABELS_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.removed_leftovers = self._remove_leftover_temporaries()
         index_path = self.root / INDEX_NAME
         if index_path.exists():
             self._index = read_json(index_path)
@@ -69,6 +72,16 @@ class Datastore:
             self._index = {"name": name, "description": description, "images_dir": IMAGES_DIR,
                            "labels_dir": LABELS_DIR, "objects": {}}
             write_json_atomic(index_path, self._index)
+
+    def _remove_leftover_temporaries(self) -> list[Path]:
+        folders = [self.root, self.root / IMAGES_DIR, *(p for p in (self.root / LABELS_DIR).iterdir() if p.is_dir())]
+        removed = []
+        for folder in folders:
+            for path in folder.glob(f"{TEMPORARY_PREFIX}*"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed.append(path)
+        return removed
 
     # ------------------------------------------------------------------ reading
     def to_json(self) -> dict:

@@ -143,3 +143,85 @@ def test_a_slicer_label_is_mapped_by_segment_name(tmp_path, capsys):
     converted, _ = read_volume_in_file_order(tmp_path / "Dataset7_X" / "labelsTr" / "case.nii.gz")
     assert (converted[1:3, 1:3, 1:3] == 2).all() and (converted[4:6, 4:6, 4:6] == 1).all()
     assert converted.sum() == 8 * 2 + 8 * 1
+
+
+def test_kill_9_during_saves_loses_nothing_already_saved(served_model, tmp_path):
+    """nnsam3d_serve killed (SIGKILL) while a client saves labels over and over: the index still
+    reads, names the image and a label that is one of the saved ones, complete; nothing half-written
+    is left once the datastore is opened again."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import nibabel as nib
+
+    from nnsam3d.serving.datastore import Datastore
+
+    _, raw_dir, model_dir, _ = served_model
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "store"
+    log = open(tmp_path / "server.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "nnsam3d.commands.serve", "-m", str(model_dir), "--datastore",
+                                str(store), "--port", str(port), "--device", "cpu", "--disable-tta"],
+                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(f"{url}/info/", timeout=5).raise_for_status()
+                break
+            except requests.RequestException:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.2)
+        image_file = sorted((raw_dir / "imagesTs").glob("*_0000.nii.gz"))[0]
+        with open(image_file, "rb") as handle:
+            requests.put(f"{url}/datastore/image", params={"image": "case"}, files={"file": (image_file.name, handle)},
+                         timeout=60).raise_for_status()
+        image = nib.load(image_file)
+        versions = []
+        for value in (1, 2):
+            labels = np.zeros(image.shape, dtype=np.uint8)
+            labels[..., value] = value
+            nib.save(nib.Nifti1Image(labels, image.affine), tmp_path / f"label{value}.nii.gz")
+            versions.append(labels)
+        saved, stop = [], threading.Event()
+
+        def save_again_and_again():
+            index = 0
+            while not stop.is_set():
+                try:
+                    with open(tmp_path / f"label{index % 2 + 1}.nii.gz", "rb") as handle:
+                        response = requests.put(f"{url}/datastore/label", params={"image": "case"},
+                                                files={"label": ("case.nii.gz", handle)}, timeout=10)
+                    if response.status_code == 200:
+                        saved.append(index % 2)
+                except requests.RequestException:
+                    return
+                index += 1
+
+        saver = threading.Thread(target=save_again_and_again)
+        saver.start()
+        deadline = time.monotonic() + 30
+        while len(saved) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        stop.set()
+        saver.join(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        log.close()
+    assert len(saved) >= 3
+    datastore = Datastore(store)
+    assert datastore.image_ids() == ["case"]
+    label, _ = read_volume_in_file_order(datastore.label_path("case", "final"))
+    assert any(np.array_equal(label, version) for version in versions)
+    assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
