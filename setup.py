@@ -31,6 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nnsam3d", "nnsam3d.*"]),
+    # The annotation server's browser page and its pinned NiiVue build (with NiiVue's licence).
+    package_data={"nnsam3d.serving": ["static/*.html", "static/*.js", "static/niivue/*"]},
     install_requires=[
         # Install a torch build first (the README says how); this range accepts it as is.
         "torch>=2.1",

@@ -12,6 +12,7 @@
                                        multipart ``params`` + label file, or ``&output=image|json``
 ``POST /activelearning/STRATEGY``      the next image without a final label (``first``)
 ``GET /auth/``, ``POST /auth/token``   whether a token is needed; the token for password = token
+``GET /``                              the browser page (NiiVue; ``static/``)
 =====================================  =================================================================
 
 Shapes follow ``monailabel/endpoints/*.py`` of MONAI Label 0.8.5, so that 3D Slicer's MONAILabel
@@ -34,6 +35,7 @@ from typing import Optional
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 import nnsam3d
 from nnsam3d.interactive.click_geometry import ClickError
@@ -50,6 +52,8 @@ from nnsam3d.serving.safe_names import checked_id
 AUTOMATIC_MODEL = "nnsam3d"
 INTERACTIVE_MODEL = "nnsam3d_interactive"
 STRATEGY = "first"
+STATIC_DIR = Path(__file__).with_name("static")
+"""The browser page (``index.html``, ``page.js``) and the NiiVue build it uses, with its licence."""
 
 logger = logging.getLogger("nnsam3d.serving")
 
@@ -116,6 +120,13 @@ def create_app(predictor, datastore: Datastore, options: ServerOptions | None = 
         logger.exception("unexpected error answering %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server's log has the details"},
                             status_code=500)
+
+    # ------------------------------------------------------------------ the browser page
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     # ------------------------------------------------------------------ info, auth
     def model_info(model_type: str) -> dict:

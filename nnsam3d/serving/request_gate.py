@@ -17,8 +17,10 @@ from contextlib import contextmanager
 
 from nnsam3d.serving.errors import BusyError, TooLargeError
 
-OPEN_PATHS = ("/auth/", "/auth/token")
-"""Paths served without the token: where a MONAI Label client learns that auth is on and gets it."""
+OPEN_PATHS = ("/auth/", "/auth/token", "/")
+OPEN_PREFIXES = ("/static/",)
+"""Paths served without the token: where a MONAI Label client learns that auth is on and gets it,
+and the browser page with its scripts (no data: the page sends the token for everything else)."""
 
 
 class ModelQueue:
@@ -69,7 +71,8 @@ class GateMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.token and scope["path"] not in OPEN_PATHS and not token_matches(headers.get("authorization"), self.token):
+        open_path = scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES)
+        if self.token and not open_path and not token_matches(headers.get("authorization"), self.token):
             for message in _json_response(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' "
                                                "(the token nnsam3d_serve was started with)",
                                           [(b"www-authenticate", b"Bearer")]):

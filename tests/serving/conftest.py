@@ -101,11 +101,13 @@ def start_server(tmp_path, oracle_predictor):
     def start(predictor=None, **options):
         datastore = Datastore(tmp_path / f"datastore{len(servers)}")
         app = create_app(predictor or oracle_predictor, datastore, ServerOptions(**options))
+        start.apps.append(app)
         context = running_server(app)
         url = context.__enter__()
         servers.append(context)
         return url, datastore
 
+    start.apps = []
     yield start
     for context in servers:
         context.__exit__(None, None, None)
