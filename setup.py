@@ -58,8 +58,10 @@ setup(
         # nnsam3d_serve: the annotation server (MONAI Label protocol).
         "serve": SERVE,
         # ray: the Ray prediction tests run in CI too. requests: the server tests drive it with MONAI Label's
-        # own clients (taken from its wheel at test time; they need requests only).
-        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM, *SERVE, "requests>=2.28"],
+        # own clients (taken from its wheel at test time; they need requests only); selenium drives headless
+        # Chromium for the browser page's test (Debian: apt-get install chromium chromium-driver; skipped without).
+        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM, *SERVE, "requests>=2.28",
+                 "selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],

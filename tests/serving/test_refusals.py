@@ -164,7 +164,9 @@ def test_a_full_queue_answers_busy_at_once():
     waiter = threading.Thread(target=wait_turn)
     waiter.start()
     import time
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while queue._admitted._value > 0 and time.monotonic() < deadline:  # until the waiter is admitted and waits
+        time.sleep(0.01)
     with pytest.raises(BusyError, match="1 requests are already waiting"):
         with queue.turn():
             pass
