@@ -154,6 +154,10 @@ def create_app(predictor, datastore: Datastore, options: ServerOptions | None = 
             raise ServingError("wrong token: give the server's token as the password", status=401)
         return {"access_token": options.token, "token_type": "Bearer"}
 
+    @app.get("/auth/token/valid")
+    def auth_token_valid():
+        return {}  # reached only with the right token (request_gate): Slicer asks before each session
+
     # ------------------------------------------------------------------ datastore
     @app.get("/datastore/")
     def datastore_listing(output: Optional[str] = None):

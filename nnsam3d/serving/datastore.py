@@ -18,6 +18,7 @@ saved and leaves no half-written file; an index entry always names a complete fi
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import threading
@@ -261,8 +262,6 @@ def _reason(error: Exception) -> str:
 
 
 def _deep_copy(content):
-    import copy
-
     return copy.deepcopy(content)
 
 

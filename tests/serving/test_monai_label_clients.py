@@ -122,6 +122,8 @@ def test_a_token_is_required_when_set_and_the_clients_send_it(monai_label_client
         client.auth_token("annotator", "wrong")
     # Slicer's extension asks for a user name and password: the token is the password.
     slicer = slicer_client.MONAILabelClient(url, tmpdir=str(tmp_path))
+    assert not slicer.auth_valid_token()
     slicer.update_auth(slicer.auth_token("annotator", "s3cret-token"))
+    assert slicer.auth_valid_token()
     assert "nnsam3d" in slicer.info()["models"]
     assert slicer.upload_image(str(phantom_file), "case_3") == {"image": "case_3"}
