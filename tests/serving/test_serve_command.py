@@ -225,3 +225,56 @@ def test_kill_9_during_saves_loses_nothing_already_saved(served_model, tmp_path)
     label, _ = read_volume_in_file_order(datastore.label_path("case", "final"))
     assert any(np.array_equal(label, version) for version in versions)
     assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_serve_takes_an_exported_model_zip(served_model, tmp_path, monkeypatch, capsys):
+    """nnsam3d_serve -m model.zip: the zip is opened (no results folder needed) and served."""
+    from nnsam3d.commands import serve as serve_command
+    from nnsam3d.model_sharing.export import export_model
+
+    _, raw_dir, model_dir, _ = served_model
+    archive = tmp_path / "model.zip"
+    export_model(model_dir, archive)
+    answers = {}
+
+    def serve_here(app, host, port):  # instead of blocking in uvicorn.run: one request, then return
+        with running_server(app) as url:
+            answers["info"] = requests.get(f"{url}/info/", timeout=30).json()
+
+    monkeypatch.setattr("nnsam3d.serving.server_thread.serve_forever", serve_here)
+    code = serve_command.main(["-m", str(archive), "--datastore", str(tmp_path / "store"), "--device", "cpu",
+                               "--disable-tta", "--port", "8765"])
+    error = capsys.readouterr().err
+    assert code == 0, error
+    assert "serving nnsam3d (segmentation), nnsam3d_interactive (deepedit) on http://127.0.0.1:8765" in error
+    assert answers["info"]["models"]["nnsam3d_interactive"]["labels"]["liver"] == 1
+
+
+def test_a_model_without_clicks_is_served_as_segmentation_only(start_server, phantom_file, make_plans):
+    """A model trained without the prompt branch: only the automatic model is offered."""
+    import torch
+
+    from nnsam3d.inference.predictor import Predictor
+    from nnsam3d.io.raw_dataset import DatasetDescription
+
+    class Automatic(torch.nn.Module):
+        deep_supervision = False
+
+        def forward(self, x, prompts=None):
+            logits = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+            logits[:, 1] = 10 * (x[:, 0] > 0.5).float() - 5
+            return logits
+
+    description = DatasetDescription(channel_names={"0": "CT"}, labels={"background": 0, "organ": 1}, num_training=1,
+                                     file_ending=".nii.gz")
+    predictor = Predictor([Automatic()], make_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=2), description,
+                          torch.device("cpu"), use_mirroring=False)
+    url, _ = start_server(predictor=predictor)
+    assert list(requests.get(f"{url}/info/", timeout=30).json()["models"]) == ["nnsam3d"]
+    with open(phantom_file, "rb") as handle:
+        requests.put(f"{url}/datastore/image", params={"image": "case"}, files={"file": ("case.nii.gz", handle)},
+                     timeout=60).raise_for_status()
+    response = requests.post(f"{url}/infer/nnsam3d", params={"image": "case", "output": "json"}, timeout=60)
+    assert response.status_code == 200 and response.json()["label_names"] == {"background": 0, "organ": 1}
+    refused = requests.post(f"{url}/infer/nnsam3d_interactive", params={"image": "case"}, timeout=60)
+    assert refused.status_code == 404 and "this server has: nnsam3d" in refused.json()["detail"]
