@@ -3,7 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 DICOM = ["highdicom>=0.23", "pydicom>=3.0"]
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.13"]
 
 COMMANDS = {
     "nnsam3d_plan_and_preprocess": "plan_and_preprocess",

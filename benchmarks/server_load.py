@@ -13,7 +13,7 @@ prompt branch randomised; speed does not depend on the weights), served from a t
 
 Writes ``benchmarks/results/server_load_cpu.json`` with the machine's load before and after.
 
-    python benchmarks/server_load.py [--clicks 5] [--clients 3] [--requests 3] [--threads N]
+    python benchmarks/server_load.py [--clicks 5] [--clients 3] [--requests 3] [--threads N] [--step-size 0.5]
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from benchmark_support import environment, load_average, write_result
 from interactive_latency import CPU_CASE, _plans
 
 
-def _predictor() -> Predictor:
+def _predictor(step_size: float) -> Predictor:
     plans, description = _plans(CPU_CASE["config"], CPU_CASE["spacing_ijk"][::-1])
     torch.manual_seed(0)
     network = build_network(plans.network)
     with torch.no_grad():
         for parameter in network.prompt_encoder.parameters():
             parameter.normal_(0, 0.1)
-    return Predictor([network], plans, description, torch.device("cpu"), use_mirroring=False)
+    return Predictor([network], plans, description, torch.device("cpu"), step_size=step_size, use_mirroring=False)
 
 
 def _image(folder: Path, name: str, shape) -> Path:
@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3, help="concurrent clients (default 3)")
     parser.add_argument("--requests", type=int, default=3, help="clicks per concurrent client (default 3)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--step-size", type=float, default=0.5,
+                        help="sliding-window stride (nnsam3d_serve --step-size; default 0.5)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,7 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         options = ServerOptions(max_sessions=args.clients + 1, max_waiting=args.clients + 1)
-        app = create_app(_predictor(), Datastore(folder / "datastore"), options)
+        app = create_app(_predictor(args.step_size), Datastore(folder / "datastore"), options)
         with running_server(app) as url:
             shape = CPU_CASE["volume_ijk"]
             _upload(url, "single", _image(folder, "single", shape))
@@ -158,7 +160,8 @@ def main() -> None:
                        "ok": len(latencies), "expected": expected, "problems": problems,
                        "click_s": _percentiles(latencies) if latencies else None},
     }
-    write_result("server_load_cpu.json", result)
+    result["step_size"] = args.step_size
+    write_result("server_load_cpu.json" if args.step_size == 0.5 else f"server_load_cpu_step{args.step_size:g}.json", result)
     if problems or len(latencies) != expected:
         raise SystemExit(f"{len(problems)} failed or mixed-up responses, {expected - len(latencies)} missing")
     print(f"one client: {result['single_client']['click_s']['p50']:.2f} s per click (median); "

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-waiting", type=int, default=8,
                         help="requests that may wait for the model; more are answered 503 (default 8)")
     parser.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (8x faster clicks)")
+    parser.add_argument("--step-size", type=float, default=0.5,
+                        help="sliding-window stride as a fraction of the patch (default 0.5, as nnsam3d_predict); a click "
+                        "re-predicts every tile containing it, so 1.0 (tiles side by side) makes clicks up to 8x faster "
+                        "at the price of tile seams")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser
 
@@ -71,6 +75,8 @@ def check_binding(host: str, token: str | None) -> None:
 def server_options(arguments: argparse.Namespace, token: str | None):
     from nnsam3d.serving.app import ServerOptions
 
+    if not 0 < arguments.step_size <= 1:
+        raise ServeSetupError(f"--step-size {arguments.step_size}: give a fraction of the patch in (0, 1]")
     if arguments.max_upload_mb <= 0 or arguments.max_sessions < 1 or arguments.max_waiting < 0 or arguments.idle_minutes <= 0:
         raise ServeSetupError("--max-upload-mb, --idle-minutes must be positive, --max-sessions at least 1, "
                               "--max-waiting at least 0")
@@ -85,17 +91,19 @@ def build_app(arguments: argparse.Namespace, model_dir: Path, token: str | None)
     from nnsam3d.serving.app import create_app
     from nnsam3d.serving.datastore import Datastore
 
+    options = server_options(arguments, token)  # checked before the model loads
     predictor = Predictor.from_model_folder(model_dir, folds=arguments.folds,
                                             checkpoint_name=CHECKPOINT_FILES[arguments.checkpoint],
-                                            device=arguments.device, use_mirroring=not arguments.disable_tta)
+                                            device=arguments.device, use_mirroring=not arguments.disable_tta,
+                                            step_size=arguments.step_size)
     datastore = Datastore(arguments.datastore, name=predictor.description.name or model_dir.parent.name)
-    return create_app(predictor, datastore, server_options(arguments, token))
+    return create_app(predictor, datastore, options)
 
 
 def _import_server():
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as error:
         raise ServeSetupError(f"the server needs {error.name}: pip install 'nnsam3d[serve]'") from None

@@ -54,6 +54,8 @@ def test_binding_beyond_loopback_needs_a_token(served_model, capsys):
     assert serve_main(["-m", str(model_dir), "--host", "0.0.0.0"]) == 1
     error = capsys.readouterr().err
     assert "nnsam3d_serve: error:" in error and "--token" in error and "0.0.0.0" in error
+    assert serve_main(["-m", str(model_dir), "--step-size", "0", "--device", "cpu"]) == 1
+    assert "--step-size 0.0: give a fraction of the patch in (0, 1]" in capsys.readouterr().err
 
 
 def test_served_model_segments_takes_clicks_and_its_saved_labels_become_a_dataset(served_model, tmp_path, capsys):
