@@ -395,7 +395,8 @@ def test_folds_sharing_one_encoder_encode_once(plans):
     sessions = []
     for networks in ([first, second], [first, separate]):
         predictor = Predictor(networks, plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
-        session = open_session(predictor, phantom(), LPS_PERMUTED)
+        image = phantom()  # refining an empty segmentation: no automatic prediction needed
+        session = open_session(predictor, image, LPS_PERMUTED, np.zeros(image.shape, dtype=np.int16))
         session.click(voxel=(2, 33, 1), label="liver")
         sessions.append(session)
     shared, unshared = sessions
