@@ -124,9 +124,9 @@ LITE_MEDSAM_CONFIGS = {
 
 @pytest.mark.parametrize("name", list(LITE_MEDSAM_CONFIGS))
 def test_lite_medsam_flop_count_matches_pytorch_counter(name):
-    """LiteMedSAM's TinyViT, with windows that pad (16 x 24 tokens in windows of 7, 8 x 12 in 14);
+    """LiteMedSAM's TinyViT, with windows that pad (24 x 32 tokens in windows of 7, 12 x 16 in 14);
     its attention (the bias tables as a float mask) runs in the CPU's fused kernel."""
-    config = NetworkConfig(backbone="lite_medsam", patch_size=(3, 64, 96), token_size=(1, 4, 4), adapter_dim=8,
+    config = NetworkConfig(backbone="lite_medsam", patch_size=(2, 48, 64), token_size=(1, 4, 4), adapter_dim=8,
                            decoder_channels=(8, 16, 32), num_classes=3, **LITE_MEDSAM_CONFIGS[name])
     forward, total, _ = measured_step_flops(config, batch_size=1)
     estimate = estimate_training_flops(config, 1)

@@ -100,7 +100,7 @@ def test_whole_step_peak_of_vit_b_plans_on_the_meta_device(name, monkeypatch):
     assert abs(error) < TOLERANCE
 
 
-LITE_MEDSAM = dict(backbone="lite_medsam", patch_size=(3, 64, 96), token_size=(1, 4, 4), num_classes=3,
+LITE_MEDSAM = dict(backbone="lite_medsam", patch_size=(2, 48, 64), token_size=(1, 4, 4), num_classes=3,
                    adapter_dim=8, decoder_channels=(8, 16, 32))
 LITE_MEDSAM_CONFIGS = {
     "lite_medsam adapters fp32": (dict(adapter_blocks=tuple(range(10))), "fp32"),
