@@ -82,6 +82,10 @@ CUDA_STEP_EXCESS = 0.06
 ``benchmarks/gpu_checks.py`` on an H200 (torch 2.11, cuDNN SDPA, bf16) for the planner's vit_b
 plans at 8, 24 and 80 GiB: ``max_memory_allocated`` was 5.0%, 5.6% and 3.9% above ``step_peak``
 plus the library workspace; 6% covers all three."""
+SAFETY_MARGIN = 0.9
+"""Plan (and train) to at most this share of a memory target: the estimate is a model, and the
+CUDA context, allocator fragmentation and the data loader's pinned memory are not in it. Here,
+not in the planner, because the interactive trainer checks its step against it too."""
 FP32 = 4
 INDEX = 8  # int64 indices saved by trainable table lookups
 CONV_KERNEL_VOXELS = 27  # 3x3x3
