@@ -10,6 +10,10 @@ is built and run on (:mod:`nnsam3d.model.layout`) and adds up, in bytes:
   what :mod:`nnsam3d.model.saved_tensors` measures (see **Accuracy** below).
 * ``workspace``: a stated allowance for what is alive besides the above at the peak (below).
 
+Interactive networks: the prompt branch's parameters always count, its activations and the
+clicked step's extra work with ``click_rounds > 0`` (:mod:`nnsam3d.model.prompt_layout`,
+:mod:`nnsam3d.model.clicked_step_costs`).
+
 **What is saved, and why it depends on the configuration.** In every mode the 3D patch
 embedding trains, so a gradient flows back through every encoder block and every block saves
 what its *input* gradient needs, even a frozen one: LayerNorm inputs and statistics, what
