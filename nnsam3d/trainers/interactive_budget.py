@@ -58,8 +58,8 @@ class InteractiveBudget:
     def summary(self) -> str:
         return (f"interactive step: estimated peak {self.estimate_bytes / GiB:.2f} GiB of {self.usable_bytes / GiB:.2f} "
                 f"GiB usable ({SAFETY_MARGIN:.0%} of the plan's {self.target_bytes / GiB:.1f} GiB); "
-                f"{self.fold_hours:.1f} h per fold of the default schedule on the reference GPU "
-                f"({self.automatic_fold_hours:.1f} h without clicks; {self.clicked_share:.0%} of the steps clicked)")
+                f"{self.fold_hours:.3g} h per fold of the default schedule on the reference GPU "
+                f"({self.automatic_fold_hours:.3g} h without clicks; {self.clicked_share:.0%} of the steps clicked)")
 
 
 def interactive_budget(plans: Plans, config: NetworkConfig, interactive_share: float, clicks_from: float,

@@ -285,4 +285,4 @@ def test_interactive_budget_counts_the_clicks_in_the_hours_per_fold(tiny_dataset
     assert recorded.memory.estimate_bytes == half.estimate_bytes > click_free
     if plans.compute is not None:
         assert recorded.compute.fold_hours == pytest.approx(half.fold_hours)
-    assert f"{half.fold_hours:.1f} h per fold" in half.summary()
+    assert f"{half.fold_hours:.3g} h per fold" in half.summary()
