@@ -44,7 +44,7 @@ from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.live_memory import LiveStorageTracker
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.network import build_network
-from nnsam3d.planners.compute_budget import REFERENCE_SUSTAINED_FLOPS
+from nnsam3d.model.compute_budget import REFERENCE_SUSTAINED_FLOPS
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for

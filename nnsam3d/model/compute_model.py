@@ -33,6 +33,7 @@ from math import prod
 
 from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.prompt_layout import prompt_branch_for, prompt_branch_forward_flops
 from nnsam3d.model.tiny_vit_costs import encoder_forward_flops
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
@@ -58,7 +59,8 @@ class FlopEstimate:
 
     forward / backward: the step's two halves (backward includes checkpointing's recompute).
     parts: forward+backward FLOPs of ``patch_embedding``, ``attention`` (products over tokens),
-    ``encoder_linear`` (qkv, projection, MLP), ``adapters``, ``decoder``, ``recompute``.
+    ``encoder_linear`` (qkv, projection, MLP), ``adapters``, ``decoder``, ``recompute``; in a
+    clicked step also ``prompt_branch`` and ``click_rounds`` (decodes without gradient).
     """
 
     forward: float = 0.0
@@ -99,10 +101,17 @@ def relative_position_forward_flops(window: tuple[int, int, int], windows: int, 
     return windows * heads * 2 * prod(window) * sum(window) * head_dim
 
 
-def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstimate:
-    """FLOPs of one training step of ``build_network(config)`` at ``batch_size`` (see the module)."""
+def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds: int = 0) -> FlopEstimate:
+    """FLOPs of one training step of ``build_network(config)`` at ``batch_size`` (see the module).
+
+    click_rounds: 0 for a click-free step; from 1, a clicked step of ``nnSAM3DTrainer_interactive``
+    with that many simulated-user rounds (see :func:`_clicked_step_flops`).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if click_rounds < 0 or (click_rounds and not config.prompt_channels):
+        raise ValueError(f"click_rounds must be 0, or positive for an interactive network (config.prompt_channels "
+                         f"> 0); got {click_rounds} with {config.prompt_channels} prompt channels")
     spec = get_backbone(config.backbone)
     full = config.trainable == "full"
     dim, heads = spec.embed_dim, spec.num_heads
@@ -114,6 +123,7 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstim
         for part, forward, input_gradient, weight_gradient, operands in encoder_forward_flops(spec.tiny_vit, config, batch_size):
             flops.add(part, forward, input_gradient=input_gradient, weight_gradient=weight_gradient, operands=operands)
         _decoder_flops(spec, config, batch_size, flops)
+        _clicked_step_flops(spec, config, batch_size, click_rounds, flops)
         return flops
 
     # The patch embedding trains in every mode; its input is the image (no gradient).
@@ -146,7 +156,27 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int) -> FlopEstim
         flops.parts["recompute"] = encoder_forward
 
     _decoder_flops(spec, config, batch_size, flops)
+    _clicked_step_flops(spec, config, batch_size, click_rounds, flops)
     return flops
+
+
+def _clicked_step_flops(spec: BackboneSpec, config: NetworkConfig, batch: int, rounds: int,
+                        flops: FlopEstimate) -> None:
+    """What a clicked step adds to a click-free one (``trainers/interactive.py``): the encoder runs
+    once; the click-free decode and the ``rounds - 1`` earlier rounds run without gradient
+    (``click_rounds``: decoder forwards, the rounds' prompt branch); the decode that trains runs
+    the prompt branch too (``prompt_branch``: forward and backward, its layers from
+    :mod:`nnsam3d.model.prompt_layout`; no gradient for the prompt itself)."""
+    if not rounds:
+        return
+    decoder = FlopEstimate()
+    _decoder_flops(spec, config, batch, decoder)
+    branch = prompt_branch_forward_flops(prompt_branch_for(config), batch)
+    branch_forward = sum(forward for forward, _ in branch)
+    flops.add("click_rounds", rounds * decoder.forward + (rounds - 1) * branch_forward,
+              input_gradient=False, weight_gradient=False)
+    for forward, input_gradient in branch:
+        flops.add("prompt_branch", forward, input_gradient=input_gradient, weight_gradient=True)
 
 
 def _decoder_flops(spec: BackboneSpec, config: NetworkConfig, batch: int, flops: FlopEstimate) -> None:

@@ -2,7 +2,8 @@
 
 The network is built and run on these functions, and the memory model
 (:mod:`nnsam3d.model.memory_model`) sums over the very same shapes, so the two cannot drift
-apart. Everything here is pure integer arithmetic on ``(z, y, x)`` triples: z is the
+apart. The prompt branch of interactive networks is listed layer by layer beside it
+(:mod:`nnsam3d.model.prompt_layout`), from these shapes. Everything here is pure integer arithmetic on ``(z, y, x)`` triples: z is the
 through-plane axis, (y, x) SAM's image plane.
 
 Vocabulary:

@@ -10,6 +10,10 @@ is built and run on (:mod:`nnsam3d.model.layout`) and adds up, in bytes:
   what :mod:`nnsam3d.model.saved_tensors` measures (see **Accuracy** below).
 * ``workspace``: a stated allowance for what is alive besides the above at the peak (below).
 
+Interactive networks: the prompt branch's parameters always count, its activations and the
+clicked step's extra work with ``click_rounds > 0`` (:mod:`nnsam3d.model.prompt_layout`,
+:mod:`nnsam3d.model.clicked_step_costs`).
+
 **What is saved, and why it depends on the configuration.** In every mode the 3D patch
 embedding trains, so a gradient flows back through every encoder block and every block saves
 what its *input* gradient needs, even a frozen one: LayerNorm inputs and statistics, what
@@ -53,6 +57,8 @@ from math import prod
 
 from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.clicked_step_costs import clicked_step_memory
+from nnsam3d.model.prompt_layout import prompt_branch_for, prompt_branch_parameters, prompt_branch_saved_bytes
 from nnsam3d.model.tiny_vit_costs import encoder_parameters, encoder_saved_memory
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
@@ -80,6 +86,10 @@ CUDA_STEP_EXCESS = 0.06
 ``benchmarks/gpu_checks.py`` on an H200 (torch 2.11, cuDNN SDPA, bf16) for the planner's vit_b
 plans at 8, 24 and 80 GiB: ``max_memory_allocated`` was 5.0%, 5.6% and 3.9% above ``step_peak``
 plus the library workspace; 6% covers all three."""
+SAFETY_MARGIN = 0.9
+"""Plan (and train) to at most this share of a memory target: the estimate is a model, and the
+CUDA context, allocator fragmentation and the data loader's pinned memory are not in it. Here,
+not in the planner, because the interactive trainer checks its step against it too."""
 FP32 = 4
 INDEX = 8  # int64 indices saved by trainable table lookups
 CONV_KERNEL_VOXELS = 27  # 3x3x3
@@ -165,28 +175,48 @@ class _Tally:
         self.activations[part] = self.activations.get(part, 0) + nbytes
 
 
-def estimate_training_memory(config: NetworkConfig, batch_size: int, precision: str = "bf16") -> MemoryEstimate:
+def estimate_training_memory(config: NetworkConfig, batch_size: int, precision: str = "bf16",
+                             click_rounds: int = 0) -> MemoryEstimate:
     """Peak training memory of ``build_network(config)`` at ``batch_size`` (bytes, by kind).
 
     precision: ``fp32``, or ``bf16``/``fp16`` for autocast mixed precision (fp32 master
     weights and optimizer state, half-precision activations where autocast makes them so).
+    click_rounds: 0 for a click-free step; from 1, a clicked step of ``nnSAM3DTrainer_interactive``
+    (:mod:`nnsam3d.model.clicked_step_costs`). The peak does not grow with the rounds: the earlier rounds run
+    without gradient and free their buffers before the prompted decode that trains.
     """
-    tally = _tally(config, batch_size, precision)
+    clicked = _check_click_rounds(config, click_rounds)
+    tally = _tally(config, batch_size, precision, clicked)
     parameters, gradients, optimizer_state = FP32 * tally.total, FP32 * tally.trainable, 2 * FP32 * tally.trainable
     activations = sum(tally.activations.values())
-    transient = _transient(config, batch_size, _PRECISION_BYTES[precision], tally)
+    bytes_ = _PRECISION_BYTES[precision]
+    transient = _transient(config, batch_size, bytes_, tally)
+    if clicked:
+        extra = clicked_step_memory(config, batch_size, bytes_.low, bytes_.cast)
+        transient = max(transient + extra.backward_extra, extra.forward_end)
     live_peak = parameters + gradients + optimizer_state + activations + transient
     allowance = LIBRARY_WORKSPACE_BYTES + round(CUDA_STEP_EXCESS * live_peak)
     return MemoryEstimate(parameters, gradients, optimizer_state, activations, transient + allowance, allowance)
 
 
-def activation_breakdown(config: NetworkConfig, batch_size: int, precision: str = "bf16") -> dict[str, int]:
+def activation_breakdown(config: NetworkConfig, batch_size: int, precision: str = "bf16",
+                         click_rounds: int = 0) -> dict[str, int]:
     """Saved-activation bytes by part of the network (``input``, ``block_N``, ``neck_N``,
-    ``stem_N``, ``level_N``, ``weight_copies``): the sum is ``MemoryEstimate.activations``."""
-    return dict(_tally(config, batch_size, precision).activations)
+    ``stem_N``, ``level_N``, ``prompt_branch``, ``weight_copies``): the sum is
+    ``MemoryEstimate.activations``."""
+    return dict(_tally(config, batch_size, precision, _check_click_rounds(config, click_rounds)).activations)
 
 
-def _tally(config: NetworkConfig, batch_size: int, precision: str) -> _Tally:
+def _check_click_rounds(config: NetworkConfig, click_rounds: int) -> bool:
+    """Whether the step is a clicked one; raises for clicks on a network without prompt branch."""
+    if click_rounds < 0:
+        raise ValueError(f"click_rounds must be at least 0, got {click_rounds}")
+    if click_rounds and not config.prompt_channels:
+        raise ValueError("click_rounds > 0 needs an interactive network (config.prompt_channels > 0)")
+    return click_rounds > 0
+
+
+def _tally(config: NetworkConfig, batch_size: int, precision: str, clicked: bool = False) -> _Tally:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got '{precision}'")
     if batch_size < 1:
@@ -199,6 +229,14 @@ def _tally(config: NetworkConfig, batch_size: int, precision: str) -> _Tally:
     else:
         _tiny_vit_encoder(spec, config, batch_size, bytes_, tally)
     _decoder(spec, config, batch_size, bytes_, tally)
+    branch = prompt_branch_for(config)
+    if branch is not None:
+        # Its parameters exist (and train: click-free steps give them zero gradients) in every
+        # step; its activations only in clicked ones.
+        counts = prompt_branch_parameters(branch)
+        tally.parameters(counts.total, True, counts.matmul_weights)
+        if clicked:
+            tally.saved("prompt_branch", prompt_branch_saved_bytes(branch, batch_size, bytes_.low, bytes_.cast))
     # Only now is every linear/convolution weight known.
     tally.saved("weight_copies", bytes_.weight_copy * tally.matmul_weights)
     return tally
@@ -409,3 +447,4 @@ def _transient(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally)
     if tally.recompute_peak is not None:
         recompute = tally.recompute_peak - sum(tally.activations.values())
     return max(decoder_and_loss, recompute)
+

@@ -28,8 +28,9 @@ from nnsam3d.model.lite_medsam_weights import (
     check_lite_medsam_shapes,
     load_lite_medsam_encoder_state,
 )
-from nnsam3d.model.layout import decoder_level_shapes, decoder_widths, token_grid
+from nnsam3d.model.layout import decoder_level_shapes, token_grid
 from nnsam3d.model.prompt_encoder import PromptEncoder
+from nnsam3d.model.prompt_layout import prompt_branch_for
 from nnsam3d.model.sam_checkpoints import SamCheckpointError, SamSource, load_sam_encoder_state, sam_source_of
 from nnsam3d.model.tiny_vit3d import TinyViTEncoder3D, is_new_tiny_vit_parameter
 from nnsam3d.model.weight_adaptation import adapt_sam_encoder_state
@@ -77,11 +78,8 @@ class MedSAM3D(nn.Module):
         random weights; checkpoints rebuild the frozen part from it (``trained_weights``)."""
         self.encoder = build_encoder(spec, config)
         self.decoder = Decoder3D(spec.feature_dims, spec.feature_strides(config.token_size), config)
-        self.prompt_encoder = None
-        if config.prompt_channels:
-            level_shapes = decoder_level_shapes(config.patch_size, config.token_grid)
-            widths = decoder_widths(config.decoder_channels, config.in_channels, len(level_shapes))
-            self.prompt_encoder = PromptEncoder(config.prompt_channels, widths, level_shapes)
+        branch = prompt_branch_for(config)
+        self.prompt_encoder = None if branch is None else PromptEncoder(branch)
 
     def forward(self, x: Tensor, prompts: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         return self.decode(x, self.encode(x), prompts)

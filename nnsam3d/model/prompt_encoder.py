@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnsam3d.model.layout import STEM_LEVELS, DecoderWidths, Shape3, stem_strides
+from nnsam3d.model.layout import STEM_LEVELS, Shape3
+from nnsam3d.model.prompt_layout import PromptBranchLayout
 
 PROMPT_KINDS = ("prior", "positive", "negative")
 LEAKY_RELU_SLOPE = 1e-2
@@ -45,25 +46,23 @@ def prompt_channel(kind: str, label: int, num_classes: int) -> int:
 
 
 class PromptEncoder(nn.Module):
-    """prompts ``(B, P, z, y, x)`` -> one additive term per decoder level (finest first)."""
+    """prompts ``(B, P, z, y, x)`` -> one additive term per decoder level (finest first).
 
-    def __init__(self, in_channels: int, widths: DecoderWidths, level_shapes: list[Shape3]):
-        """level_shapes: the decoder's level shapes for the configured patch
-        (``layout.decoder_level_shapes``); the stem strides as the decoder's stem does, so that
-        each term lands on its level's grid."""
+    Built from ``branch`` (:func:`nnsam3d.model.prompt_layout.prompt_branch_layout`), the list
+    the memory and compute models count: a layer added there is built and counted alike."""
+
+    def __init__(self, branch: PromptBranchLayout):
         super().__init__()
-        num_levels = len(level_shapes)
-        stem_widths = (in_channels, *widths.levels[:STEM_LEVELS])
         self.stem = nn.ModuleList(
             nn.Sequential(
-                nn.Conv3d(stem_widths[level], stem_widths[level + 1], kernel_size=3, stride=stride, padding=1),
+                nn.Conv3d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel, stride=conv.stride,
+                          padding=conv.kernel // 2),
                 nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
             )
-            for level, stride in enumerate(stem_strides(level_shapes))
+            for conv in branch.stem
         )
         self.projections = nn.ModuleList(
-            nn.Conv3d(widths.levels[min(level, STEM_LEVELS - 1)], widths.levels[level], kernel_size=1)
-            for level in range(num_levels)
+            nn.Conv3d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel) for conv in branch.projections
         )
         for projection in self.projections:
             nn.init.zeros_(projection.weight)

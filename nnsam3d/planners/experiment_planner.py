@@ -21,7 +21,7 @@ from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
-from nnsam3d.planners.compute_budget import (
+from nnsam3d.model.compute_budget import (
     REFERENCE_GPU,
     REFERENCE_SUSTAINED_FLOPS,
     ComputeTarget,

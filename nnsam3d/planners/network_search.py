@@ -24,7 +24,7 @@ The ladder follows "context first, then capacity":
    step, worth paying for context but not for a larger batch.
 
 **Compute.** With a cost function and a limit (hours per fold on the reference GPU, from the
-FLOPs per step, :mod:`nnsam3d.planners.compute_budget`), a rung must also fit the limit: the
+FLOPs per step, :mod:`nnsam3d.model.compute_budget`), a rung must also fit the limit: the
 plan is the highest rung that fits both. The ladder is the same, so the plan is monotonic in both budgets,
 and a larger backbone is chosen only when its step at the reasonable patch fits the compute
 target, not merely the memory.
@@ -42,6 +42,7 @@ from typing import Callable, Protocol, Sequence
 
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
+from nnsam3d.model.memory_model import SAFETY_MARGIN  # planners, experiment planner and tests name it here
 from nnsam3d.planners.network_geometry import patch_size_path, window_size_for
 
 MIN_BATCH_SIZE = 2
@@ -50,9 +51,6 @@ MIN_BATCH_SIZE = 2
 MAX_DATASET_SHARE_PER_BATCH = 0.05
 """nnU-Net's overfitting guard: one batch sees at most 5% of the dataset's voxels."""
 
-SAFETY_MARGIN = 0.9
-"""Plan to at most this share of the memory target: the estimate is a model, and the CUDA
-context, allocator fragmentation and the data loader's pinned memory are not in it."""
 
 REASONABLE_CONTEXT_MM = 128.0
 """A patch is reasonable once it spans this many mm along every axis (or the whole median

@@ -115,7 +115,7 @@ def plan_and_preprocess(
         raises ``planners.integrity.DatasetIntegrityError`` listing them all, having written nothing.
     gpu_memory_gb: memory target (GiB) of the plan; default: the visible GPU, else a CPU plan.
     compute_budget_hours: hours per fold of the default schedule on the reference GPU
-        (``planners.compute_budget``); default: about a day.
+        (``model.compute_budget``); default: about a day.
     backbone: force a backbone (e.g. ``vit_tiny``); default: the planner chooses.
     num_processes: worker processes for verification, fingerprint and preprocessing.
     clean: recompute the fingerprint and preprocess every case again.

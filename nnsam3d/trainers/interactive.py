@@ -23,6 +23,9 @@ in the patch-wide loss, and the network learns to reproduce the prior rather tha
 that moves a border by a voxel or two (measured on the demo: the clicked voxel itself often
 stayed wrong, and the simulated user clicked it again).
 
+Before training, the clicked step is checked against the plan's memory target and its hours per
+fold are logged and kept in the plans (``interactive_budget``): the planner plans the click-free step.
+
 Everything else (folds, resume, several GPUs, time budget, pseudo-Dice, validation) is the base
 trainer's: validation and pseudo-Dice measure the automatic mode.
 """
@@ -40,6 +43,7 @@ from nnsam3d.interactive.simulated_user import classes_with_errors, error_click
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
 from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
+from nnsam3d.trainers.interactive_budget import check_interactive_budget, interactive_budget, record_interactive_budget
 from nnsam3d.trainers.losses import full_resolution, weighted_cross_entropy
 
 
@@ -79,6 +83,22 @@ class nnSAM3DTrainer_interactive(nnSAM3DTrainer):
     def configure_network(self, config: NetworkConfig) -> NetworkConfig:
         config = super().configure_network(config)
         return config.replace(prompt_channels=prompt_channels(config.num_classes))
+
+    def initialize(self) -> None:
+        """Check the clicked step against the plan's memory target before building anything (a
+        resumed run was checked when it started), and record its costs in the plans it keeps."""
+        if self.resume_from is None:
+            budget = interactive_budget(self.plans, self.configure_network(self.plans.network),
+                                        self.interactive_share, self.clicks_from, self.max_click_rounds)
+            check_interactive_budget(budget, self.preprocessed_dir / f"{self.request.plans_name}.json",
+                                     self.dataset_name)
+            self.log.message(budget.summary())
+            target = self.plans.compute.target_fold_hours if self.plans.compute is not None else None
+            if target is not None and budget.fold_hours > target:
+                self.log.message(f"warning: interactive training is estimated at {budget.fold_hours:.1f} h per fold, "
+                                 f"above the plan's compute target of {target:.1f} h")
+            self.plans = record_interactive_budget(self.plans, budget)
+        super().initialize()
 
     def training_forward_module(self) -> nn.Module:
         return ClickedForward(self.network_module, self.simulate_user)

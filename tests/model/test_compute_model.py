@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -10,6 +11,9 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_backwa
 from nnsam3d.model.compute_model import SDPA_BACKWARD_FORWARDS, estimate_training_flops
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network
+from nnsam3d.model.prompt_encoder import prompt_channels
+from nnsam3d.trainers.optimization import Precision
+from tests.model.interactive_step import ClickedStep
 
 CONFIGS = {
     # trainable mode, checkpointing, patch, window: frozen SAM weights skip their weight gradients,
@@ -132,3 +136,43 @@ def test_lite_medsam_flop_count_matches_pytorch_counter(name):
     estimate = estimate_training_flops(config, 1)
     assert estimate.forward == pytest.approx(forward, rel=0.02)
     assert estimate.total == pytest.approx(total, rel=0.02)
+
+
+INTERACTIVE_CONFIGS = {
+    "vit_tiny": dict(backbone="vit_tiny", decoder_channels=(8, 16, 32, 64), patch_size=(8, 32, 32),
+                     token_size=(2, 16, 16), window_size=(2, 2, 2), adapter_blocks=(0, 1, 2, 3)),
+    "lite_medsam": dict(backbone="lite_medsam", patch_size=(3, 64, 96), token_size=(1, 4, 4), adapter_dim=8,
+                        decoder_channels=(8, 16, 32), adapter_blocks=tuple(range(10))),
+}
+
+
+@pytest.mark.parametrize("name", list(INTERACTIVE_CONFIGS))
+def test_clicked_step_flop_count_matches_pytorch_counter(name):
+    """The interactive trainer's own clicked step (encode once, decodes without gradient for the
+    click-free prediction and the earlier rounds, the prompted decode that trains), counted by
+    PyTorch's formulas, against ``click_rounds``; the prompt branch's own FLOPs are part of it."""
+    config = NetworkConfig(num_classes=3, prompt_channels=prompt_channels(3), deep_supervision=True,
+                           **INTERACTIVE_CONFIGS[name])
+    torch.manual_seed(0)
+    np.random.seed(1)
+    network = build_network(config).train()
+    step = ClickedStep(network, Precision("cpu", None, None), 2, click_rounds=3)
+    seen = {}  # rounds -> (counted, estimated)
+    while len(seen) < 2:  # two different numbers of rounds: the rounds' cost must be right too
+        with FlopCounter() as counter:
+            step()
+        rounds = step.decodes - 1
+        if rounds in seen:
+            continue
+        estimate = estimate_training_flops(config, 2, click_rounds=rounds)
+        seen[rounds] = counter.total, estimate.total
+        print(f"{name}, {rounds} rounds: counted {counter.total / 1e9:.3f} GFLOP, estimated "
+              f"{estimate.total / 1e9:.3f} ({estimate.total / counter.total - 1:+.2%}; click-free step "
+              f"{estimate_training_flops(config, 2).total / 1e9:.3f}), prompt branch "
+              f"{estimate.parts.get('prompt_branch', 0) / 1e9:.3f}")
+        assert estimate.total == pytest.approx(counter.total, rel=0.02)
+        assert sum(estimate.parts.values()) == pytest.approx(estimate.total)
+    # One more round: a decode and the prompt branch's forward, without gradient. On LiteMedSAM the
+    # encoder dwarfs both, so the whole step alone would not notice the branch left out.
+    (few, (counted_few, estimated_few)), (many, (counted_many, estimated_many)) = sorted(seen.items())
+    assert estimated_many - estimated_few == pytest.approx(counted_many - counted_few, rel=0.02)

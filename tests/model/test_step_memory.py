@@ -5,21 +5,28 @@ AdamW) runs under ``live_memory.LiveStorageTracker``; parameters, the previous s
 AdamW's state and the batch count from the start. On the CPU with fp32 and with bf16 autocast
 (which approximates CUDA's rules), and for vit_b on the meta device (shapes only) at the
 planner's 8 and 24 GiB patches for a typical CT. ``MemoryEstimate.step_peak`` must be within 15%.
+The interactive trainer's clicked step too (``click_rounds``), with the prompt branch's own share.
 """
 
 from __future__ import annotations
 
+from math import prod
+
+import numpy as np
 import pytest
 import torch
 
 from nnsam3d.model import attention3d
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.live_memory import LiveStorageTracker
-from nnsam3d.model.memory_model import estimate_training_memory
+from nnsam3d.model.layout import decoder_level_shapes, decoder_widths
+from nnsam3d.model.memory_model import activation_breakdown, estimate_training_memory
 from nnsam3d.model.network import MedSAM3D, apply_trainable_mode, build_network
+from nnsam3d.model.prompt_encoder import prompt_channels
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, Precision, WarmupDecaySchedule, build_optimizer
+from tests.model.interactive_step import ClickedStep
 
 TOLERANCE = 0.15
 TINY = dict(backbone="vit_tiny", patch_size=(16, 64, 64), token_size=(4, 16, 16), window_size=(2, 2, 2),
@@ -135,3 +142,84 @@ def test_a_checkpointed_step_peaks_on_the_recomputed_block_when_it_is_larger(mon
     error = estimate.step_peak / measured - 1
     print(f"measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.2%})")
     assert abs(error) < 0.015
+
+
+INTERACTIVE_CONFIGS = {
+    # The trainer's clicked step (tests/model/interactive_step.py): vit_tiny with 3 and with 5
+    # classes (a wider prompt and full-resolution level), LiteMedSAM's TinyViT (other grids).
+    "vit_tiny interactive fp32": (dict(TINY), "fp32", 2),
+    "vit_tiny interactive bf16": (dict(TINY), "bf16", 2),
+    "vit_tiny 5 classes interactive fp32": (dict(TINY, num_classes=5, decoder_channels=(32, 32, 64, 128)), "fp32", 2),
+    "lite_medsam interactive fp32": (dict(LITE_MEDSAM, adapter_blocks=tuple(range(10))), "fp32", 1),
+    "lite_medsam interactive bf16": (dict(LITE_MEDSAM, adapter_blocks=tuple(range(10))), "bf16", 1),
+}
+
+
+def interactive_config(extra: dict) -> NetworkConfig:
+    config = NetworkConfig(**extra, deep_supervision=True)
+    return config.replace(prompt_channels=prompt_channels(config.num_classes))
+
+
+def tracked_clicked_step_peak(network, precision: Precision, batch_size: int) -> tuple[int, int]:
+    """(peak live storage, click rounds) of the second of two clicked steps of the interactive trainer."""
+    np.random.seed(0)
+    step = ClickedStep(network, precision, batch_size, click_rounds=3)
+    step()
+    with LiveStorageTracker(step.existing()) as tracker:
+        step()
+    return tracker.peak, step.decodes - 1
+
+
+@pytest.mark.parametrize("name", list(INTERACTIVE_CONFIGS))
+def test_whole_clicked_step_peak_on_cpu(name):
+    extra, precision, batch = INTERACTIVE_CONFIGS[name]
+    config = interactive_config(extra)
+    torch.manual_seed(0)
+    network = build_network(config).train()
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    measured, rounds = tracked_clicked_step_peak(network, Precision("cpu", dtype, None), batch)
+    estimate = estimate_training_memory(config, batch, precision, click_rounds=rounds)
+    error = estimate.step_peak / measured - 1
+    print(f"{name}: measured {measured / 2**20:.1f} MiB, estimate {estimate.step_peak / 2**20:.1f} MiB ({error:+.1%})")
+    assert abs(error) < TOLERANCE
+
+
+class HollowPromptBranch(torch.nn.Module):
+    """A prompt branch that adds zeros: the decoder sums the same terms, but nothing is stored
+    for the branch (no parameters, gradients, AdamW state or saved activations)."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        self.widths = widths
+
+    def forward(self, prompts, shapes):
+        return [torch.zeros(prompts.shape[0], width, *shape) for width, shape in zip(self.widths, shapes)]
+
+
+def test_the_prompt_branch_share_of_a_clicked_step_is_estimated():
+    """The tracker's peak with the prompt branch minus the peak with a hollow one is what the
+    branch stores; the estimator's share (its parameters' bytes with gradients and AdamW state,
+    and its saved activations but the prompt) must match it within 5%. Leaving the branch out of the memory
+    model makes that share 0 (the whole-step estimates above would still pass)."""
+    extra, precision, batch = INTERACTIVE_CONFIGS["vit_tiny interactive fp32"]
+    config = interactive_config(extra)
+    torch.manual_seed(0)
+    network = build_network(config).train()
+    full, _ = tracked_clicked_step_peak(network, Precision("cpu", None, None), batch)
+    torch.manual_seed(0)
+    hollow = build_network(config).train()
+    shapes = decoder_level_shapes(config.patch_size, config.token_grid)
+    hollow.prompt_encoder = HollowPromptBranch(decoder_widths(config.decoder_channels, 1, len(shapes)).levels)
+    without, _ = tracked_clicked_step_peak(hollow, Precision("cpu", None, None), batch)
+
+    def stored(estimate):
+        return estimate.parameters + estimate.gradients + estimate.optimizer_state
+
+    estimated = (stored(estimate_training_memory(config, batch, precision, click_rounds=1))
+                 - stored(estimate_training_memory(config.replace(prompt_channels=0), batch, precision))
+                 + activation_breakdown(config, batch, precision, click_rounds=1).get("prompt_branch", 0))
+    # The branch's first convolution saves the fp32 prompt, which the hollow step holds as well
+    # (the trainer keeps it for the click-weighted loss): not the branch's share.
+    estimated -= 4 * batch * config.prompt_channels * prod(config.patch_size)
+    print(f"prompt branch: measured {(full - without) / 2**20:.2f} MiB, estimated {estimated / 2**20:.2f} MiB")
+    assert full > without and estimated == pytest.approx(full - without, rel=0.05)

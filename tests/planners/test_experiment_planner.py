@@ -24,7 +24,7 @@ from nnsam3d.planners.experiment_planner import (
     plan_for_target,
 )
 from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
-from nnsam3d.planners.compute_budget import DEFAULT_FOLD_HOURS, SCHEDULE_EPOCHS, SCHEDULE_ITERATIONS, compute_target
+from nnsam3d.model.compute_budget import DEFAULT_FOLD_HOURS, SCHEDULE_EPOCHS, SCHEDULE_ITERATIONS, compute_target
 from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
 from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
 from nnsam3d.planners.network_search import (

@@ -3,6 +3,7 @@ the saved model takes clicks, and two data-parallel processes stay identical."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -24,11 +25,13 @@ from nnsam3d.interactive.session import InteractiveSession, open_session
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.image_io import read_volume_in_file_order
 from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
-from nnsam3d.schemas.plans import Plans
+from nnsam3d.model.memory_model import SAFETY_MARGIN, estimate_training_memory
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 from nnsam3d.trainers import interactive as interactive_trainer
 from nnsam3d.trainers.interactive import nnSAM3DTrainer_interactive
+from nnsam3d.trainers.interactive_budget import interactive_budget, record_interactive_budget
 from nnsam3d.trainers.launch import launch_training, train_fold
-from nnsam3d.trainers.request import TrainingRequest
+from nnsam3d.trainers.request import TrainingInputError, TrainingRequest
 
 TRAINER = "nnSAM3DTrainer_interactive"
 
@@ -206,6 +209,7 @@ def test_interactive_training_and_evaluation_with_an_ignore_label(sparse_dataset
 RANK_WEIGHTS_TRAINER = '''
 import torch
 from nnsam3d.trainers.interactive import nnSAM3DTrainer_interactive
+from nnsam3d.trainers.interactive_budget import interactive_budget, record_interactive_budget
 
 
 class RankWeightsInteractive(nnSAM3DTrainer_interactive):
@@ -232,3 +236,53 @@ def test_two_gloo_processes_train_interactively_with_identical_weights(tiny_data
     assert any(name.startswith("prompt_encoder.") for name in rank0)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
+
+
+def _tiny_plans_file(dataset: str) -> Path:
+    return paths.preprocessed_root() / paths.resolve_dataset_name(dataset) / f"{DEFAULT_PLANS_NAME}.json"
+
+
+def test_interactive_training_stops_before_training_when_the_clicked_step_exceeds_the_memory_target(tiny_dataset):
+    """A plan whose target fits the click-free step of the interactive network but not the clicked
+    step: the trainer stops before building anything, saying by how much and what to do."""
+    plans_file = _tiny_plans_file(tiny_dataset)
+    plans = Plans.load(plans_file)
+    request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=1,
+                              num_workers=0)
+    config = nnSAM3DTrainer_interactive(request).configure_network(plans.network)
+    click_free = estimate_training_memory(config, plans.batch_size, plans.memory.precision)
+    estimate = estimate_training_memory(config, plans.batch_size, plans.memory.precision,
+                                        click_rounds=nnSAM3DTrainer_interactive.max_click_rounds)
+    # The prompt branch and the clicks' extra work are counted (the CUDA allowance dilutes the total).
+    assert estimate.step_peak > 1.05 * click_free.step_peak
+    clicked = estimate.total
+    target = int((click_free.total + clicked) / 2 / SAFETY_MARGIN)
+    plans.memory = dataclasses.replace(plans.memory, target_bytes=target)
+    plans.save(plans_file)
+
+    with pytest.raises(TrainingInputError) as error:
+        train_fold(TRAINER, request)
+    message = str(error.value)
+    over = (clicked - int(SAFETY_MARGIN * target)) / 2**30
+    assert str(plans_file) in message and f"{clicked / 2**30:.2f} GiB" in message and f"{over:.2f} GiB" in message
+    assert "--gpu-memory-gb" in message and "-p nnSAM3DPlans_interactive" in message
+    assert not (paths.fold_dir(paths.resolve_dataset_name(tiny_dataset), TRAINER, DEFAULT_PLANS_NAME, "0")
+                / "checkpoint_latest.pth").exists()
+
+
+def test_interactive_budget_counts_the_clicks_in_the_hours_per_fold(tiny_dataset):
+    """The hours per fold the trainer logs and records grow with the share of clicked steps and
+    with the rounds, from the click-free figure at no clicks."""
+    plans = Plans.load(_tiny_plans_file(tiny_dataset))
+    config = plans.network.replace(deep_supervision=True, prompt_channels=prompt_channels(plans.network.num_classes))
+    none = interactive_budget(plans, config, interactive_share=0.0, clicks_from=0.4, max_click_rounds=3)
+    half = interactive_budget(plans, config, interactive_share=0.5, clicks_from=0.4, max_click_rounds=3)
+    more = interactive_budget(plans, config, interactive_share=0.5, clicks_from=0.4, max_click_rounds=5)
+    assert none.fold_hours == pytest.approx(none.automatic_fold_hours)
+    assert none.fold_hours < half.fold_hours < more.fold_hours
+    recorded = record_interactive_budget(plans, half)
+    click_free = estimate_training_memory(config, plans.batch_size, plans.memory.precision).total
+    assert recorded.memory.estimate_bytes == half.estimate_bytes > click_free
+    if plans.compute is not None:
+        assert recorded.compute.fold_hours == pytest.approx(half.fold_hours)
+    assert f"{half.fold_hours:.3g} h per fold" in half.summary()
