@@ -39,8 +39,8 @@ def environment() -> dict:
 
 def write_result(file_name: str, content: dict) -> Path:
     """``benchmarks/results/<file_name>``, readable JSON; also printed."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n")
     print(json.dumps(content, indent=2))
     return path

@@ -12,8 +12,8 @@ dataset's test images without mirroring and evaluates them):
 Every run trains for ``--minutes`` of wall time (the trainer's time budget, checked after each
 epoch of 10 iterations; the learning-rate decay follows the budget), so a busy machine gives every arm fewer steps: run one at a time on a quiet machine and
 read the load averages recorded beside each run. Each run's result is its own JSON file under
-``--workdir`` (reruns skip finished runs); the table of all of them is written to
-``benchmarks/results/pretraining_benefit.json``.
+``--workdir`` (reruns skip finished runs), copied to ``benchmarks/results/pretraining_runs/``; the
+table of the runs asked for is written to ``benchmarks/results/pretraining_benefit.json``.
 
 Datasets: ``demo`` (the embedded synthetic CT, 10 training and 4 test cases) and ``brain``
 (``real_anatomy_dataset.py``: real brain templates, CSF / grey / white matter; needs its packages).
@@ -139,6 +139,7 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     }
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=1))
+    write_result(f"pretraining_runs/{result_file.name}", result)  # every run's file is kept with the results
     return result
 
 

@@ -3,7 +3,6 @@ network (its prompt branch randomised so that clicks act): files, geometry, refu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -11,45 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nnsam3d.commands.evaluate_interactive import main as evaluate_interactive_main
 from nnsam3d.commands.refine import main as refine_main
-from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.interactive.session import open_session
 from nnsam3d.interactive.simulated_user import error_click
-from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.geometry import to_canonical
 from nnsam3d.io.image_io import read_volume_in_file_order, write_segmentation
-from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.model.network import build_network
-from nnsam3d.model.prompt_encoder import prompt_channels
-
-TRAINER = "nnSAM3DTrainer_interactive"
-
+from tests.interactive_stand_ins import write_random_interactive_model
 
 @pytest.fixture(scope="module")
 def interactive_model(tmp_path_factory, point_folders, make_plans):
     root = tmp_path_factory.mktemp("interactive_model")
     with pytest.MonkeyPatch.context() as patch:
         point_folders(root, patch)
-        spec = SyntheticDatasetSpec(num_training=1, num_test=2, shape=(10, 40, 40))
-        raw_dir = generate_synthetic_dataset(root / "raw", spec)
-        description = DatasetDescription.from_file(raw_dir / "dataset.json")
-        plans = make_plans((3.0, 1.0, 1.0), dataset_name=spec.folder_name)
-        plans = dataclasses.replace(plans, network=plans.network.replace(
-            prompt_channels=prompt_channels(description.num_classes)))
-        torch.manual_seed(0)
-        network = build_network(plans.network)
-        with torch.no_grad():
-            for parameter in network.prompt_encoder.parameters():
-                parameter.normal_(0, 0.3)
-        model_dir = root / "results" / spec.folder_name / f"{TRAINER}__nnsam3d_plans"
-        save_checkpoint(ModelCheckpoint(TRAINER, "0", 1, plans.to_json(), description.to_json(), network.state_dict()),
-                        model_dir / "fold_0" / "checkpoint_final.pth")
-        yield spec.folder_name, raw_dir, model_dir
+        yield write_random_interactive_model(root, make_plans)
 
 
 def _case(raw_dir: Path):

@@ -15,51 +15,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.interactive.click_geometry import ClickError
 from nnsam3d.interactive.session import open_session
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.network import build_network
-from nnsam3d.model.prompt_encoder import prompt_channel, prompt_channels
+from nnsam3d.model.prompt_encoder import prompt_channels
+from tests.interactive_stand_ins import ORACLE_CLASSES as NUM_CLASSES, PromptOracle
 
-NUM_CLASSES = 3
 DESCRIPTION = DatasetDescription(channel_names={"0": "CT"}, labels={"background": 0, "liver": 1, "lesion": 2},
                                  num_training=1, file_ending=".nii.gz")
 LPS_PERMUTED = np.array([[0.0, -1.0, 0.0, 10.0], [-1.0, 0.0, 0.0, 20.0], [0.0, 0.0, 2.0, -30.0], [0, 0, 0, 1.0]])
 """File axes (i, j, k) = (A→P, R→L, I→S) at 1 x 1 x 2 mm: permuted and flipped against RAS."""
-
-
-class PromptOracle(nn.Module):
-    """A stand-in decoder with a known answer (see the module docstring); counts encoder calls."""
-
-    is_interactive = True
-
-    def __init__(self):
-        super().__init__()
-        self.encoder_calls = 0
-        self.deep_supervision = False
-
-    def encode(self, x):
-        self.encoder_calls += 1
-        return [x]
-
-    def decode(self, x, features, prompts=None):
-        logits = torch.zeros((x.shape[0], NUM_CLASSES, *x.shape[2:]))
-        bright = (features[0][:, 0] > 0.5).float()
-        logits[:, 1] = 10 * bright - 5
-        logits[:, 2] = -5
-        if prompts is not None:
-            for label in (1, 2):
-                prior = prompts[:, prompt_channel("prior", label, NUM_CLASSES)]
-                positive = prompts[:, prompt_channel("positive", label, NUM_CLASSES)]
-                negative = prompts[:, prompt_channel("negative", label, NUM_CLASSES)]
-                logits[:, label] = 10 * prior - 5 + 40 * (positive > 0.5) - 40 * (negative > 0.5)
-        return logits
-
-    def forward(self, x, prompts=None):
-        return self.decode(x, self.encode(x), prompts)
 
 
 def phantom() -> np.ndarray:

@@ -19,52 +19,24 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.model.prompt_encoder import prompt_channel
 from nnsam3d.serving.app import ServerOptions, create_app
 from nnsam3d.serving.datastore import Datastore
 from nnsam3d.serving.server_thread import running_server
+from tests.interactive_stand_ins import ORACLE_CLASSES as NUM_CLASSES, PromptOracle
 
 MONAI_LABEL_WHEEL = "monailabel==0.8.5"
 PYTHON_CLIENT = "monailabel/client/client.py"
 SLICER_CLIENT = "plugins/slicer/MONAILabel/MONAILabelLib/client.py"
 
-NUM_CLASSES = 3
 DESCRIPTION = DatasetDescription(channel_names={"0": "CT"}, labels={"background": 0, "liver": 1, "lesion": 2},
                                  num_training=1, file_ending=".nii.gz")
 AFFINE = np.array([[0.0, -1.0, 0.0, 10.0], [-1.0, 0.0, 0.0, 20.0], [0.0, 0.0, 2.0, -30.0], [0, 0, 0, 1.0]])
 """File axes (i, j, k) = (A→P, R→L, I→S) at 1 x 1 x 2 mm: permuted and flipped against RAS."""
 BRIGHT_VOXEL = (10, 10, 6)   # inside the bright block: labelled "liver" automatically
 MISSED_VOXEL = (29, 25, 7)   # inside the dim block: missed by the automatic segmentation
-
-
-class ClickOracle(nn.Module):
-    """A decoder with a known answer: class 1 where the normalised image is bright, the prior kept,
-    a positive click's ball adds its class, a negative one removes it."""
-
-    is_interactive = True
-    deep_supervision = False
-
-    def encode(self, x):
-        return [x]
-
-    def decode(self, x, features, prompts=None):
-        logits = torch.zeros((x.shape[0], NUM_CLASSES, *x.shape[2:]))
-        logits[:, 1] = 10 * (features[0][:, 0] > 0.5).float() - 5
-        logits[:, 2] = -5
-        if prompts is not None:
-            for label in (1, 2):
-                prior = prompts[:, prompt_channel("prior", label, NUM_CLASSES)]
-                positive = prompts[:, prompt_channel("positive", label, NUM_CLASSES)]
-                negative = prompts[:, prompt_channel("negative", label, NUM_CLASSES)]
-                logits[:, label] = 10 * prior - 5 + 40 * (positive > 0.5) - 40 * (negative > 0.5)
-        return logits
-
-    def forward(self, x, prompts=None):
-        return self.decode(x, self.encode(x), prompts)
 
 
 def phantom() -> np.ndarray:
@@ -90,7 +62,7 @@ def voxels():
 @pytest.fixture
 def oracle_predictor(make_plans) -> Predictor:
     plans = make_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=NUM_CLASSES)
-    return Predictor([ClickOracle()], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
+    return Predictor([PromptOracle()], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
 
 
 @pytest.fixture

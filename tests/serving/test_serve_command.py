@@ -3,28 +3,19 @@ branch randomised so that clicks act), and nnsam3d_datastore_to_dataset on what 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
 import numpy as np
 import pytest
 import requests
-import torch
 
 from nnsam3d.commands.datastore_to_dataset import main as datastore_to_dataset_main
 from nnsam3d.commands.serve import build_app, build_parser, main as serve_main
-from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-from nnsam3d.io.checkpoint_file import ModelCheckpoint, save_checkpoint
 from nnsam3d.io.image_io import read_volume_in_file_order
-from nnsam3d.io.raw_dataset import DatasetDescription
-from nnsam3d.model.network import build_network
-from nnsam3d.model.prompt_encoder import prompt_channels
 from nnsam3d.planners.integrity import check_dataset_integrity
 from nnsam3d.serving.server_thread import running_server
-
-TRAINER = "nnSAM3DTrainer_interactive"
-
+from tests.interactive_stand_ins import write_random_interactive_model
 
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory, point_folders, make_plans):
@@ -32,21 +23,7 @@ def served_model(tmp_path_factory, point_folders, make_plans):
     root = tmp_path_factory.mktemp("served_model")
     with pytest.MonkeyPatch.context() as patch:
         point_folders(root, patch)
-        spec = SyntheticDatasetSpec(num_training=1, num_test=2, shape=(10, 40, 40))
-        raw_dir = generate_synthetic_dataset(root / "raw", spec)
-        description = DatasetDescription.from_file(raw_dir / "dataset.json")
-        plans = make_plans((3.0, 1.0, 1.0), dataset_name=spec.folder_name)
-        plans = dataclasses.replace(plans, network=plans.network.replace(
-            prompt_channels=prompt_channels(description.num_classes)))
-        torch.manual_seed(0)
-        network = build_network(plans.network)
-        with torch.no_grad():
-            for parameter in network.prompt_encoder.parameters():
-                parameter.normal_(0, 0.3)
-        model_dir = root / "results" / spec.folder_name / f"{TRAINER}__nnsam3d_plans"
-        save_checkpoint(ModelCheckpoint(TRAINER, "0", 1, plans.to_json(), description.to_json(), network.state_dict()),
-                        model_dir / "fold_0" / "checkpoint_final.pth")
-        yield spec.folder_name, raw_dir, model_dir, root
+        yield (*write_random_interactive_model(root, make_plans), root)
 
 
 def test_binding_beyond_loopback_needs_a_token(served_model, capsys):
