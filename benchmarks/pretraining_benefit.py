@@ -103,8 +103,10 @@ def subset_dataset(source: Path, raw_root: Path, dataset_id: int, cases: int | N
 
 def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int, minutes: float, device: str) -> dict:
     result_file = workdir / "runs" / f"{dataset}_{cases or 'all'}_{arm}_seed{seed}.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    if result_file.is_file():  # finished earlier; still kept with the results
+        result = json.loads(result_file.read_text())
+        write_result(f"pretraining_runs/{result_file.name}", result)
+        return result
     backbone, trainer = ARMS[arm]
     run_dir = workdir / f"{dataset}_{cases or 'all'}_{backbone}"
     folders = use_work_folders(run_dir)

@@ -26,7 +26,7 @@ Parameters are counted on a module built on the meta device (no memory, exact by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, prod
+from math import ceil
 
 import torch
 from torch import nn
@@ -262,7 +262,3 @@ def encoder_forward_flops(stages: TinyViTStages, config: NetworkConfig, batch: i
     terms.append(("neck", 2 * last * (dims[-1] * stages.neck_dim + stages.neck_dim ** 2 * 9),
                   full or index >= gradient_from, full, 1))
     return terms
-
-
-def largest_input(config: NetworkConfig, batch: int) -> int:
-    return FP32 * batch * config.in_channels * prod(config.patch_size)
