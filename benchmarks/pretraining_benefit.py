@@ -11,7 +11,10 @@ dataset's test images without mirroring and evaluates them):
 
 Every run trains for ``--minutes`` of wall time (the trainer's time budget, checked after each
 epoch of 10 iterations; the learning-rate decay follows the budget), so a busy machine gives every arm fewer steps: run one at a time on a quiet machine and
-read the load averages recorded beside each run. Each run's result is its own JSON file under
+read the load averages recorded beside each run. ``--iterations N`` instead trains every arm for
+the same N iterations (the schedule's decay over N): the per-step comparison, which separates
+what pre-training gives from what a CPU step costs, and which the machine's load does not change
+(its files end in ``_itN``). Each run's result is its own JSON file under
 ``--workdir`` (reruns skip finished runs), copied to ``benchmarks/results/pretraining_runs/``; the
 table of the runs asked for is written to ``benchmarks/results/pretraining_benefit.json``.
 
@@ -101,8 +104,10 @@ def subset_dataset(source: Path, raw_root: Path, dataset_id: int, cases: int | N
     return name, target
 
 
-def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int, minutes: float, device: str) -> dict:
-    result_file = workdir / "runs" / f"{dataset}_{cases or 'all'}_{arm}_seed{seed}.json"
+def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int, minutes: float, device: str,
+            iterations: int | None = None) -> dict:
+    budget = f"_it{iterations}" if iterations else ""
+    result_file = workdir / "runs" / f"{dataset}_{cases or 'all'}_{arm}_seed{seed}{budget}.json"
     if result_file.is_file():  # finished earlier; still kept with the results
         result = json.loads(result_file.read_text())
         write_result(f"pretraining_runs/{result_file.name}", result)
@@ -119,8 +124,9 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     model_dir = paths.training_output_dir(name, trainer, DEFAULT_PLANS_NAME)
     shutil.rmtree(model_dir / f"fold_{FOLD}", ignore_errors=True)
     load_before = load_average()
-    train_fold(trainer, TrainingRequest(dataset=name, fold=FOLD, num_epochs=1000, iterations_per_epoch=ITERATIONS_PER_EPOCH,
-                                        device=device, seed=seed, time_budget_minutes=minutes))
+    epochs = -(-iterations // ITERATIONS_PER_EPOCH) if iterations else 1000
+    train_fold(trainer, TrainingRequest(dataset=name, fold=FOLD, num_epochs=epochs, iterations_per_epoch=ITERATIONS_PER_EPOCH,
+                                        device=device, seed=seed, time_budget_minutes=None if iterations else minutes))
     history = load_checkpoint(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth").training_state["log"]["history"]
     predictor = Predictor.from_model_folder(model_dir, folds=[FOLD], device=device, use_mirroring=False)
     predictions = run_dir / "predictions" / f"{arm}_seed{seed}"
@@ -131,7 +137,8 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     summary = evaluate_folders(raw_dir / "labelsTs", predictions, description.labels, description.file_ending)
     result = {
         "dataset": dataset, "training_cases": len(list((raw_dir / "labelsTr").iterdir())), "arm": arm,
-        "backbone": backbone, "trainer": trainer, "seed": seed, "minutes": minutes,
+        "backbone": backbone, "trainer": trainer, "seed": seed, "minutes": None if iterations else minutes,
+        "budget": "iterations" if iterations else "minutes",
         "epochs": len(history), "iterations": ITERATIONS_PER_EPOCH * len(history),
         "training_seconds": sum(epoch["seconds"] for epoch in history),
         "prediction_seconds": time.perf_counter() - started,
@@ -179,6 +186,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall time of every run (default 10)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="train every run for this many iterations instead of --minutes (equal steps, not equal time)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--step-cost", action="store_true",
                         help="only measure each arm's seconds per iteration on the demo plan (CPU)")
@@ -194,9 +203,10 @@ def main() -> None:
             for seed in args.seeds:
                 for arm in args.arms:
                     count = None if cases == "all" else int(cases)
-                    runs.append(run_one(workdir, dataset, count, arm, seed, args.minutes, args.device))
+                    runs.append(run_one(workdir, dataset, count, arm, seed, args.minutes, args.device, args.iterations))
                     print(json.dumps(runs[-1]))
-    write_result("pretraining_benefit.json", {"machine": environment(), "command": vars(args) | {"workdir": str(workdir)},
+    table = f"pretraining_benefit_it{args.iterations}.json" if args.iterations else "pretraining_benefit.json"
+    write_result(table, {"machine": environment(), "command": vars(args) | {"workdir": str(workdir)},
                                               "runs": runs})
 
 
