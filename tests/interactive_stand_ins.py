@@ -2,7 +2,9 @@
 
 ``PromptOracle``: a network whose decoder turns the prompt into logits by a fixed rule (class 1
 where the normalised image is bright, the prior kept, a positive click's ball adds its class, a
-negative one removes it), so that what a click must do is known exactly; it counts encoder calls.
+negative one removes it), so that what a click must do is known exactly; it counts the tiles it encodes.
+``ClickIgnoringNetwork``: takes the prompt and ignores it (class 1's probability grows with the
+intensity), so that what a click changes is the session's enforcement alone.
 ``write_random_interactive_model``: a one-fold interactive model folder with random weights (its
 prompt branch randomised too, so clicks change the output), for tests of commands and servers.
 """
@@ -25,7 +27,7 @@ INTERACTIVE_TRAINER = "nnSAM3DTrainer_interactive"
 
 
 class PromptOracle(nn.Module):
-    """A stand-in network with a known answer to clicks (module docstring); counts encoder calls."""
+    """A stand-in network with a known answer to clicks (module docstring); counts the tiles it encodes."""
 
     is_interactive = True
 
@@ -35,7 +37,7 @@ class PromptOracle(nn.Module):
         self.deep_supervision = False
 
     def encode(self, x):
-        self.encoder_calls += 1
+        self.encoder_calls += x.shape[0]  # tiles encoded, whether one at a time or in a batch
         return [x]
 
     def decode(self, x, features, prompts=None):
@@ -48,6 +50,30 @@ class PromptOracle(nn.Module):
                 positive = prompts[:, prompt_channel("positive", label, ORACLE_CLASSES)]
                 negative = prompts[:, prompt_channel("negative", label, ORACLE_CLASSES)]
                 logits[:, label] = 10 * prior - 5 + 40 * (positive > 0.5) - 40 * (negative > 0.5)
+        return logits
+
+    def forward(self, x, prompts=None):
+        return self.decode(x, self.encode(x), prompts)
+
+
+class ClickIgnoringNetwork(nn.Module):
+    """An interactive stand-in that ignores every prompt: class 1's logit is ``4 (x - 1)`` of the
+    normalised intensity x (with the tests' CT normalisation (HU - 80) / 100: probability 0.40 at
+    170 HU, 0.99 at 300 HU, 1e-5 at -100 HU), class 2 never."""
+
+    is_interactive = True
+
+    def __init__(self):
+        super().__init__()
+        self.deep_supervision = False
+
+    def encode(self, x):
+        return [x]
+
+    def decode(self, x, features, prompts=None):
+        logits = torch.zeros((x.shape[0], ORACLE_CLASSES, *x.shape[2:]))
+        logits[:, 1] = 4 * (features[0][:, 0] - 1.0)
+        logits[:, 2] = -20
         return logits
 
     def forward(self, x, prompts=None):

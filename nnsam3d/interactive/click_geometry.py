@@ -53,3 +53,11 @@ def world_to_network_voxel(point_mm: Sequence[float], properties: CaseProperties
     network = (cropped + 0.5) * scale - 0.5
     network = np.clip(network, 0, np.array(properties.shape_after_resampling) - 1)
     return tuple(float(v) for v in network)
+
+
+def world_to_image_voxel(point_mm: Sequence[float], properties: CaseProperties) -> tuple[int, int, int]:
+    """World point (mm) → the canonical input-image voxel (z, y, x) it falls in (a point that
+    :func:`world_to_network_voxel` accepts lies inside the image)."""
+    canonical = (np.linalg.inv(properties.geometry.canonical_affine) @ np.array([*map(float, point_mm), 1.0]))[:3]
+    full = properties.shape_before_cropping
+    return tuple(int(min(max(np.rint(v), 0), n - 1)) for v, n in zip(canonical, full))

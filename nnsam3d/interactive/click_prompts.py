@@ -31,11 +31,14 @@ CLICK_CUTOFF_SIGMAS = 3.0
 
 @dataclass(frozen=True)
 class Click:
-    """label: foreground class value; position: network-grid voxel (z, y, x); positive: add (True) or remove."""
+    """label: foreground class value; position: network-grid voxel (z, y, x); positive: add (True) or remove.
+    image_voxel: the canonical input-image voxel (z, y, x) the user clicked, where a session knows
+    it (the label it must carry there); None for clicks simulated on patches."""
 
     label: int
     position: tuple[float, float, float]
     positive: bool
+    image_voxel: tuple[int, int, int] | None = None
 
 
 def click_sigma_voxels(spacing: Sequence[float]) -> tuple[float, float, float]:

@@ -11,10 +11,17 @@ session's class scores on the network grid start as the predictor's (or, when re
 segmentation, as its one-hot map), and every tile's vote in the Gaussian-weighted average starts
 as those scores. A click re-predicts the tiles that contain it, through every network and
 mirroring of the predictor, with the prompt (every click so far, and the current segmentation as
-the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones. Only
-those tiles' decoders run: the encoder's features of a tile do not depend on prompts and are
-kept (:mod:`feature_cache`: bounded in bytes, shared by folds that share an encoder), so a second
-click in the same region costs decoder passes only. ``encoder_calls`` counts encoder runs.
+the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones. Every
+tile's prompt carries the segmentation as it was before the click, and the tiles go through the
+networks in batches of the predictor's batch size. Only those tiles' decoders run: the encoder's
+features of a tile do not depend on prompts and are kept (:mod:`feature_cache`: bounded in
+bytes, shared by folds that share an encoder), so a second click in the same region costs
+decoder passes only. ``encoder_calls`` counts tiles encoded.
+
+Where the network does not follow a click, the click is enforced (:mod:`click_enforcement`):
+the clicked voxel carries what the click asks, and the region around it follows the network's
+evidence within the click's ball. The enforced scores are what is exported and what the next
+prompt's prior holds; the network's own scores are kept apart, so undo and reset stay exact.
 
 A click is all or nothing: its votes are computed from the clicks so far plus the new one, and
 the click, its votes, the labels and the undo record are kept only once all of it succeeded; if
@@ -22,8 +29,8 @@ anything fails (an out-of-memory error in a decoder, an export error) the sessio
 
 What the user gets back stays on exactly the input grid: the label map changes only at voxels
 whose exported label (scores resampled to the input grid and argmaxed, as the predictor exports)
-changes with the click; everything else keeps its value, postprocessing of the automatic result
-and a given initial segmentation included.
+changes with the click, and at clicked voxels; everything else keeps its value, postprocessing
+of the automatic result and a given initial segmentation included.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from nnsam3d.devices import HostCopy, copy_to_host
 from nnsam3d.inference.export import probabilities_to_label_map
 from nnsam3d.inference.gaussian_weights import gaussian_importance_map
 from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
-from nnsam3d.interactive.click_geometry import ClickError, voxel_to_world, world_to_network_voxel
-from nnsam3d.interactive.click_prompts import Click, build_prompts
+from nnsam3d.interactive.click_enforcement import clicks_enforced, image_voxel_in, reach_of_clicks, set_clicked_voxels
+from nnsam3d.interactive.click_geometry import ClickError, voxel_to_world, world_to_image_voxel, world_to_network_voxel
+from nnsam3d.interactive.click_prompts import Click, build_prompts, click_sigma_voxels
 from nnsam3d.interactive.feature_cache import FeatureCache, default_cache_bytes, encoder_of
+from nnsam3d.interactive.region_export import export_region
 from nnsam3d.io.geometry import from_canonical, to_canonical
-from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores_to_label_map, separate_axis_for
+from nnsam3d.preprocessing.resampling import resample_label_map, separate_axis_for
 
 
 @dataclass
@@ -85,6 +94,7 @@ class InteractiveSession:
         self.properties = case.properties
         self.geometry = case.properties.geometry
         self.spacing = tuple(predictor.plans.target_spacing)
+        self._click_sigma = click_sigma_voxels(self.spacing)
         data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32))
         self._padded, self._region = pad_to_patch_size(data, predictor.plans.patch_size)
         self._origin = tuple(s.start for s in self._region)
@@ -112,9 +122,7 @@ class InteractiveSession:
         self._scores[(slice(None), *self._region)] = base.to(device)
         self._base_scores = self._scores.clone()
         self._base_prior = self._scores.argmax(0).to(torch.int16)
-        self._export_separate_axis = separate_axis_for(self.properties.spacing_after_resampling,
-                                                       self.properties.original_spacing)
-        self._start_exported = self._export_whole()
+        self._start_exported = self._export_whole([])
         self._automatic_labels = canonical_labels.astype(np.int16, copy=False)
         self._history: list[_Step] = []
         self._restore_start()
@@ -148,13 +156,13 @@ class InteractiveSession:
         Raises :class:`ClickError` for a point outside the image or an unknown label.
         """
         value = self.label_value(label)
-        padded_position = self._padded_position(point_mm, voxel)
-        clicks = [*self.clicks, Click(value, padded_position, bool(positive))]
+        padded_position, image_voxel = self._click_point(point_mm, voxel)
+        clicks = [*self.clicks, Click(value, padded_position, bool(positive), image_voxel)]
         tiles = self._tiles_containing(padded_position)
         step = _Step(clicks=self.clicks, tile_votes=dict(self._tile_votes))
-        with self._all_or_nothing(tiles):
+        with self._all_or_nothing(tiles, clicks):
             votes = self._predict_tiles(tiles, clicks)
-            step.changed, step.labels_before, step.exported_before = self._update_labels(tiles)
+            step.changed, step.labels_before, step.exported_before = self._update_labels(tiles, clicks)
         # Nothing below can fail: the click exists from here on.
         self._tile_votes.update(votes)
         self.clicks = clicks
@@ -164,10 +172,11 @@ class InteractiveSession:
     def tiles_for(self, point_mm=None, *, voxel=None) -> list[int]:
         """Indices of the sliding-window tiles a click at this point re-predicts (point as for
         :meth:`click`). A click in tiles seen before runs decoders only."""
-        return self._tiles_containing(self._padded_position(point_mm, voxel))
+        return self._tiles_containing(self._click_point(point_mm, voxel)[0])
 
-    def _padded_position(self, point_mm, voxel) -> tuple[float, float, float]:
-        """A click's point (mm, or an input voxel) on the padded network grid; refused if outside."""
+    def _click_point(self, point_mm, voxel) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+        """A click's point (mm, or an input voxel) on the padded network grid, and the canonical
+        input voxel it falls in; refused if outside."""
         if (point_mm is None) == (voxel is None):
             raise ClickError("give a click either as point_mm or as voxel, not both or neither")
         if voxel is not None:
@@ -178,7 +187,7 @@ class InteractiveSession:
                 raise ClickError(f"voxel {tuple(voxel)} lies outside the image of shape {self.geometry.shape}")
             point_mm = voxel_to_world(index, self.geometry)
         position = world_to_network_voxel(point_mm, self.properties)
-        return tuple(p + o for p, o in zip(position, self._origin))
+        return tuple(p + o for p, o in zip(position, self._origin)), world_to_image_voxel(point_mm, self.properties)
 
     def undo(self) -> np.ndarray:
         """Take back the last click (or reset); returns the label map before it."""
@@ -190,10 +199,12 @@ class InteractiveSession:
         # Else the tiles whose vote the step changed (the others hold the very same copy).
         elif tiles := sorted(index for index in set(self._tile_votes) | set(step.tile_votes)
                              if self._tile_votes.get(index) is not step.tile_votes.get(index)):
-            with self._all_or_nothing(tiles):
+            both = [*self.clicks, *step.clicks]  # the enforcement of those undone goes, of those restored returns
+            with self._all_or_nothing(tiles, both):
                 for index in tiles:
                     previous = step.tile_votes.get(index)
-                    self._set_vote(index, self._base_vote(index) if previous is None else previous.get())
+                    self._swap_vote(index, self._base_vote(index) if previous is None else previous.get())
+                self._refresh_prior(self._affected_box(tiles, both), step.clicks)
         self._history.pop()
         self._tile_votes = step.tile_votes
         self.clicks = step.clicks
@@ -218,7 +229,7 @@ class InteractiveSession:
                 tiles = self._tiles_containing(click.position)
                 self._tile_votes.update(self._predict_tiles(tiles, clicks))
                 self.clicks = clicks
-                self._update_labels(tiles)
+                self._update_labels(tiles, clicks)
         except BaseException:
             self._scores, self._prior, self._labels, self._exported, self._tile_votes, self.clicks = before
             raise
@@ -258,31 +269,42 @@ class InteractiveSession:
         """A tile's vote before any click: the starting scores (their weighted mean is themselves)."""
         return self._base_scores[(slice(None), *self._windows[index])]
 
-    def _set_vote(self, index: int, vote: torch.Tensor) -> None:
-        """Swap tile ``index``'s vote in the average from its kept one to ``vote``."""
+    def _swap_vote(self, index: int, vote: torch.Tensor) -> None:
+        """Swap tile ``index``'s vote in the average from its kept one to ``vote`` (the scores only:
+        the prior follows in :meth:`_refresh_prior`, once for all tiles of an action)."""
         window = self._windows[index]
         current = self._tile_votes.get(index)
         device = self._scores.device
         current = self._base_vote(index) if current is None else current.get().to(device, non_blocking=True)
         region = (slice(None), *window)
         self._scores[region] += (vote.to(device) - current) * (self._weights / self._weight_sum[window])
-        self._prior[window] = self._scores[region].argmax(0).to(torch.int16)
+
+    def _refresh_prior(self, box: tuple[slice, ...], clicks: list[Click]) -> None:
+        """The prior (argmax of the scores, ``clicks`` enforced) again over ``box``, which holds
+        everywhere an action can have changed it."""
+        with self._clicks_enforced(clicks):
+            self._prior[box] = self._scores[(slice(None), *box)].argmax(0).to(torch.int16)
 
     def _predict_tiles(self, indices: list[int], clicks: list[Click]) -> dict[int, HostCopy]:
         """Predict the tiles with ``clicks`` and swap their votes into the scores; returns the new
-        votes' host copies, for the caller to keep (for undo) once the whole action succeeded."""
+        votes' host copies, for the caller to keep (for undo) once the whole action succeeded.
+        Every tile's prompt holds the segmentation as it was before this action, so no tile's
+        result depends on the order the tiles run in."""
         votes = {}
-        for index in indices:
-            vote = self._prompted_vote(index, clicks)
-            self._set_vote(index, vote)
-            votes[index] = copy_to_host(vote)  # kept for undo, off the device
+        size = max(1, self.predictor.batch_size)
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
+            for index, vote in zip(chunk, self._prompted_votes(chunk, clicks)):
+                self._swap_vote(index, vote)
+                votes[index] = copy_to_host(vote)  # kept for undo, off the device
+        self._refresh_prior(self._affected_box(indices, clicks), clicks)
         return votes
 
     @contextmanager
-    def _all_or_nothing(self, tiles: list[int]):
+    def _all_or_nothing(self, tiles: list[int], clicks: list[Click]):
         """Put the scores and prior of ``tiles``' region back as they were if the block fails; the
         block changes nothing else before its last step (the label arrays, updated last)."""
-        box = self._box_of(tiles)
+        box = self._affected_box(tiles, clicks)
         region = (slice(None), *box)
         scores, prior = self._scores[region].clone(), self._prior[box].clone()
         try:
@@ -297,26 +319,43 @@ class InteractiveSession:
         windows = [self._windows[index] for index in tiles]
         return tuple(slice(min(w[a].start for w in windows), max(w[a].stop for w in windows)) for a in range(3))
 
-    def _encoded(self, network, index: int, axes: tuple[int, ...], inputs: torch.Tensor) -> list:
-        """Encoder features of tile ``index`` in mirroring ``axes`` (``inputs`` already mirrored),
-        from the cache where this network's encoder computed them before."""
-        key = FeatureCache.key(encoder_of(network), index, axes)
-        features = self.feature_cache.get(key)
-        if features is None:
-            features = network.encode(inputs)
-            self.encoder_calls += 1
-            self.feature_cache.put(key, features)
-        return features
+    def _affected_box(self, tiles: list[int], clicks: list[Click]) -> tuple[slice, ...]:
+        """Where re-predicting ``tiles`` can change the enforced labels (:func:`reach_of_clicks`)."""
+        return reach_of_clicks(self._box_of(tiles), clicks, self._click_sigma, self._scores.shape[1:])
 
-    def _prompted_vote(self, index: int, clicks: list[Click]) -> torch.Tensor:
-        """Mean softmax (K, *patch) of the tile with the prompt of ``clicks``, over networks and mirrorings.
-        One (network, mirroring) at a time, so that only one pass's features are held beyond the cache."""
-        window = self._windows[index]
+    def _clicks_enforced(self, clicks: list[Click]):
+        return clicks_enforced(self._scores, clicks, self._click_sigma)
+
+    def _encoded(self, network, tiles: list[int], axes: tuple[int, ...], inputs: torch.Tensor) -> list:
+        """Encoder features of the batch ``tiles`` in mirroring ``axes`` (``inputs``: their windows,
+        already mirrored), from the cache where this network's encoder computed them before; the
+        others are encoded together and kept one entry per tile."""
+        encoder = encoder_of(network)
+        per_tile = [self.feature_cache.get(FeatureCache.key(encoder, index, axes)) for index in tiles]
+        missing = [row for row, features in enumerate(per_tile) if features is None]
+        if missing:
+            fresh = network.encode(inputs[missing] if len(missing) < len(tiles) else inputs)
+            self.encoder_calls += len(missing)
+            for position, row in enumerate(missing):
+                # A copy per tile: a view would keep the whole batch alive behind the cache's count.
+                per_tile[row] = fresh if len(missing) == 1 else [level[position:position + 1].clone() for level in fresh]
+                self.feature_cache.put(FeatureCache.key(encoder, tiles[row], axes), per_tile[row])
+        if len(tiles) == 1:
+            return per_tile[0]
+        return [torch.cat(levels) for levels in zip(*per_tile)]
+
+    def _prompted_votes(self, tiles: list[int], clicks: list[Click]) -> list[torch.Tensor]:
+        """Mean softmax (K, *patch) of each of ``tiles`` with the prompt of ``clicks``, over networks
+        and mirrorings, the tiles as one batch: on a CPU a decoder pass over two tiles costs about
+        what one alone costs (a batch of one takes PyTorch's slow convolution path for the small
+        levels; ``benchmarks/interactive_latency.py``). One (network, mirroring) at a time, so
+        that only one pass's features are held beyond the cache."""
+        windows = [self._windows[index] for index in tiles]
         device = self.predictor.device
         ensemble = self.predictor.window_ensemble
-        inputs = self._padded[(slice(None), *window)][None].to(device)
-        origin = tuple(s.start for s in window)
-        prompts = build_prompts(self._prior[window].to(device), clicks, self.num_classes, self.spacing, origin)[None]
+        inputs = torch.stack([self._padded[(slice(None), *window)] for window in windows]).to(device)
+        prompts = torch.stack([build_prompts(self._prior[window].to(device), clicks, self.num_classes, self.spacing,
+                                             tuple(s.start for s in window)) for window in windows])
         autocast = (torch.autocast(device.type, dtype=ensemble.autocast_dtype)
                     if ensemble.autocast_dtype else nullcontext())
         total = None
@@ -325,46 +364,31 @@ class InteractiveSession:
                 for axes in ensemble.mirrorings:
                     flip = (lambda t: torch.flip(t, axes)) if axes else (lambda t: t)
                     mirrored = flip(inputs)
-                    features = self._encoded(network, index, axes, mirrored)
+                    features = self._encoded(network, tiles, axes, mirrored)
                     logits = network.decode(mirrored, features, flip(prompts))
                     probabilities = flip(torch.softmax(logits.float(), dim=1))
                     total = probabilities if total is None else total + probabilities
-        return (total / ensemble.passes_per_window)[0]
+        return list((total / ensemble.passes_per_window).unbind(0))
 
     # ------------------------------------------------------------------ labels
-    def _export_whole(self) -> np.ndarray:
-        """Canonical label map of all current scores, exported as the predictor does (no postprocessing)."""
-        scores = self._scores[(slice(None), *self._region)].cpu().numpy()
-        return probabilities_to_label_map(scores, self.properties, None)
+    def _export_whole(self, clicks: list[Click] | None = None) -> np.ndarray:
+        """Canonical label map of all current scores, exported as the predictor does (no
+        postprocessing), ``clicks`` (default: the session's) enforced."""
+        clicks = self.clicks if clicks is None else clicks
+        with self._clicks_enforced(clicks):
+            scores = self._scores[(slice(None), *self._region)].cpu().numpy()
+            labels = probabilities_to_label_map(scores, self.properties, None)
+            set_clicked_voxels(labels, tuple(slice(0, n) for n in labels.shape), clicks, self._scores)
+        return labels
 
-    def _export_region(self, box: tuple[slice, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    def _export_region(self, box: tuple[slice, ...], clicks: list[Click]) -> tuple[tuple[slice, ...], np.ndarray]:
         """The canonical region whose export scores changed in ``box`` (padded network grid) can
-        change, and its labels exported anew; outside it the previous export still holds."""
-        network_box, export_box = self._export_boxes(box)
-        scores = self._scores[(slice(None), *(slice(o + s.start, o + s.stop) for o, s in zip(self._origin, network_box)))]
-        shape = tuple(s.stop - s.start for s in export_box)
-        if tuple(scores.shape[1:]) == shape:  # no resampling: the argmax where the scores are (ties to the lower class, as the export)
-            return export_box, scores.argmax(0).to(torch.int16).cpu().numpy()
-        return export_box, resample_scores_to_label_map(scores.cpu().numpy(), shape, self._export_separate_axis)
-
-    def _export_boxes(self, box: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """The network-grid region to re-export for scores changed in ``box`` (padded grid), and
-        the canonical image region it becomes. An axis the export does not resample maps voxel
-        to voxel and is cut to the box; a resampled axis is exported whole (the resampling of a
-        part is not bit-identical to the part of the resampling)."""
-        network_box, export_box = [], []
-        for axis, (s, origin) in enumerate(zip(box, self._origin)):
-            network = self.properties.shape_after_resampling[axis]
-            cropped = self.properties.shape_after_cropping[axis]
-            offset = self.properties.crop_bbox[axis][0]
-            if network == cropped:
-                lo, hi = max(s.start - origin, 0), min(s.stop - origin, network)
-                network_box.append(slice(lo, hi))
-                export_box.append(slice(offset + lo, offset + hi))
-            else:
-                network_box.append(slice(0, network))
-                export_box.append(slice(offset, offset + cropped))
-        return tuple(network_box), tuple(export_box)
+        change, and its labels exported anew, ``clicks`` enforced; outside it the previous export
+        still holds."""
+        with self._clicks_enforced(clicks):
+            export_box, labels = export_region(self._scores, box, self._origin, self.properties)
+            set_clicked_voxels(labels, export_box, clicks, self._scores)
+        return export_box, labels
 
     def _restore_start(self) -> None:
         """Scores, labels and clicks exactly as at the start (no history change)."""
@@ -374,12 +398,20 @@ class InteractiveSession:
         self._tile_votes: dict[int, HostCopy] = {}
         self.clicks: list[Click] = []
 
-    def _update_labels(self, tiles: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Export the scores changed by re-predicting ``tiles``; labels change where the export
-        changed. Returns (changed flat indices, their labels before, their export before)."""
-        export_box, labels = self._export_region(self._box_of(tiles))  # a click lies in at least one tile
+    def _update_labels(self, tiles: list[int], clicks: list[Click]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Export the scores changed by re-predicting ``tiles`` with ``clicks`` enforced; labels
+        change where the export changed, and at clicked voxels whose label differs from the
+        export's (one set otherwise by the automatic result's postprocessing or a given
+        segmentation). Returns (changed flat indices, their labels before, their export before)."""
+        export_box, labels = self._export_region(self._affected_box(tiles, clicks), clicks)
         previous = self._exported[export_box]  # a view: updated in place below
-        local = np.nonzero(labels != previous)
+        differs = labels != previous
+        current = self._labels[export_box]
+        for click in clicks:
+            local = image_voxel_in(click, export_box)
+            if local is not None and current[local] != labels[local]:
+                differs[local] = True
+        local = np.nonzero(differs)
         changed = np.ravel_multi_index(tuple(i + s.start for i, s in zip(local, export_box)), self._exported.shape)
         flat_labels = self._labels.reshape(-1)
         labels_before = flat_labels[changed].copy()

@@ -162,7 +162,7 @@ def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_pred
         for parameter in network.prompt_encoder.parameters():
             parameter.normal_(0, 0.3)
     calls = []
-    network.encoder.register_forward_hook(lambda *args: calls.append(1))
+    network.encoder.register_forward_hook(lambda module, args, output: calls.extend([1] * args[0].shape[0]))
     predictor = Predictor([network], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
     image = phantom()
     session = open_session(predictor, image, LPS_PERMUTED)
@@ -175,6 +175,41 @@ def test_real_interactive_network_reuses_encoder_features_and_starts_as_the_pred
     assert len(calls) == tiles
     assert not np.array_equal(first, second)                       # the prompt branch acts
     assert first.shape == image.shape and first.dtype == np.int16
+
+
+def _random_interactive_network(plans, seed: int = 0):
+    torch.manual_seed(seed)
+    network = build_network(plans.network.replace(prompt_channels=prompt_channels(NUM_CLASSES)))
+    with torch.no_grad():  # a prompt branch that acts (a new one adds zeros)
+        for parameter in network.prompt_encoder.parameters():
+            parameter.normal_(0, 0.3)
+    return network
+
+
+@pytest.mark.parametrize("mirroring", [False, True])
+def test_tiles_decoded_in_batches_equal_tiles_decoded_one_by_one(plans, mirroring):
+    """The fast path (tiles through encoder and decoder as a batch, the predictor's batch size)
+    gives the one-tile-at-a-time result, and every tile's prompt is the segmentation before the
+    click: with batches of one, a tile decoded later must not see the earlier tiles' new votes."""
+    network = _random_interactive_network(plans)
+    image = phantom()
+    empty = np.zeros(image.shape, dtype=np.int16)  # refine an empty segmentation: the first click's prior is empty
+    clicks = [((29, 25, 7), True, "lesion"), ((20, 18, 7), True, "liver"), ((21, 18, 7), False, "lesion")]
+    sessions = {}
+    for batch_size in (1, 3, 64):
+        predictor = Predictor([network], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=mirroring,
+                              batch_size=batch_size)
+        session = open_session(predictor, image, LPS_PERMUTED, empty)
+        for voxel, positive, label in clicks:
+            session.click(voxel=voxel, positive=positive, label=label)
+        sessions[batch_size] = session
+    one_by_one = sessions[1]
+    assert len(one_by_one._tiles_containing(one_by_one.clicks[1].position)) > 3  # batches of 3 hold several tiles
+    for batch_size in (3, 64):
+        assert torch.allclose(sessions[batch_size]._scores, one_by_one._scores, atol=1e-5)
+        assert torch.equal(sessions[batch_size]._prior, one_by_one._prior)
+        assert np.array_equal(sessions[batch_size].labels, one_by_one.labels)
+        assert sessions[batch_size].encoder_calls == one_by_one.encoder_calls
 
 
 @pytest.mark.parametrize("spacing_ijk", [(1.0, 1.0, 2.0), (0.7, 1.0, 2.0), (1.0, 1.3, 5.0)],
@@ -224,8 +259,9 @@ def _assert_state_equals(session, state: dict) -> None:
 @pytest.mark.parametrize("failing", ["second tile", "export"])
 @pytest.mark.parametrize("action", ["click", "reset"])
 def test_a_failed_click_or_reset_leaves_the_session_exactly_as_it_was(plans, monkeypatch, failing, action):
-    """An out-of-memory error (here injected) while the second tile is predicted, or while the
-    labels are exported, must leave no phantom click, no half-swapped votes, no undo record."""
+    """An out-of-memory error (here injected) while the second batch of tiles is predicted (the
+    first one's votes already swapped in), or while the labels are exported, must leave no
+    phantom click, no half-swapped votes, no undo record."""
     predictor, _ = oracle_predictor(plans)
     session = open_session(predictor, phantom(), LPS_PERMUTED)
     session.click(voxel=(29, 25, 7), label="lesion")
@@ -242,12 +278,12 @@ def test_a_failed_click_or_reset_leaves_the_session_exactly_as_it_was(plans, mon
         return failing_vote
 
     if failing == "second tile":
-        monkeypatch.setattr(session, "_prompted_vote", fail_on_second_tile(session._prompted_vote))
+        monkeypatch.setattr(session, "_prompted_votes", fail_on_second_tile(session._prompted_votes))
     else:
-        monkeypatch.setattr(session, "_export_region", lambda box: (_ for _ in ()).throw(RuntimeError("injected")))
+        monkeypatch.setattr(session, "_export_region", lambda box, clicks: (_ for _ in ()).throw(RuntimeError("injected")))
     with pytest.raises(RuntimeError, match="injected"):
         if action == "click":
-            session.click(voxel=(20, 18, 7), label="liver")   # in every tile: the second one fails
+            session.click(voxel=(20, 18, 7), label="liver")   # in every tile: the second batch fails
         else:
             session.reset("lesion")
     _assert_state_equals(session, before)
