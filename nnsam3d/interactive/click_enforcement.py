@@ -57,7 +57,8 @@ def ball_box(position: Sequence[float], sigma: Sequence[float], shape: Sequence[
     return tuple(box)
 
 
-def _inside_ball(box: tuple[slice, ...], position: Sequence[float], sigma: Sequence[float]) -> np.ndarray:
+def inside_ball(box: tuple[slice, ...], position: Sequence[float], sigma: Sequence[float]) -> np.ndarray:
+    """Which voxels of ``box`` lie in the ball of a click at ``position`` (boolean, the box's shape)."""
     axes = [(np.arange(s.start, s.stop) - position[a]) / sigma[a] for a, s in enumerate(box)]
     squared = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
     return squared <= CLICK_CUTOFF_SIGMAS**2
@@ -86,7 +87,7 @@ def enforced_region(probabilities: torch.Tensor, click: Click, sigma: Sequence[f
                       & (scores[click.label] >= PLAUSIBLE_SHARE * scores.max(0)))
     else:
         candidates = (winner == click.label) & (scores[click.label] <= at_click + EQUAL_EVIDENCE)
-    candidates &= _inside_ball(box, click.position, sigma)
+    candidates &= inside_ball(box, click.position, sigma)
     candidates[local] = True
     components, _count = ndimage.label(candidates)  # 6-connectivity
     return components == components[local]

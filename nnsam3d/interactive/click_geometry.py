@@ -61,3 +61,23 @@ def world_to_image_voxel(point_mm: Sequence[float], properties: CaseProperties) 
     canonical = (np.linalg.inv(properties.geometry.canonical_affine) @ np.array([*map(float, point_mm), 1.0]))[:3]
     full = properties.shape_before_cropping
     return tuple(int(min(max(np.rint(v), 0), n - 1)) for v, n in zip(canonical, full))
+
+
+def clickable_class(description, label: str | int) -> int:
+    """The class value of ``label`` (a name or value of ``description``, the dataset's
+    ``DatasetDescription``); :class:`ClickError` unless it is one of its foreground classes."""
+    labels = description.labels
+    if isinstance(label, str) and label in labels:
+        value = labels[label]
+    elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and int(label) in labels.values():
+        value = int(label)
+    else:
+        names = ", ".join(description.label_name(v) for v in description.foreground_labels)
+        raise ClickError(f"unknown label {label!r}; this model segments: {names}")
+    if value == 0:
+        raise ClickError("clicks are for foreground classes; a negative click removes a class instead of "
+                         "adding background")
+    if value == description.ignore_label:
+        raise ClickError(f"{label!r} is the dataset's ignore label (unannotated voxels), not a class the "
+                         "model predicts; click a foreground class")
+    return value

@@ -45,13 +45,15 @@ from nnsam3d.devices import HostCopy, copy_to_host
 from nnsam3d.inference.export import probabilities_to_label_map
 from nnsam3d.inference.gaussian_weights import gaussian_importance_map
 from nnsam3d.inference.sliding_window import pad_to_patch_size, window_slices
-from nnsam3d.interactive.click_enforcement import clicks_enforced, image_voxel_in, reach_of_clicks, set_clicked_voxels
-from nnsam3d.interactive.click_geometry import ClickError, voxel_to_world, world_to_image_voxel, world_to_network_voxel
+from nnsam3d.interactive.click_enforcement import (clicks_enforced, image_voxel_in, inside_ball, reach_of_clicks,
+                                                    set_clicked_voxels)
+from nnsam3d.interactive.click_reach import click_reach
+from nnsam3d.interactive.click_geometry import ClickError, clickable_class, voxel_to_world, world_to_image_voxel, world_to_network_voxel
 from nnsam3d.interactive.click_prompts import Click, build_prompts, click_sigma_voxels
+from nnsam3d.interactive.initial_segmentation import canonical_initial_labels, one_hot_on_network_grid
 from nnsam3d.interactive.feature_cache import FeatureCache, default_cache_bytes, encoder_of
 from nnsam3d.interactive.region_export import export_region
-from nnsam3d.io.geometry import from_canonical, to_canonical
-from nnsam3d.preprocessing.resampling import resample_label_map, separate_axis_for
+from nnsam3d.io.geometry import from_canonical
 
 
 @dataclass
@@ -115,8 +117,8 @@ class InteractiveSession:
             base = torch.from_numpy(predictor.predict_probabilities(case.data).astype(np.float32))
             canonical_labels = probabilities_to_label_map(base.numpy(), self.properties, predictor.postprocessing)
         else:
-            canonical_labels = self._canonical_initial_labels(initial_labels)
-            base = self._one_hot_on_network_grid(canonical_labels)
+            canonical_labels = canonical_initial_labels(initial_labels, self.geometry, self.num_classes)
+            base = one_hot_on_network_grid(canonical_labels, self.properties, self.num_classes)
         self._scores = torch.zeros((self.num_classes, *padded_shape), dtype=torch.float32, device=device)
         self._scores[0] = 1.0  # the padding is background
         self._scores[(slice(None), *self._region)] = base.to(device)
@@ -242,22 +244,7 @@ class InteractiveSession:
 
     def label_value(self, label: str | int) -> int:
         """The class value of ``label`` (a name or value); only the dataset's foreground classes take clicks."""
-        description = self.predictor.description
-        labels = description.labels
-        if isinstance(label, str) and label in labels:
-            value = labels[label]
-        elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and int(label) in labels.values():
-            value = int(label)
-        else:
-            names = ", ".join(description.label_name(v) for v in description.foreground_labels)
-            raise ClickError(f"unknown label {label!r}; this model segments: {names}")
-        if value == 0:
-            raise ClickError("clicks are for foreground classes; a negative click removes a class instead of "
-                             "adding background")
-        if value == description.ignore_label:
-            raise ClickError(f"{label!r} is the dataset's ignore label (unannotated voxels), not a class the "
-                             "model predicts; click a foreground class")
-        return value
+        return clickable_class(self.predictor.description, label)
 
     # ------------------------------------------------------------------ tiles
     def _tiles_containing(self, position) -> list[int]:
@@ -269,15 +256,18 @@ class InteractiveSession:
         """A tile's vote before any click: the starting scores (their weighted mean is themselves)."""
         return self._base_scores[(slice(None), *self._windows[index])]
 
+    def _current_vote(self, index: int) -> torch.Tensor:
+        """Tile ``index``'s vote in the average now, on the scores' device."""
+        current = self._tile_votes.get(index)
+        return self._base_vote(index) if current is None else current.get().to(self._scores.device, non_blocking=True)
+
     def _swap_vote(self, index: int, vote: torch.Tensor) -> None:
         """Swap tile ``index``'s vote in the average from its kept one to ``vote`` (the scores only:
         the prior follows in :meth:`_refresh_prior`, once for all tiles of an action)."""
         window = self._windows[index]
-        current = self._tile_votes.get(index)
-        device = self._scores.device
-        current = self._base_vote(index) if current is None else current.get().to(device, non_blocking=True)
         region = (slice(None), *window)
-        self._scores[region] += (vote.to(device) - current) * (self._weights / self._weight_sum[window])
+        self._scores[region] += (vote.to(self._scores.device) - self._current_vote(index)) * (
+            self._weights / self._weight_sum[window])
 
     def _refresh_prior(self, box: tuple[slice, ...], clicks: list[Click]) -> None:
         """The prior (argmax of the scores, ``clicks`` enforced) again over ``box``, which holds
@@ -286,19 +276,40 @@ class InteractiveSession:
             self._prior[box] = self._scores[(slice(None), *box)].argmax(0).to(torch.int16)
 
     def _predict_tiles(self, indices: list[int], clicks: list[Click]) -> dict[int, HostCopy]:
-        """Predict the tiles with ``clicks`` and swap their votes into the scores; returns the new
-        votes' host copies, for the caller to keep (for undo) once the whole action succeeded.
-        Every tile's prompt holds the segmentation as it was before this action, so no tile's
-        result depends on the order the tiles run in."""
-        votes = {}
+        """Predict the tiles with ``clicks`` and swap their votes, within the last click's reach
+        (:mod:`click_reach`), into the scores; returns the new votes' host copies, for the caller
+        to keep (for undo) once the whole action succeeded. Every tile's prompt holds the
+        segmentation as it was before this action, so no tile's result depends on the order the
+        tiles run in."""
+        fresh = {}
         size = max(1, self.predictor.batch_size)
         for start in range(0, len(indices), size):
             chunk = indices[start:start + size]
             for index, vote in zip(chunk, self._prompted_votes(chunk, clicks)):
-                self._swap_vote(index, vote)
-                votes[index] = copy_to_host(vote)  # kept for undo, off the device
+                fresh[index] = copy_to_host(vote)  # off the device until the click's reach is known
+        box = self._box_of(indices)
+        reach = self._reach(box, fresh, clicks[-1])
+        votes = {}
+        for index in indices:
+            local = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(self._windows[index], box))
+            vote = torch.where(reach[local], fresh[index].get().to(self._scores.device), self._current_vote(index))
+            self._swap_vote(index, vote)
+            votes[index] = copy_to_host(vote)  # kept for undo, off the device
         self._refresh_prior(self._affected_box(indices, clicks), clicks)
         return votes
+
+    def _reach(self, box: tuple[slice, ...], fresh: dict[int, HostCopy], click: Click) -> torch.Tensor:
+        """Where in ``box`` the tiles' ``fresh`` votes are taken (boolean, the box's shape)."""
+        scores = self._scores[(slice(None), *box)]
+        candidate = scores.clone()
+        for index, vote in fresh.items():
+            window = self._windows[index]
+            local = (slice(None), *(slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box)))
+            candidate[local] += (vote.get().to(scores.device) - self._current_vote(index)) * (
+                self._weights / self._weight_sum[window])
+        changed = (candidate.argmax(0) != scores.argmax(0)).cpu().numpy()
+        reach = click_reach(changed, inside_ball(box, click.position, self._click_sigma))
+        return torch.from_numpy(reach).to(scores.device)
 
     @contextmanager
     def _all_or_nothing(self, tiles: list[int], clicks: list[Click]):
@@ -419,25 +430,6 @@ class InteractiveSession:
         flat_labels[changed] = labels[local]
         previous[local] = labels[local]
         return changed, labels_before, exported_before
-
-    def _canonical_initial_labels(self, initial_labels: np.ndarray) -> np.ndarray:
-        initial_labels = np.asarray(initial_labels)
-        if initial_labels.shape != tuple(self.geometry.shape):
-            raise ClickError(
-                f"the initial segmentation has shape {initial_labels.shape}, the image {tuple(self.geometry.shape)}"
-            )
-        unknown = sorted(set(np.unique(initial_labels).tolist()) - set(range(self.num_classes)))
-        if unknown:
-            raise ClickError(f"the initial segmentation holds label values {unknown} this model does not know "
-                             f"(0..{self.num_classes - 1})")
-        return to_canonical(initial_labels.astype(np.int16), self.geometry.affine_array)
-
-    def _one_hot_on_network_grid(self, canonical_labels: np.ndarray) -> torch.Tensor:
-        box = tuple(slice(lo, hi) for lo, hi in self.properties.crop_bbox)
-        separate_axis = separate_axis_for(self.properties.original_spacing, self.properties.spacing_after_resampling)
-        on_grid = resample_label_map(canonical_labels[box], self.properties.shape_after_resampling, separate_axis)
-        labels = torch.from_numpy(np.ascontiguousarray(on_grid, dtype=np.int64))
-        return torch.nn.functional.one_hot(labels, self.num_classes).permute(3, 0, 1, 2).float()
 
 
 def open_session(predictor, image: np.ndarray, affine: np.ndarray, initial_labels: np.ndarray | None = None,
