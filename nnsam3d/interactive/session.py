@@ -11,7 +11,8 @@ session's class scores on the network grid start as the predictor's (or, when re
 segmentation, as its one-hot map), and every tile's vote in the Gaussian-weighted average starts
 as those scores. A click re-predicts the tiles that contain it, through every network and
 mirroring of the predictor, with the prompt (every click so far, and the current segmentation as
-the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones. Every
+the prior, :mod:`click_prompts`), and swaps their votes in the average for the new ones within
+the click's reach (its ball and the changed regions connected to it, :mod:`click_reach`). Every
 tile's prompt carries the segmentation as it was before the click, and the tiles go through the
 networks in batches of the predictor's batch size. Only those tiles' decoders run: the encoder's
 features of a tile do not depend on prompts and are kept (:mod:`feature_cache`: bounded in
