@@ -7,7 +7,8 @@ vit_tiny (the CPU default), and trains ``nnSAM3DTrainer_interactive`` on fold 0 
 ``--epochs`` x ``--iterations`` (not a time budget: the machine may be shared, and the result must
 not depend on its load). Then, on the held-out test cases without mirroring:
 
-* the automatic model's detection errors: structures missed, false components found;
+* the automatic model's detection errors: structures missed, false components found (and how
+  many of them lie on decoys), decoys touched;
 * the simulated user (``nnsam3d_evaluate_interactive``'s rule) clicks ``--clicks`` times per class
   and case: the Dice curve, and the compliance figures of
   :mod:`nnsam3d.model_selection.click_compliance` (clicked voxel carries the class after a positive
@@ -36,7 +37,7 @@ from scipy import ndimage
 
 from nnsam3d import paths
 from nnsam3d.demo.run_demo import use_work_folders
-from nnsam3d.demo.small_structures import generate_small_structure_dataset, small_structure_spec
+from nnsam3d.demo.small_structures import decoy_masks, generate_small_structure_dataset, small_structure_spec
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.geometry import from_canonical, to_canonical
@@ -65,21 +66,27 @@ CHECKS = {"positive_clicks_respected": 0.95, "negative_clicks_respected": 0.95,
 within a few clicks, a mean curve that does not fall (beyond noise) from one click to the next."""
 
 
-def component_errors(prediction: np.ndarray, reference: np.ndarray, label: int) -> dict:
+def component_errors(prediction: np.ndarray, reference: np.ndarray, label: int, decoys: np.ndarray) -> dict:
     """Detection errors of one class: reference structures the prediction misses entirely, and
-    predicted components that touch no reference structure (6-connected components)."""
+    predicted components that touch no reference structure (6-connected components), of which
+    those on a decoy (the look-alikes the dataset plants to provoke them)."""
     predicted, true = prediction == label, reference == label
     reference_components, num_reference = ndimage.label(true)
     predicted_components, num_predicted = ndimage.label(predicted)
     found = set(np.unique(reference_components[predicted])) - {0}
     real = set(np.unique(predicted_components[true])) - {0}
+    on_decoys = set(np.unique(predicted_components[decoys])) - {0} - real
     return {"structures": num_reference, "missed": num_reference - len(found),
-            "predicted_components": num_predicted, "false_components": num_predicted - len(real)}
+            "predicted_components": num_predicted, "false_components": num_predicted - len(real),
+            "false_components_on_decoys": len(on_decoys)}
 
 
-def automatic_errors(predictor: Predictor, dataset_dir: Path, description: DatasetDescription) -> dict:
-    """:func:`component_errors` of the automatic model, summed over the test cases, per class."""
+def automatic_errors(predictor: Predictor, dataset_dir: Path, description: DatasetDescription,
+                     decoys: dict[str, np.ndarray]) -> dict:
+    """:func:`component_errors` of the automatic model, summed over the test cases, per class;
+    ``decoys_hit``: decoys (of all test cases) that some class's prediction touches."""
     totals: dict[str, dict[str, int]] = {}
+    decoys_hit = decoy_count = 0
     for image_file in sorted((dataset_dir / "imagesTs").glob(f"*_0000{description.file_ending}")):
         case_id = image_file.name[: -len(f"_0000{description.file_ending}")]
         channels, geometry = read_channels([image_file])
@@ -87,12 +94,15 @@ def automatic_errors(predictor: Predictor, dataset_dir: Path, description: Datas
         prediction = predictor.predict_volume(np.stack([from_canonical(c, geometry) for c in channels]),
                                               geometry.affine_array)
         canonical = to_canonical(prediction, geometry.affine_array)
+        decoy_components, count = ndimage.label(decoys[case_id])
+        decoy_count += count
+        decoys_hit += len(set(np.unique(decoy_components[canonical > 0])) - {0})
         for value in description.foreground_labels:
-            counts = component_errors(canonical, reference, value)
+            counts = component_errors(canonical, reference, value, decoys[case_id])
             class_totals = totals.setdefault(description.label_name(value), {})
             for key, count in counts.items():
                 class_totals[key] = class_totals.get(key, 0) + count
-    return totals
+    return {**totals, "decoys": decoy_count, "decoys_hit": decoys_hit}
 
 
 def structure_sizes(dataset_dir: Path, description: DatasetDescription) -> dict:
@@ -169,7 +179,7 @@ def main() -> None:
     training = train(spec.folder_name, args, model_dir)
 
     predictor = Predictor.from_model_folder(model_dir, folds=[FOLD], device=args.device, use_mirroring=False)
-    errors = automatic_errors(predictor, dataset_dir, description)
+    errors = automatic_errors(predictor, dataset_dir, description, decoy_masks(spec))
     evaluation_started = time.monotonic()
     summary = evaluate_interactive(predictor, dataset_dir / "imagesTs", dataset_dir / "labelsTs", args.clicks)
     evaluation_seconds = time.monotonic() - evaluation_started

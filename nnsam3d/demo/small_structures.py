@@ -38,10 +38,14 @@ MIN_VOXELS, MAX_VOXELS = 15, 60
 GAP_VOXELS = 2
 """Free voxels kept between two structures (so that 6- and 26-connected components agree)."""
 
-NODULE_HU = (150.0, 320.0)
-VESSEL_HU = (260.0, 420.0)
-DECOY_HU = (90.0, 160.0)
-"""Mean intensities (HU) drawn per structure; body 30, organ 110, spine 700 HU (``CT_INTENSITY``)."""
+NODULE_HU = (200.0, 360.0)
+VESSEL_HU = (280.0, 440.0)
+DECOY_HU = (150.0, 220.0)
+"""Intensities (HU) drawn per structure; body 30, organ 110, spine 700 HU (``CT_INTENSITY``). The
+CT normalisation clips to the labelled voxels' 0.5-99.5 percentiles (about 130..385 HU here, the
+floor set by the blurred borders of faint nodules), so decoys must sit above about 130 HU to be
+seen at all: with decoys at 90-160 HU (the first version) the floor was 98 HU and half of them
+were clipped away. After blur and noise a decoy averages 120-195 HU, a nodule 170-305."""
 
 NODULES_PER_CASE = (3, 5)
 VESSELS_PER_CASE = (2, 3)
@@ -157,6 +161,16 @@ def small_structure_case(rng: np.random.Generator, spec: SyntheticDatasetSpec):
     """(image, label, spacing) of one case: the ``phantom`` contract of ``generate_synthetic_dataset``."""
     phantom = small_structure_phantom(rng, spec)
     return phantom.image, phantom.label, phantom.spacing
+
+
+def decoy_masks(spec: SyntheticDatasetSpec | None = None) -> dict[str, np.ndarray]:
+    """Case id → where its decoys are (canonical z, y, x), found by replaying the generator's random
+    draws (the files do not record them), so that a benchmark can tell false positives on decoys
+    from others. Valid for the files :func:`generate_small_structure_dataset` wrote with ``spec``."""
+    spec = spec or small_structure_spec()
+    rng = np.random.default_rng(spec.seed)
+    return {f"{spec.name.lower()}_{index:03d}": small_structure_phantom(rng, spec).decoys
+            for index in range(spec.num_training + spec.num_test)}
 
 
 def generate_small_structure_dataset(raw_root: str | os.PathLike, spec: SyntheticDatasetSpec | None = None) -> Path:

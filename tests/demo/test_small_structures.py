@@ -12,6 +12,7 @@ from nnsam3d.demo.small_structures import (
     MAX_VOXELS,
     MIN_VOXELS,
     SMALL_STRUCTURE_LABELS,
+    decoy_masks,
     generate_small_structure_dataset,
     small_structure_phantom,
     small_structure_spec,
@@ -57,6 +58,16 @@ def test_decoys_look_like_nodules_but_are_not_labelled():
     body = phantom.image[0][(phantom.label == 0) & ~phantom.decoys & (phantom.image[0] > -500)]
     decoy, nodule = phantom.image[0][phantom.decoys], phantom.image[0][phantom.label == SMALL_STRUCTURE_LABELS["nodule"]]
     assert np.median(body) + 30 < decoy.mean() < nodule.mean()      # visible, and fainter than nodules
+
+
+def test_the_replayed_decoys_are_where_the_files_show_unlabelled_bright_blobs(dataset):
+    for case_id, decoys in decoy_masks(SPEC).items():
+        folder = "Tr" if int(case_id[-3:]) < SPEC.num_training else "Ts"
+        image, _ = read_channels([dataset / f"images{folder}" / f"{case_id}_0000.nii.gz"])
+        label, _ = read_segmentation(dataset / f"labels{folder}" / f"{case_id}.nii.gz")
+        assert decoys.shape == label.shape and decoys.sum() >= 2 * MIN_VOXELS
+        assert not label[decoys].any()
+        assert image[0][decoys].mean() > np.median(image[0][(label == 0) & ~decoys & (image[0] > -500)]) + 60
 
 
 def test_the_same_seed_gives_the_same_dataset_and_another_seed_another(dataset, tmp_path):
