@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from nibabel import orientations
@@ -86,7 +87,7 @@ class SyntheticDatasetSpec:
         return {str(i): ("T1", "T2", "FLAIR", "DWI")[i % 4] for i in range(self.num_channels)}
 
 
-def _ellipsoid(grid: tuple[np.ndarray, ...], center_mm, radii_mm) -> np.ndarray:
+def ellipsoid(grid: tuple[np.ndarray, ...], center_mm, radii_mm) -> np.ndarray:
     total = np.zeros(grid[0].shape, dtype=np.float32)
     for axis_coords, c, r in zip(grid, center_mm, radii_mm):
         total += ((axis_coords - c) / r) ** 2
@@ -108,26 +109,26 @@ def phantom_case(
     grid = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij")
     centre = extent / 2
 
-    body = _ellipsoid(grid, centre, extent * np.array([0.6, 0.42, 0.46]))
+    body = ellipsoid(grid, centre, extent * np.array([0.6, 0.42, 0.46]))
     spine_centre = centre + np.array([0.0, -0.25, 0.0]) * extent
-    spine = _ellipsoid(grid, spine_centre, [extent[0] * 0.6, extent[1] * 0.07, extent[2] * 0.07]) & body
+    spine = ellipsoid(grid, spine_centre, [extent[0] * 0.6, extent[1] * 0.07, extent[2] * 0.07]) & body
 
     def jitter(scale: float) -> np.ndarray:
         return rng.uniform(-scale, scale, size=3)
 
     liver_centre = centre + (np.array([0.0, 0.05, -0.15]) + jitter(0.04)) * extent
     liver_radii = extent * np.array([0.32, 0.2, 0.17]) * rng.uniform(0.85, 1.15)
-    liver = _ellipsoid(grid, liver_centre, liver_radii) & body & ~spine
+    liver = ellipsoid(grid, liver_centre, liver_radii) & body & ~spine
 
     kidney_centre = centre + (np.array([0.0, -0.12, 0.2]) + jitter(0.03)) * extent
     kidney_radii = extent * np.array([0.2, 0.07, 0.06]) * rng.uniform(0.85, 1.15)
-    kidney = _ellipsoid(grid, kidney_centre, kidney_radii) & body & ~spine & ~liver
+    kidney = ellipsoid(grid, kidney_centre, kidney_radii) & body & ~spine & ~liver
 
     # A small lesion inside the liver: a few voxels across in-plane, one or two slices deep.
     offset = rng.uniform(-0.45, 0.45, size=3) * liver_radii
     lesion_radius_mm = float(rng.uniform(3.5, 5.5)) * min(spacing[1:])
     lesion_radii = [max(lesion_radius_mm, spacing[0] * 1.1), lesion_radius_mm, lesion_radius_mm]
-    lesion = _ellipsoid(grid, liver_centre + offset, lesion_radii) & liver
+    lesion = ellipsoid(grid, liver_centre + offset, lesion_radii) & liver
 
     tissues = {"body": body, "spine": spine, "liver": liver, "kidney": kidney, "lesion": lesion}
     label = np.zeros(shape, dtype=np.uint8)
@@ -199,10 +200,13 @@ def write_case(
         _save_volume(data, affine, folder_labels / f"{case_id}{file_ending}", np.uint8)
 
 
-def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatasetSpec | None = None) -> Path:
+def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatasetSpec | None = None,
+                               phantom: Callable = phantom_case) -> Path:
     """Write ``DatasetXXX_Name/`` (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs) under raw_root.
 
     ``labelsTs`` holds the test cases' reference labels so that predictions can be evaluated.
+    phantom: ``(rng, spec) -> (image, label, spacing)`` of one case (:func:`phantom_case`'s
+    contract), so that other phantoms (``demo.small_structures``) share the writing and orientations.
     Returns the dataset folder.
     """
     spec = spec or SyntheticDatasetSpec()
@@ -213,7 +217,7 @@ def generate_synthetic_dataset(raw_root: str | os.PathLike, spec: SyntheticDatas
     prefix = spec.name.lower()
     total = spec.num_training + spec.num_test
     for index in range(total):
-        image, label, spacing = phantom_case(rng, replace(spec, spacing=spec.spacing_of_case(index)))
+        image, label, spacing = phantom(rng, replace(spec, spacing=spec.spacing_of_case(index)))
         if spec.modality == "CT":
             image = np.rint(image)
         training = index < spec.num_training

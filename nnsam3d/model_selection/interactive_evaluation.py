@@ -5,8 +5,11 @@ Per case and foreground class: start from the automatic segmentation, then click
 against the reference (:mod:`nnsam3d.interactive.simulated_user`, at the centre of the largest
 error region, deterministic), and record the class's Dice after every click. The class's clicks
 are then reset, so every class starts from the automatic result. The summary holds each curve,
-the mean curve per class and over classes at ``CURVE_POINTS`` clicks, and seconds per click
-(wall time of ``session.click``: decoders, encoder when a tile is new, export to the input grid).
+the mean curve per class and over classes at ``CURVE_POINTS`` clicks (and at every click count,
+``mean_every_click``), seconds per click (wall time of ``session.click``: decoders, encoder when a
+tile is new, export to the input grid), and whether the clicks were obeyed
+(:mod:`click_compliance`: respected clicks, false positives clicked away, the mean curve's largest
+fall; per case, every click's record).
 
 The classes are the dataset's foreground labels. With an ignore label (unannotated voxels) Dice
 counts the annotated voxels only, as ``evaluation.evaluate_folder`` does, and the simulated user
@@ -30,6 +33,7 @@ from nnsam3d.interactive.simulated_user import annotated_voxels, error_click
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
 from nnsam3d.io.geometry import from_canonical
 from nnsam3d.io.image_io import read_channels, read_segmentation
+from nnsam3d.model_selection.click_compliance import ClickTracker, compliance_summary, format_compliance
 
 CURVE_POINTS = (0, 1, 2, 3, 5, 10)
 
@@ -39,9 +43,11 @@ class InteractiveEvaluationError(ValueError):
 
 
 def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spacing: Sequence[float],
-                seconds: list[float], ignore_label: int | None = None) -> list[float]:
+                seconds: list[float], ignore_label: int | None = None,
+                tracker: ClickTracker | None = None) -> list[float]:
     """Dice of ``label`` after 0..max_clicks simulated clicks (canonical arrays), over the voxels
-    the reference annotates; appends click times to ``seconds``."""
+    the reference annotates; appends click times to ``seconds``. tracker: records whether each
+    click was obeyed (:class:`click_compliance.ClickTracker` of ``label``)."""
     annotated = annotated_voxels(reference, ignore_label)
 
     def current_dice() -> float:
@@ -55,9 +61,14 @@ def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spa
             curve.append(curve[-1])
             continue
         point_mm = (canonical_affine @ np.array([*click.position, 1.0]))[:3]
+        if tracker is not None:
+            voxel = tuple(int(round(v)) for v in click.position)
+            tracker.before_click(session.canonical_labels, reference, voxel, click.positive, annotated)
         started = time.perf_counter()
         session.click(point_mm, positive=click.positive, label=label)
         seconds.append(time.perf_counter() - started)
+        if tracker is not None:
+            tracker.after_click(session.canonical_labels)
         curve.append(current_dice())
     session.reset(label)
     return curve
@@ -96,12 +107,16 @@ def evaluate_interactive(
         # The session takes the file's voxel order, as predict_volume does.
         in_file_order = np.stack([from_canonical(channel, geometry) for channel in channels])
         session = open_session(predictor, in_file_order, geometry.affine_array)
-        curves = {}
+        curves, every_click, clicks, false_positives = {}, {}, {}, {}
         for label, name in names.items():
+            tracker = ClickTracker(label)
             curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds,
-                                description.ignore_label)
+                                description.ignore_label, tracker)
             curves[name] = {str(n): (None if math.isnan(curve[n]) else curve[n]) for n in points}
-        per_case.append({"case_id": case.case_id, "dice": curves})
+            every_click[name] = [None if math.isnan(v) else v for v in curve]
+            clicks[name], false_positives[name] = tracker.clicks, tracker.false_positives
+        per_case.append({"case_id": case.case_id, "dice": curves, "dice_every_click": every_click,
+                         "clicks": clicks, "false_positives": false_positives})
         message(f"{case.case_id}: " + ", ".join(
             f"{name} {_fmt(c[str(points[0])])} -> {_fmt(c[str(points[-1])])}" for name, c in curves.items()))
     mean = {
@@ -111,16 +126,26 @@ def evaluate_interactive(
     }
     mean_over_classes = {str(n): _mean([v[str(n)] if v[str(n)] is not None else math.nan for v in mean.values()])
                          for n in points}
+    mean_every_click = {name: [_mean([_nan(c["dice_every_click"][name][n]) for c in per_case])
+                               for n in range(max_clicks + 1)] for name in names.values()}
+    mean_over_classes_every_click = [_mean([_nan(curve[n]) for curve in mean_every_click.values()])
+                                     for n in range(max_clicks + 1)]
     return {
         "clicks": points,
         "max_clicks": max_clicks,
         "per_case": per_case,
         "mean": mean,
         "mean_over_classes": mean_over_classes,
+        "mean_every_click": {**mean_every_click, "mean_over_classes": mean_over_classes_every_click},
+        **compliance_summary(per_case, list(names.values()), mean_every_click, mean_over_classes_every_click),
         "seconds_per_click": {
             "mean": _mean(seconds), "median": float(np.median(seconds)) if seconds else None, "count": len(seconds),
         },
     }
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _fmt(value: float | None) -> str:
@@ -134,6 +159,8 @@ def format_curve_table(summary: dict) -> str:
     rows = [header]
     for name, curve in [*summary["mean"].items(), ("mean", summary["mean_over_classes"])]:
         rows.append(f"{name:<16}" + "".join(f"{_fmt(curve[str(n)]):>11}" for n in points))
+    if "clicks_respected" in summary:  # summaries written before the compliance figures have none
+        rows.append(format_compliance(summary))
     timing = summary["seconds_per_click"]
     if timing["count"]:
         rows.append(f"seconds per click: mean {timing['mean']:.3f}, median {timing['median']:.3f} "
