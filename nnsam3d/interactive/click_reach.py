@@ -3,8 +3,8 @@
 A click re-predicts whole tiles, and a network whose prompt branch is not perfect answers a click
 in one place with changes anywhere in the tile: a vessel segment 40 voxels away appears or goes.
 The user clicked here, and sees the segmentation change there: on the small-structure dataset
-with a briefly trained model, such changes made the mean Dice fall with clicks (0.282 → 0.193
-over 10 clicks). So the tiles' new votes are taken only within the click's reach: the click's
+with a briefly trained model (150 iterations), clicks made the mean Dice fall from 0.239 to
+0.170 over 10 clicks, before clicks were enforced and confined. So the tiles' new votes are taken only within the click's reach: the click's
 ball (the prompt's footprint, :mod:`click_prompts`) and every 26-connected region of changed
 labels (argmax of the scores before and after the new votes) that reaches into it. Elsewhere
 the tiles keep their previous votes, so their labels stay exactly as they were. A positive click
