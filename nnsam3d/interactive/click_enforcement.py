@@ -13,9 +13,12 @@ probabilities are corrected within each click's ball (the prompt's own footprint
   as at v and at least ``PLAUSIBLE_SHARE`` of the most probable class there: the clicked
   structure grows as far as the network finds c plausible, not over the whole ball;
 * a negative click for c at v where the network chooses c: v and the voxels of the ball
-  connected to it that the network also gives c, with no more probability for c than at v, lose
-  c (the next most probable class takes them): a false positive the user rejects goes, up to
-  where the network is surer of c than at the rejected point.
+  connected to it that the network also gives c, with no more probability for c than at v or
+  with another class at least ``PLAUSIBLE_SHARE`` as probable as c, lose c (the next most
+  probable class takes them): a false positive the user rejects goes, up to where the network
+  is sure of c. (Without the second condition, on the small-structure dataset a rim of false
+  positive beside a true structure kept the voxels a little surer than the clicked one, 0.39-0.60
+  against 0.36-0.53, and no clicked-away false positive was ever gone.)
 
 Where the network already agrees with a click, nothing changes. Corrections are computed from
 the network's probabilities alone (never from other corrections) and applied in click order, a
@@ -40,7 +43,8 @@ from nnsam3d.interactive.click_prompts import CLICK_CUTOFF_SIGMAS, Click
 
 PLAUSIBLE_SHARE = 0.5
 """A positive click's class spreads only to voxels where its probability is at least this share
-of the most probable class's: with no evidence at all, only the clicked voxel changes."""
+of the most probable class's (with no evidence at all, only the clicked voxel changes); a negative
+click's class leaves voxels where another class is at least this share as probable."""
 EQUAL_EVIDENCE = 1e-3
 """Probabilities this close count as equal: the Gaussian-weighted average of equal votes differs
 from voxel to voxel in its last bits, and a uniform structure must act as one."""
@@ -86,7 +90,9 @@ def enforced_region(probabilities: torch.Tensor, click: Click, sigma: Sequence[f
         candidates = ((scores[click.label] >= at_click - EQUAL_EVIDENCE)
                       & (scores[click.label] >= PLAUSIBLE_SHARE * scores.max(0)))
     else:
-        candidates = (winner == click.label) & (scores[click.label] <= at_click + EQUAL_EVIDENCE)
+        runner_up = np.sort(scores, axis=0)[-2]
+        candidates = (winner == click.label) & ((scores[click.label] <= at_click + EQUAL_EVIDENCE)
+                                                | (runner_up >= PLAUSIBLE_SHARE * scores[click.label]))
     candidates &= inside_ball(box, click.position, sigma)
     candidates[local] = True
     components, _count = ndimage.label(candidates)  # 6-connectivity

@@ -28,6 +28,8 @@ FAINT_A = (slice(8, 13), slice(8, 13), slice(3, 6))
 FAINT_B = (slice(24, 29), slice(8, 13), slice(3, 6))
 BRIGHT_C = (slice(8, 13), slice(24, 29), slice(3, 6))
 BRIGHT_D = (slice(24, 29), slice(24, 29), slice(3, 6))
+UNSURE_E = (slice(30, 33), slice(16, 19), slice(3, 6))
+"""Class 1 at probability 0.65 (196 HU), its centre 0.55 (185 HU): the network chooses it, unsure."""
 FAINT_SLAB = (slice(0, 36), slice(31, 36), slice(0, 10))
 """Larger than a click's ball."""
 
@@ -39,6 +41,8 @@ def phantom() -> np.ndarray:
         image[box] = FAINT
     for box in (BRIGHT_C, BRIGHT_D):
         image[box] = BRIGHT
+    image[UNSURE_E] = 196.0
+    image[31, 17, 4] = 185.0
     return image
 
 
@@ -94,6 +98,16 @@ def test_a_negative_click_removes_the_false_positive_it_lands_on(plans):
     labels = session.click(voxel=(10, 26, 4), positive=False, label="nodule")
     assert (labels[BRIGHT_C] == 0).all() and (labels[BRIGHT_D] == 1).all()
     assert np.array_equal(labels != automatic, only(BRIGHT_C))
+
+
+def test_a_negative_click_removes_an_unsure_false_positive_surer_than_the_clicked_voxel(plans):
+    """The rim of an over-segmentation is often a little surer than where the user clicks: where
+    another class is at least half as probable, the class goes all the same."""
+    session = session_of(plans)
+    automatic = session.automatic()
+    assert (automatic[UNSURE_E] == 1).all()
+    labels = session.click(voxel=(31, 17, 4), positive=False, label="nodule")
+    assert np.array_equal(labels != automatic, only(UNSURE_E))
 
 
 def test_clicks_the_network_follows_change_nothing(plans):
