@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.interactive.click_reach import click_reach
 from nnsam3d.interactive.session import open_session
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.prompt_encoder import prompt_channel
+from tests.interactive_stand_ins import ClickIgnoringNetwork
 
 DESCRIPTION = DatasetDescription(channel_names={"0": "CT"}, labels={"background": 0, "nodule": 1, "vessel": 2},
                                  num_training=1, file_ending=".nii.gz")
@@ -27,18 +27,9 @@ SMALL = (slice(33, 37), slice(33, 37), slice(5, 8))
 """Another bright structure, not connected to it, in the same tiles."""
 
 
-class TileWideAnswer(nn.Module):
+class TileWideAnswer(ClickIgnoringNetwork):
     """Class 1 where the image is bright; a negative class-1 click anywhere in a tile removes
     class 1 from the whole tile."""
-
-    is_interactive = True
-
-    def __init__(self):
-        super().__init__()
-        self.deep_supervision = False
-
-    def encode(self, x):
-        return [x]
 
     def decode(self, x, features, prompts=None):
         logits = torch.zeros((x.shape[0], 3, *x.shape[2:]))
@@ -48,9 +39,6 @@ class TileWideAnswer(nn.Module):
             clicked_away = prompts[:, prompt_channel("negative", 1, 3)].flatten(1).amax(1) > 0.5
             logits[clicked_away, 1] = -5
         return logits
-
-    def forward(self, x, prompts=None):
-        return self.decode(x, self.encode(x), prompts)
 
 
 @pytest.fixture
