@@ -7,7 +7,10 @@ dataset's test images without mirroring and evaluates them):
 * ``a``: lite_medsam, LiteMedSAM's weights frozen, 3D adapters train (``nnSAM3DTrainer``);
 * ``b``: lite_medsam from LiteMedSAM's weights, everything trains (``nnSAM3DTrainer_fullFinetune``);
 * ``c``: lite_medsam from random weights, everything trains (``nnSAM3DTrainer_fromScratch``);
-* ``d``: vit_tiny from scratch, today's CPU default (``nnSAM3DTrainer``).
+* ``d``: vit_tiny from scratch, today's CPU default (``nnSAM3DTrainer``);
+* ``e``: as (a), adapters and decoder at 4x (a)'s learning rate (2e-3; ``nnSAM3DTrainer_adaptersLr2e3``
+  below): the frozen features separate the classes linearly (``frozen_feature_probe.py``), so is
+  (a) slow because its new parts learn slowly?
 
 Every run trains for ``--minutes`` of wall time (the trainer's time budget, checked after each
 epoch of 10 iterations; the learning-rate decay follows the budget), so a busy machine gives every arm fewer steps: run one at a time on a quiet machine and
@@ -47,13 +50,21 @@ from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
 from nnsam3d.trainers.launch import train_fold
+from nnsam3d.trainers.registry import get_trainer_class
 from nnsam3d.trainers.request import TrainingRequest
+
+class nnSAM3DTrainer_adaptersLr2e3(nnSAM3DTrainer):
+    """Arm (e): LiteMedSAM frozen, adapters and decoder at 2e-3 (the default with SAM weights: 5e-4)."""
+
+    lr_with_sam = 2e-3
+
 
 ARMS = {
     "a": ("lite_medsam", "nnSAM3DTrainer"),
     "b": ("lite_medsam", "nnSAM3DTrainer_fullFinetune"),
     "c": ("lite_medsam", "nnSAM3DTrainer_fromScratch"),
     "d": ("vit_tiny", "nnSAM3DTrainer"),
+    "e": ("lite_medsam", "pretraining_benefit:nnSAM3DTrainer_adaptersLr2e3"),
 }
 FOLD = "all"
 ITERATIONS_PER_EPOCH = 10
@@ -121,7 +132,7 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     name, raw_dir = subset_dataset(source, raw_root, dataset_id, cases)
     if not (paths.preprocessed_dataset_dir(name) / f"{DEFAULT_PLANS_NAME}.json").is_file():
         plan_and_preprocess(dataset_id, verify=True, backbone=backbone, num_processes=2)
-    model_dir = paths.training_output_dir(name, trainer, DEFAULT_PLANS_NAME)
+    model_dir = paths.training_output_dir(name, get_trainer_class(trainer).__name__, DEFAULT_PLANS_NAME)
     shutil.rmtree(model_dir / f"fold_{FOLD}", ignore_errors=True)
     load_before = load_average()
     epochs = -(-iterations // ITERATIONS_PER_EPOCH) if iterations else 1000
@@ -152,7 +163,7 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     return result
 
 
-ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full"}
+ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full", "e": "adapters"}
 
 
 def step_costs(workdir: Path, seconds: float) -> dict:

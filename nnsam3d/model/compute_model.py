@@ -35,21 +35,12 @@ from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.prompt_layout import prompt_branch_for, prompt_branch_forward_flops
 from nnsam3d.model.tiny_vit_costs import encoder_forward_flops
+from nnsam3d.model.decoder_layout import decoder_layout
 from nnsam3d.model.layout import (
-    DEEP_SUPERVISION_LEVELS,
-    STEM_LEVELS,
-    convs_per_level,
-    decoder_feature_levels,
-    decoder_level_shapes,
-    decoder_widths,
-    feature_grids,
-    integer_upsampling_factor,
-    lateral_input_grid,
     sdpa_head_width,
     window_layout,
 )
 
-CONV_KERNEL_VOXELS = 27  # 3x3x3
 ADAPTER_KERNEL_VOXELS = 27  # the adapters' depthwise 3x3x3 convolution
 
 
@@ -180,32 +171,9 @@ def _clicked_step_flops(spec: BackboneSpec, config: NetworkConfig, batch: int, r
 
 
 def _decoder_flops(spec: BackboneSpec, config: NetworkConfig, batch: int, flops: FlopEstimate) -> None:
-    """Necks, laterals, stem, upsamplers, level convolutions and heads (all train)."""
-    grid = config.token_grid
-    shapes = decoder_level_shapes(config.patch_size, grid)
-    widths = decoder_widths(config.decoder_channels, config.in_channels, len(shapes))
-    channels, neck = widths.levels, widths.neck
-
-    def conv(forward: float, *, input_gradient: bool = True) -> None:
-        flops.add("decoder", forward, input_gradient=input_gradient, weight_gradient=True)
-
-    grids = feature_grids(config.patch_size, spec.feature_strides(config.token_size))
-    for level, dim, feature_grid in zip(decoder_feature_levels(shapes, grids, grid), spec.feature_dims, grids):
-        conv(2 * batch * prod(feature_grid) * dim * neck)  # neck projection
-        pooled = lateral_input_grid(shapes[level], feature_grid)
-        factor = integer_upsampling_factor(shapes[level], pooled)
-        # A transposed convolution with kernel = stride: one multiply-add per output voxel and
-        # input channel, per output channel (the average pooling before it is not a matmul).
-        conv(2 * batch * prod(pooled) * prod(factor) * neck * channels[level])
-    for level in range(STEM_LEVELS):
-        conv(2 * batch * prod(shapes[level]) * widths.stem[level] * widths.stem[level + 1] * CONV_KERNEL_VOXELS,
-             input_gradient=level > 0)
-    for level, shape in enumerate(shapes):
-        voxels = prod(shape)
-        if level + 1 < len(shapes):
-            factor = integer_upsampling_factor(shape, shapes[level + 1])
-            conv(2 * batch * prod(shapes[level + 1]) * prod(factor) * channels[level + 1] * channels[level])
-        for _ in range(convs_per_level(level)):
-            conv(2 * batch * voxels * channels[level] ** 2 * CONV_KERNEL_VOXELS)
-        if level in DEEP_SUPERVISION_LEVELS:
-            conv(2 * batch * voxels * channels[level] * config.num_classes)
+    """Every layer of :func:`decoder_layout` (necks, laterals, stem, upsamplers, level
+    convolutions, heads; all train). The first stem convolution reads the input, which needs no
+    gradient; the average pooling before a lateral is not a matmul."""
+    for layer in decoder_layout(config, spec.feature_dims, spec.feature_strides(config.token_size)).layers:
+        flops.add("decoder", layer.forward_flops(batch), weight_gradient=True,
+                  input_gradient=not (layer.kind == "stem" and layer.index == 0))

@@ -1,6 +1,7 @@
 """Multi-scale 3D decoder: encoder tokens of four depths plus a light stem on the input.
 
-Built from :mod:`nnsam3d.model.layout` (the same shapes the memory model sums over):
+Built from the layer list of :mod:`nnsam3d.model.decoder_layout` (the list the memory and compute
+models count):
 
 * **Necks**: each feature block's tokens ``(B, Z', H, W, D)`` -> ``Linear(D, c_neck)``,
   InstanceNorm, LeakyReLU at the token grid (``c_neck = decoder_channels[-1]``); then a
@@ -33,18 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.model.layout import (
-    DEEP_SUPERVISION_LEVELS,
-    Shape3,
-    convs_per_level,
-    decoder_feature_levels,
-    decoder_level_shapes,
-    decoder_widths,
-    feature_grids,
-    integer_upsampling_factor,
-    lateral_input_grid,
-    stem_strides,
-)
+from nnsam3d.model.decoder_layout import decoder_layout
+from nnsam3d.model.layout import DEEP_SUPERVISION_LEVELS, Shape3, decoder_level_shapes, lateral_input_grid
 
 LEAKY_RELU_SLOPE = 1e-2
 INSTANCE_NORM_EPS = 1e-5
@@ -100,39 +91,22 @@ class Decoder3D(nn.Module):
 
     def __init__(self, feature_dims: tuple[int, ...], feature_strides: list[Shape3], config: NetworkConfig):
         super().__init__()
-        grid = config.token_grid
-        shapes = decoder_level_shapes(config.patch_size, grid)
-        self.num_levels = len(shapes)
-        widths = decoder_widths(config.decoder_channels, config.in_channels, self.num_levels)
-        channels, neck_width = widths.levels, widths.neck
-        grids = feature_grids(config.patch_size, feature_strides)
-
-        self.feature_levels = decoder_feature_levels(shapes, grids, grid)
-        self.necks = nn.ModuleList(TokenNeck(dim, neck_width) for dim in feature_dims)
-        self.laterals = nn.ModuleList(
-            upsampling_convolution(
-                neck_width, channels[level],
-                integer_upsampling_factor(shapes[level], lateral_input_grid(shapes[level], feature_grid)),
-            )
-            for level, feature_grid in zip(self.feature_levels, grids)
-        )
-        self.stem = nn.ModuleList(
-            ConvNormAct(widths.stem[level], widths.stem[level + 1], stride=stride)
-            for level, stride in enumerate(stem_strides(shapes))
-        )
-        self.upsamplers = nn.ModuleList(
-            upsampling_convolution(
-                channels[level + 1], channels[level], integer_upsampling_factor(shapes[level], shapes[level + 1])
-            )
-            for level in range(self.num_levels - 1)
-        )
+        layout = decoder_layout(config, feature_dims, feature_strides)
+        self.num_levels = len(layout.shapes)
+        self.feature_levels = layout.feature_levels
+        self.necks = nn.ModuleList(TokenNeck(layer.in_channels, layer.out_channels) for layer in layout.of("neck"))
+        self.laterals = nn.ModuleList(upsampling_convolution(layer.in_channels, layer.out_channels, layer.kernel)
+                                      for layer in layout.of("lateral"))
+        self.stem = nn.ModuleList(ConvNormAct(layer.in_channels, layer.out_channels, stride=layer.stride)
+                                  for layer in layout.of("stem"))
+        self.upsamplers = nn.ModuleList(upsampling_convolution(layer.in_channels, layer.out_channels, layer.kernel)
+                                        for layer in layout.of("upsampler"))
         self.stages = nn.ModuleList(
-            nn.Sequential(*(ConvNormAct(channels[level], channels[level]) for _ in range(convs_per_level(level))))
+            nn.Sequential(*(ConvNormAct(layer.in_channels, layer.out_channels) for layer in layout.of("conv", level)))
             for level in range(self.num_levels)
         )
-        self.heads = nn.ModuleList(
-            nn.Conv3d(channels[level], config.num_classes, kernel_size=1) for level in DEEP_SUPERVISION_LEVELS
-        )
+        self.heads = nn.ModuleList(nn.Conv3d(layer.in_channels, layer.out_channels, kernel_size=1)
+                                   for layer in layout.of("head"))
         self.apply(_init_he)
 
     def forward(

@@ -60,21 +60,14 @@ from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.clicked_step_costs import clicked_step_memory
 from nnsam3d.model.prompt_layout import prompt_branch_for, prompt_branch_parameters, prompt_branch_saved_bytes
 from nnsam3d.model.tiny_vit_costs import encoder_parameters, encoder_saved_memory
+from nnsam3d.model.decoder_layout import decoder_layout
 from nnsam3d.model.layout import (
     DEEP_SUPERVISION_LEVELS,
     WindowLayout,
-    convs_per_level,
-    decoder_feature_levels,
     decoder_level_shapes,
-    decoder_widths,
     depth_relative_position_length,
-    feature_grids,
     hw_relative_position_length,
-    integer_upsampling_factor,
-    lateral_input_grid,
     sdpa_head_width,
-    stem_strides,
-    strided_shape,
     window_layout,
 )
 
@@ -92,7 +85,6 @@ CUDA context, allocator fragmentation and the data loader's pinned memory are no
 not in the planner, because the interactive trainer checks its step against it too."""
 FP32 = 4
 INDEX = 8  # int64 indices saved by trainable table lookups
-CONV_KERNEL_VOXELS = 27  # 3x3x3
 ADAPTER_KERNEL_VOXELS = 27
 
 
@@ -385,50 +377,31 @@ def _conv_norm_act(batch: int, channels: int, voxels: int, bytes_: _Bytes) -> in
 
 
 def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> None:
-    grid = config.token_grid
-    shapes = decoder_level_shapes(config.patch_size, grid)
-    widths = decoder_widths(config.decoder_channels, config.in_channels, len(shapes))
-    channels, neck_width = widths.levels, widths.neck
-    grids = feature_grids(config.patch_size, spec.feature_strides(config.token_size))
-    levels = decoder_feature_levels(shapes, grids, grid)
-
-    for index, (level, dim, feature_grid) in enumerate(zip(levels, spec.feature_dims, grids)):
-        tally.parameters(dim * neck_width + 3 * neck_width, True, dim * neck_width)
-        tally.saved(f"neck_{index}", _conv_norm_act(batch, neck_width, prod(feature_grid), bytes_))
-        pooled = lateral_input_grid(shapes[level], feature_grid)
-        lateral = neck_width * channels[level] * prod(integer_upsampling_factor(shapes[level], pooled))
-        tally.parameters(lateral, True, lateral)
-        if pooled != tuple(feature_grid):
+    """Every layer of :func:`decoder_layout` (the list the decoder is built from): parameters,
+    and what autograd saves: a conv-norm-act its conv output and activated output, a lateral
+    its input where the neck's tokens were pooled first; and each level's fused input."""
+    layout = decoder_layout(config, spec.feature_dims, spec.feature_strides(config.token_size))
+    necks = layout.of("neck")
+    for layer in layout.layers:
+        tally.parameters(layer.parameters, True, layer.weight_elements)
+        voxels = prod(layer.output_shape)
+        if layer.kind == "neck":
+            tally.saved(f"neck_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_))
+        elif layer.kind == "lateral" and layer.input_shape != necks[layer.index].output_shape:
             # The pooled tokens, saved by the lateral convolution (the pooling saves the neck's
             # output, which the activation already holds).
-            tally.saved(f"neck_{index}", bytes_.low * batch * neck_width * prod(pooled))
-
-    stem_widths = widths.stem
-    stem_input = config.patch_size
-    for level, stride in enumerate(stem_strides(shapes)):
-        weight = stem_widths[level] * stem_widths[level + 1] * CONV_KERNEL_VOXELS
-        tally.parameters(weight + 2 * stem_widths[level + 1], True, weight)
-        # The stem's own output (resized to the level afterwards only for non-integer ratios).
-        stem_input = strided_shape(stem_input, stride)
-        tally.saved(f"stem_{level}", _conv_norm_act(batch, stem_widths[level + 1], prod(stem_input), bytes_))
-
-    for level, shape in enumerate(shapes):
-        width, voxels = channels[level], prod(shape)
-        if level + 1 < len(shapes):
-            weight = channels[level + 1] * width * prod(integer_upsampling_factor(shape, shapes[level + 1]))
-            tally.parameters(weight, True, weight)
+            tally.saved(f"neck_{layer.index}", bytes_.low * batch * layer.in_channels * prod(layer.input_shape))
+        elif layer.kind == "stem":
+            # The stem's own output (resized to the level afterwards only for non-integer ratios).
+            tally.saved(f"stem_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_))
+        elif layer.kind == "conv":
+            tally.saved(f"level_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_))
+    for level, shape in enumerate(layout.shapes):
         # The level's input: a fresh sum, or the coarsest level's single lateral (at the
         # level's shape, directly or resized; nothing is cropped).
-        tally.saved(f"level_{level}", bytes_.low * batch * width * voxels)
-        for _ in range(convs_per_level(level)):
-            weight = width * width * CONV_KERNEL_VOXELS
-            tally.parameters(weight + 2 * width, True, weight)
-            tally.saved(f"level_{level}", _conv_norm_act(batch, width, voxels, bytes_))
-        tally.largest_tensor = max(tally.largest_tensor, bytes_.low * batch * width * voxels)
-
-    for level in DEEP_SUPERVISION_LEVELS:
-        weight = channels[level] * config.num_classes
-        tally.parameters(weight + config.num_classes, True, weight)
+        level_input = bytes_.low * batch * layout.widths.levels[level] * prod(shape)
+        tally.saved(f"level_{level}", level_input)
+        tally.largest_tensor = max(tally.largest_tensor, level_input)
 
 
 def _transient(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally) -> int:
