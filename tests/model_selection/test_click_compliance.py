@@ -155,8 +155,20 @@ def oracle_case(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("network, negative_respected", [(PromptOracle, 1.0), (IgnoresNegativeClicks, 0.0)])
-def test_evaluate_interactive_reports_whether_the_session_obeyed(oracle_case, make_plans, network, negative_respected):
+@pytest.mark.parametrize("network, enforced, negative_respected",
+                         [(PromptOracle, True, 1.0), (IgnoresNegativeClicks, False, 0.0), (IgnoresNegativeClicks, True, 1.0)],
+                         ids=["obeys", "ignores-negatives-without-enforcement", "ignores-negatives-enforced"])
+def test_evaluate_interactive_reports_whether_the_session_obeyed(oracle_case, make_plans, monkeypatch, network,
+                                                                 enforced, negative_respected):
+    """The session enforces clicks its network ignores (``interactive/click_enforcement.py``); with
+    that switched off, a network blind to negative clicks must show up as such in the figures."""
+    if not enforced:
+        import contextlib
+
+        import nnsam3d.interactive.session as session_module
+
+        monkeypatch.setattr(session_module, "clicks_enforced", lambda *args: contextlib.nullcontext())
+        monkeypatch.setattr(session_module, "set_clicked_voxels", lambda *args: None)
     plans = make_plans(target_spacing=(2.0, 1.0, 1.0), num_classes=ORACLE_CLASSES)
     predictor = Predictor([network()], plans, DESCRIPTION, torch.device("cpu"), use_mirroring=False)
     summary = evaluate_interactive(predictor, oracle_case / "images", oracle_case / "labels", max_clicks=3,
