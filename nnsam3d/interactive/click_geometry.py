@@ -25,6 +25,11 @@ def voxel_to_world(voxel: Sequence[float], geometry: ImageGeometry) -> np.ndarra
     return (geometry.affine_array @ np.array([*map(float, voxel), 1.0]))[:3]
 
 
+def _canonical_position(point: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """World point (mm) → continuous canonical voxel (z, y, x) of the input image."""
+    return (np.linalg.inv(properties.geometry.canonical_affine) @ np.array([*point, 1.0]))[:3]
+
+
 def world_to_network_voxel(point_mm: Sequence[float], properties: CaseProperties) -> tuple[float, float, float]:
     """World point (mm) → continuous voxel (z, y, x) of the network grid.
 
@@ -34,7 +39,7 @@ def world_to_network_voxel(point_mm: Sequence[float], properties: CaseProperties
     point = np.asarray(point_mm, dtype=np.float64)
     if point.shape != (3,) or not np.all(np.isfinite(point)):
         raise ClickError(f"a click needs three finite coordinates in mm, got {point_mm!r}")
-    canonical = (np.linalg.inv(properties.geometry.canonical_affine) @ np.array([*point, 1.0]))[:3]
+    canonical = _canonical_position(point, properties)
     full = np.array(properties.shape_before_cropping)
     if np.any(canonical < -0.5) or np.any(canonical > full - 0.5):
         raise ClickError(
@@ -58,7 +63,7 @@ def world_to_network_voxel(point_mm: Sequence[float], properties: CaseProperties
 def world_to_image_voxel(point_mm: Sequence[float], properties: CaseProperties) -> tuple[int, int, int]:
     """World point (mm) → the canonical input-image voxel (z, y, x) it falls in (a point that
     :func:`world_to_network_voxel` accepts lies inside the image)."""
-    canonical = (np.linalg.inv(properties.geometry.canonical_affine) @ np.array([*map(float, point_mm), 1.0]))[:3]
+    canonical = _canonical_position(np.asarray(point_mm, dtype=np.float64), properties)
     full = properties.shape_before_cropping
     return tuple(int(min(max(np.rint(v), 0), n - 1)) for v, n in zip(canonical, full))
 

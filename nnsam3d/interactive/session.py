@@ -262,13 +262,14 @@ class InteractiveSession:
         current = self._tile_votes.get(index)
         return self._base_vote(index) if current is None else current.get().to(self._scores.device, non_blocking=True)
 
-    def _swap_vote(self, index: int, vote: torch.Tensor) -> None:
-        """Swap tile ``index``'s vote in the average from its kept one to ``vote`` (the scores only:
-        the prior follows in :meth:`_refresh_prior`, once for all tiles of an action)."""
+    def _swap_vote(self, index: int, vote: torch.Tensor, current: torch.Tensor | None = None) -> None:
+        """Swap tile ``index``'s vote in the average from its kept one (``current``, if the caller
+        has it on the device already) to ``vote``. The scores only: the prior follows once for all
+        tiles of an action (:meth:`_refresh_prior`, :meth:`_refresh_region`)."""
         window = self._windows[index]
         region = (slice(None), *window)
-        self._scores[region] += (vote.to(self._scores.device) - self._current_vote(index)) * (
-            self._weights / self._weight_sum[window])
+        current = self._current_vote(index) if current is None else current
+        self._scores[region] += (vote.to(self._scores.device) - current) * (self._weights / self._weight_sum[window])
 
     def _refresh_prior(self, box: tuple[slice, ...], clicks: list[Click]) -> None:
         """The prior (argmax of the scores, ``clicks`` enforced) again over ``box``, which holds
@@ -278,8 +279,8 @@ class InteractiveSession:
 
     def _predict_tiles(self, indices: list[int], clicks: list[Click]) -> dict[int, HostCopy]:
         """Predict the tiles with ``clicks`` and swap their votes, within the last click's reach
-        (:mod:`click_reach`), into the scores; returns the new votes' host copies, for the caller
-        to keep (for undo) once the whole action succeeded. Every tile's prompt holds the
+        (:mod:`click_reach`), into the scores (the prior follows in :meth:`_update_labels`); returns
+        the new votes' host copies, for the caller to keep (for undo) once the whole action succeeded. Every tile's prompt holds the
         segmentation as it was before this action, so no tile's result depends on the order the
         tiles run in."""
         fresh = {}
@@ -293,10 +294,10 @@ class InteractiveSession:
         votes = {}
         for index in indices:
             local = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(self._windows[index], box))
-            vote = torch.where(reach[local], fresh[index].get().to(self._scores.device), self._current_vote(index))
-            self._swap_vote(index, vote)
+            current = self._current_vote(index)
+            vote = torch.where(reach[local], fresh[index].get().to(self._scores.device), current)
+            self._swap_vote(index, vote, current)
             votes[index] = copy_to_host(vote)  # kept for undo, off the device
-        self._refresh_prior(self._affected_box(indices, clicks), clicks)
         return votes
 
     def _reach(self, box: tuple[slice, ...], fresh: dict[int, HostCopy], click: Click) -> torch.Tensor:
@@ -393,11 +394,12 @@ class InteractiveSession:
             set_clicked_voxels(labels, tuple(slice(0, n) for n in labels.shape), clicks, self._scores)
         return labels
 
-    def _export_region(self, box: tuple[slice, ...], clicks: list[Click]) -> tuple[tuple[slice, ...], np.ndarray]:
-        """The canonical region whose export scores changed in ``box`` (padded network grid) can
-        change, and its labels exported anew, ``clicks`` enforced; outside it the previous export
-        still holds."""
+    def _refresh_region(self, box: tuple[slice, ...], clicks: list[Click]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """After the scores changed in ``box`` (padded network grid): the prior there again, and
+        the canonical region whose export can change, with its labels exported anew; both with
+        ``clicks`` enforced (computed once for both). Outside them the previous ones still hold."""
         with self._clicks_enforced(clicks):
+            self._prior[box] = self._scores[(slice(None), *box)].argmax(0).to(torch.int16)
             export_box, labels = export_region(self._scores, box, self._origin, self.properties)
             set_clicked_voxels(labels, export_box, clicks, self._scores)
         return export_box, labels
@@ -411,11 +413,11 @@ class InteractiveSession:
         self.clicks: list[Click] = []
 
     def _update_labels(self, tiles: list[int], clicks: list[Click]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Export the scores changed by re-predicting ``tiles`` with ``clicks`` enforced; labels
-        change where the export changed, and at clicked voxels whose label differs from the
+        """Prior and export of the scores changed by re-predicting ``tiles``, ``clicks`` enforced
+        (:meth:`_refresh_region`); labels change where the export changed, and at clicked voxels whose label differs from the
         export's (one set otherwise by the automatic result's postprocessing or a given
         segmentation). Returns (changed flat indices, their labels before, their export before)."""
-        export_box, labels = self._export_region(self._affected_box(tiles, clicks), clicks)
+        export_box, labels = self._refresh_region(self._affected_box(tiles, clicks), clicks)
         previous = self._exported[export_box]  # a view: updated in place below
         differs = labels != previous
         current = self._labels[export_box]

@@ -28,6 +28,7 @@ import numpy as np
 from nnsam3d.evaluation.metrics import dice
 from nnsam3d.inference.case_inputs import find_input_cases
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.interactive.click_enforcement import clicked_voxel
 from nnsam3d.interactive.session import open_session
 from nnsam3d.interactive.simulated_user import annotated_voxels, error_click
 from nnsam3d.io.atomic import atomic_path, write_json_atomic
@@ -62,8 +63,8 @@ def class_curve(session, reference: np.ndarray, label: int, max_clicks: int, spa
             continue
         point_mm = (canonical_affine @ np.array([*click.position, 1.0]))[:3]
         if tracker is not None:
-            voxel = tuple(int(round(v)) for v in click.position)
-            tracker.before_click(session.canonical_labels, reference, voxel, click.positive, annotated)
+            tracker.before_click(session.canonical_labels, reference, clicked_voxel(click.position), click.positive,
+                                 annotated)
         started = time.perf_counter()
         session.click(point_mm, positive=click.positive, label=label)
         seconds.append(time.perf_counter() - started)
@@ -112,24 +113,19 @@ def evaluate_interactive(
             tracker = ClickTracker(label)
             curve = class_curve(session, reference, label, max_clicks, geometry.spacing, seconds,
                                 description.ignore_label, tracker)
-            curves[name] = {str(n): (None if math.isnan(curve[n]) else curve[n]) for n in points}
             every_click[name] = [None if math.isnan(v) else v for v in curve]
+            curves[name] = {str(n): every_click[name][n] for n in points}
             clicks[name], false_positives[name] = tracker.clicks, tracker.false_positives
         per_case.append({"case_id": case.case_id, "dice": curves, "dice_every_click": every_click,
                          "clicks": clicks, "false_positives": false_positives})
         message(f"{case.case_id}: " + ", ".join(
             f"{name} {_fmt(c[str(points[0])])} -> {_fmt(c[str(points[-1])])}" for name, c in curves.items()))
-    mean = {
-        name: {str(n): _mean([c["dice"][name][str(n)] if c["dice"][name][str(n)] is not None else math.nan
-                              for c in per_case]) for n in points}
-        for name in names.values()
-    }
-    mean_over_classes = {str(n): _mean([v[str(n)] if v[str(n)] is not None else math.nan for v in mean.values()])
-                         for n in points}
     mean_every_click = {name: [_mean([_nan(c["dice_every_click"][name][n]) for c in per_case])
                                for n in range(max_clicks + 1)] for name in names.values()}
     mean_over_classes_every_click = [_mean([_nan(curve[n]) for curve in mean_every_click.values()])
                                      for n in range(max_clicks + 1)]
+    mean = {name: {str(n): curve[n] for n in points} for name, curve in mean_every_click.items()}
+    mean_over_classes = {str(n): mean_over_classes_every_click[n] for n in points}
     return {
         "clicks": points,
         "max_clicks": max_clicks,

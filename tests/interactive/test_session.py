@@ -280,7 +280,7 @@ def test_a_failed_click_or_reset_leaves_the_session_exactly_as_it_was(plans, mon
     if failing == "second tile":
         monkeypatch.setattr(session, "_prompted_votes", fail_on_second_tile(session._prompted_votes))
     else:
-        monkeypatch.setattr(session, "_export_region", lambda box, clicks: (_ for _ in ()).throw(RuntimeError("injected")))
+        monkeypatch.setattr(session, "_refresh_region", lambda box, clicks: (_ for _ in ()).throw(RuntimeError("injected")))
     with pytest.raises(RuntimeError, match="injected"):
         if action == "click":
             session.click(voxel=(20, 18, 7), label="liver")   # in every tile: the second batch fails
