@@ -47,7 +47,7 @@ from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.checkpoint_file import load_checkpoint
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.planners.plan_and_preprocess import plan_and_preprocess
-from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
+from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 from nnsam3d.trainers.base_trainer import nnSAM3DTrainer
 from nnsam3d.trainers.launch import train_fold
 from nnsam3d.trainers.registry import get_trainer_class
@@ -139,6 +139,7 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     train_fold(trainer, TrainingRequest(dataset=name, fold=FOLD, num_epochs=epochs, iterations_per_epoch=ITERATIONS_PER_EPOCH,
                                         device=device, seed=seed, time_budget_minutes=None if iterations else minutes))
     history = load_checkpoint(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth").training_state["log"]["history"]
+    plans = Plans.load(paths.preprocessed_dataset_dir(name) / f"{DEFAULT_PLANS_NAME}.json")
     predictor = Predictor.from_model_folder(model_dir, folds=[FOLD], device=device, use_mirroring=False)
     predictions = run_dir / "predictions" / f"{arm}_seed{seed}"
     shutil.rmtree(predictions, ignore_errors=True)
@@ -150,6 +151,8 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
         "dataset": dataset, "training_cases": len(list((raw_dir / "labelsTr").iterdir())), "arm": arm,
         "backbone": backbone, "trainer": trainer, "seed": seed, "minutes": None if iterations else minutes,
         "budget": "iterations" if iterations else "minutes",
+        "patch_size": list(plans.patch_size), "batch_size": plans.batch_size,
+        "tflop_per_step": plans.compute.flops_per_step / 1e12,
         "epochs": len(history), "iterations": ITERATIONS_PER_EPOCH * len(history),
         "training_seconds": sum(epoch["seconds"] for epoch in history),
         "prediction_seconds": time.perf_counter() - started,

@@ -19,6 +19,15 @@ code as the memory model), turned into time with an assumed sustained throughput
   24 GiB for a typical CT), so on today's cards it bounds vit_h and large memory (the 80 GiB
   plan measured 1.57 s per step, 29 h per fold, before this bound), where patches would
   otherwise take days. ``--compute-budget HOURS`` changes it.
+* **CPU plans**: the same cost, a smaller default. ``DEFAULT_CPU_STEP_SECONDS`` = 10 s per step
+  at ``CPU_SUSTAINED_FLOPS`` = 60 GFLOP/s, what 2 cores sustained on the planner's CPU plans
+  (``benchmarks/results/pretraining_step_cost_cpu.json`` and the runs of
+  ``pretraining_benefit.py``: 40-100 GFLOP/s for vit_tiny and lite_medsam steps), i.e. about
+  0.6 TFLOP per step, expressed in the same unit (hours per fold on the reference GPU) so that the
+  search has one cost. Memory alone would let a pre-trained TinyViT take minutes per CPU step
+  (LiteMedSAM's whole-brain plan: 2.5 TFLOP, about a minute on 2 cores), where a step is worth
+  little more than vit_tiny's; vit_tiny's own CPU plans stay under it (the demo 0.04, a whole
+  brain at 1.5 mm 0.44 TFLOP). ``--compute-budget`` overrides it on a CPU too.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ REFERENCE_SUSTAINED_FLOPS = 110e12
 DEFAULT_FOLD_HOURS = 24.0
 SCHEDULE_EPOCHS = 250
 SCHEDULE_ITERATIONS = 250
+CPU_SUSTAINED_FLOPS = 60e9
+DEFAULT_CPU_STEP_SECONDS = 10.0
 VALIDATION_SHARE = 0.2
 """Pseudo-Dice batches per epoch as a share of the training iterations (the trainer's default)."""
 
@@ -43,15 +54,34 @@ class ComputeTarget:
     source: str
 
 
-def compute_target(compute_budget_hours: float | None = None) -> ComputeTarget:
-    """``--compute-budget`` (hours per fold) when given, else ``DEFAULT_FOLD_HOURS``."""
+def compute_target(compute_budget_hours: float | None = None, on_gpu: bool = True) -> ComputeTarget:
+    """``--compute-budget`` (hours per fold) when given, else ``DEFAULT_FOLD_HOURS`` on a GPU and
+    the fold hours of a ``DEFAULT_CPU_STEP_SECONDS`` CPU step (``cpu_default_fold_hours``) on a CPU."""
     if compute_budget_hours is not None:
         if compute_budget_hours <= 0:
             raise ValueError(f"--compute-budget must be positive, got {compute_budget_hours}.")
         return ComputeTarget(float(compute_budget_hours), f"--compute-budget {compute_budget_hours:g}")
+    if not on_gpu:
+        return ComputeTarget(
+            cpu_default_fold_hours(),
+            f"CPU default: a training step of about {DEFAULT_CPU_STEP_SECONDS:g} s on 2 cores at "
+            f"{CPU_SUSTAINED_FLOPS / 1e9:g} GFLOP/s; --compute-budget overrides it",
+        )
     return ComputeTarget(
         DEFAULT_FOLD_HOURS, f"default: the default schedule trains a fold in about a day on {REFERENCE_GPU}"
     )
+
+
+def cpu_default_fold_hours() -> float:
+    """The CPU step bound in the search's unit. A step's forward is taken as a third of it (a
+    full step's share; with a frozen encoder it is larger, which makes the bound slightly tighter)."""
+    step_flops = DEFAULT_CPU_STEP_SECONDS * CPU_SUSTAINED_FLOPS
+    return fold_hours(step_flops, step_flops / 3)
+
+
+def cpu_step_seconds(step_flops: float) -> float:
+    """Rough seconds per training step on 2 CPU cores (``CPU_SUSTAINED_FLOPS``)."""
+    return step_flops / CPU_SUSTAINED_FLOPS
 
 
 def epoch_seconds(step_flops: float, forward_flops: float, sustained_flops: float = REFERENCE_SUSTAINED_FLOPS) -> float:

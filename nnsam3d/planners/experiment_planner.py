@@ -26,6 +26,7 @@ from nnsam3d.model.compute_budget import (
     REFERENCE_SUSTAINED_FLOPS,
     ComputeTarget,
     compute_target,
+    cpu_step_seconds,
     epoch_seconds,
     fold_hours,
 )
@@ -159,7 +160,7 @@ def plan_experiment(
         with_checkpoint = [PRETRAINED_FALLBACK]
     candidates = backbone_candidates(backbone, with_checkpoint, target.on_gpu)
     return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name,
-                           compute=compute_target(compute_budget_hours))
+                           compute=compute_target(compute_budget_hours, target.on_gpu))
 
 
 def plan_for_target(
@@ -174,9 +175,9 @@ def plan_for_target(
 ) -> Plans:
     """:func:`plan_experiment` with the memory target and backbone candidates decided: pure.
 
-    compute: the compute target (default: ``compute_target()``, about a day per fold). A CPU
-    plan is not bounded by it (the reference is a GPU), but still records its FLOPs."""
-    compute = compute or compute_target()
+    compute: the compute target (default: ``compute_target`` for the target's device: about a day
+    per fold on a GPU, about a 10 s step on a CPU)."""
+    compute = compute or compute_target(on_gpu=target.on_gpu)
     spacing, coarse_axis = target_spacing_and_coarse_axis(fingerprint.spacings, fingerprint.shapes_after_cropping)
     median_shape = median_shape_at_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping, spacing)
     relative_size = median_relative_size_after_cropping(
@@ -207,7 +208,7 @@ def plan_for_target(
         precision=precision,
         estimate=estimate,
         compute_cost=fold_hours_of,
-        cost_limit=compute.fold_hours if target.on_gpu else None,
+        cost_limit=compute.fold_hours,
     )
     network = result.config
     if get_backbone(network.backbone).is_tiny_vit:
@@ -320,8 +321,8 @@ def _describe_compute(compute: ComputeBudget, result: SearchResult, on_gpu: bool
         f"schedule on {compute.reference_gpu}, assuming a sustained {compute.sustained_tflops:g} TFLOP/s"
     )
     if not on_gpu:
-        return text + " (a CPU plan: the GPU compute target does not apply)."
-    text += f"; target {compute.target_fold_hours:g} h per fold ({compute.source})"
+        text += f", roughly {cpu_step_seconds(compute.flops_per_step):.1f} s per step on 2 CPU cores"
+    text += f"; target {compute.target_fold_hours:.2g} h per fold ({compute.source})"
     if result.limited_by == COMPUTE_LIMIT:
         return text + ", which stopped the search here: the next larger plan would exceed it."
     return text + "."

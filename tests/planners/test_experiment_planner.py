@@ -24,7 +24,15 @@ from nnsam3d.planners.experiment_planner import (
     plan_for_target,
 )
 from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
-from nnsam3d.model.compute_budget import DEFAULT_FOLD_HOURS, SCHEDULE_EPOCHS, SCHEDULE_ITERATIONS, compute_target
+from nnsam3d.model.compute_budget import (
+    CPU_SUSTAINED_FLOPS,
+    DEFAULT_CPU_STEP_SECONDS,
+    DEFAULT_FOLD_HOURS,
+    SCHEDULE_EPOCHS,
+    SCHEDULE_ITERATIONS,
+    compute_target,
+    cpu_default_fold_hours,
+)
 from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
 from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
 from nnsam3d.planners.network_search import (
@@ -502,6 +510,30 @@ def test_compute_budget_source_and_cpu_plans():
     assert compute_target().fold_hours == DEFAULT_FOLD_HOURS
     with pytest.raises(ValueError, match="--compute-budget must be positive"):
         compute_target(0)
+
+
+def test_cpu_plans_keep_a_training_step_affordable(ct_fingerprint, ct_description):
+    """On a CPU the memory target alone let LiteMedSAM take a minute per step (a 2.5 TFLOP whole-brain
+    plan); the CPU default bounds the step at about 10 s on 2 cores, and --compute-budget lifts it."""
+    cpu = memory_target(None, gpu=None)
+    lite = backbone_candidates("lite_medsam", (), on_gpu=False)
+    default = plan_for_target(ct_fingerprint, ct_description, cpu, lite)
+    assert default.compute.target_fold_hours == cpu_default_fold_hours()
+    assert default.compute.fold_hours <= default.compute.target_fold_hours
+    assert default.compute.flops_per_step <= 1.1 * DEFAULT_CPU_STEP_SECONDS * CPU_SUSTAINED_FLOPS
+    assert "CPU default: a training step of about 10 s" in default.explanation
+    assert "within the compute target" in default.explanation and "the next larger plan would exceed it" in default.explanation
+    assert f"roughly {default.compute.flops_per_step / CPU_SUSTAINED_FLOPS:.1f} s per step on 2 CPU cores" in default.explanation
+    lifted = plan_for_target(ct_fingerprint, ct_description, cpu, lite, compute=compute_target(24, on_gpu=False))
+    assert lifted.compute.flops_per_step > 2 * default.compute.flops_per_step  # the memory target binds again
+    assert all(a >= b for a, b in zip(lifted.patch_size, default.patch_size))
+    # One rule for every backbone: vit_tiny's plan for these large CTs shrinks a little (the memory
+    # target alone gave 64 x 192 x 192, 0.84 TFLOP); small images (the phantoms) are not affected.
+    tiny = backbone_candidates(None, (), on_gpu=False)
+    tiny_default = plan_for_target(ct_fingerprint, ct_description, cpu, tiny)
+    tiny_lifted = plan_for_target(ct_fingerprint, ct_description, cpu, tiny, compute=compute_target(24, on_gpu=False))
+    assert tiny_default.compute.fold_hours <= tiny_default.compute.target_fold_hours
+    assert tiny_lifted.patch_size == (64, 192, 192) and tiny_default.patch_size == (56, 176, 176)
 
 
 def test_schedule_assumed_by_the_compute_target_is_the_trainers():
