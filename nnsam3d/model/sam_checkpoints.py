@@ -8,7 +8,9 @@ Where a checkpoint is looked for, in this order (:func:`find_sam_checkpoint`):
    from-scratch ``vit_tiny``). This module reads it itself because it names the checkpoint,
    not a folder: the folders (``nnSAM3D_sam_checkpoints``) are resolved by the caller
    (``nnsam3d.paths.sam_checkpoint_dir``) and passed in as ``search_dirs`` / ``cache_dir``;
-3. the official file name (``sam_vit_b_01ec64.pth`` ...) inside each search folder.
+3. the official file name (``sam_vit_b_01ec64.pth`` ...) inside each search folder, then the
+   known alternatives of SAM's format (``medsam_vit_b.pth``: MedSAM ViT-B, see
+   ``known_checkpoints``).
 
 :func:`download_sam_checkpoint` fetches the official file into a cache folder with a progress
 bar and a SHA-256 check; the file appears under its final name only once verified.
@@ -33,6 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nnsam3d.model.backbones import BACKBONES, LITE_MEDSAM_SHA256, BackboneSpec, get_backbone
+from nnsam3d.model.known_checkpoints import ALTERNATIVE_FILENAMES
 from nnsam3d.model.lite_medsam_weights import LITE_MEDSAM_INSTALL, installed_lite_medsam_file, not_installed_message
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.encoder3d import Encoder3D, is_new_3d_parameter
@@ -84,9 +87,10 @@ def find_sam_checkpoint(
             )
         return path
     for folder in search_dirs:
-        candidate = Path(folder).expanduser() / spec.checkpoint_filename
-        if candidate.is_file():
-            return candidate
+        for name in (spec.checkpoint_filename, *ALTERNATIVE_FILENAMES.get(backbone, ())):
+            candidate = Path(folder).expanduser() / name
+            if candidate.is_file():
+                return candidate
     if spec.is_tiny_vit:
         return verified_lite_medsam_file()
     return None

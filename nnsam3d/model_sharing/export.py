@@ -56,9 +56,9 @@ def export_model(
     fold_files = {fold: [n for n in checkpoint_names if (model_dir / f"fold_{fold}" / n).is_file()] for fold in wanted}
     first = model_dir / f"fold_{wanted[0]}" / fold_files[wanted[0]][0]
     checkpoint = load_checkpoint(first, mmap=True)  # only its plans and dataset.json are read
-    plans, dataset_json = checkpoint.plans, checkpoint.dataset_json
+    plans, dataset_json, sam_source = checkpoint.plans, checkpoint.dataset_json, checkpoint.sam_source
     del checkpoint
-    card = build_model_card(model_dir, fold_files, plans, dataset_json)
+    card = build_model_card(model_dir, fold_files, plans, dataset_json, sam_source)
     root = PurePosixPath(model_dir.parent.name, model_dir.name)
     with atomic_path(output_file) as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:

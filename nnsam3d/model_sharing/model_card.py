@@ -16,6 +16,7 @@ import nnsam3d
 from nnsam3d.inference.postprocessing import POSTPROCESSING_FILENAME
 from nnsam3d.io.atomic import read_json
 from nnsam3d.model.backbones import BACKBONES
+from nnsam3d.model.known_checkpoints import identify
 from nnsam3d.model.sam_checkpoints import file_sha256
 
 MODEL_CARD_FILENAME = "model_card.json"
@@ -53,18 +54,29 @@ def _cross_validation(model_dir: Path, fold_files: dict[str, list[str]]) -> dict
     }
 
 
-def _sam_checkpoint(backbone: str) -> dict | None:
+def _sam_checkpoint(backbone: str, sam_source: dict | None) -> dict | None:
+    """The pre-trained file the checkpoints' frozen tensors come from (their ``sam_source``: the
+    bytes decide, so a MedSAM-trained vit_b is not described as Meta's), else the backbone's
+    official file (checkpoints that hold every tensor)."""
     spec = BACKBONES.get(backbone)
     if spec is None or not spec.has_official_checkpoint:
         return None
-    return {"file": spec.checkpoint_filename, "sha256": spec.checkpoint_sha256, "url": spec.checkpoint_url,
-            "get_it_with": f"nnsam3d_download_sam {backbone}"}
+    file_name, sha256 = spec.checkpoint_filename, spec.checkpoint_sha256
+    if sam_source:
+        file_name, sha256 = sam_source["file_name"], sam_source["sha256"]
+    identity = identify(file_name, sha256, backbone)
+    official = sha256 == spec.checkpoint_sha256
+    return {"file": file_name, "sha256": sha256, "identity": identity.known.name if identity.known else None,
+            "description": identity.description, "url": spec.checkpoint_url if official else None,
+            "get_it_with": f"nnsam3d_download_sam {backbone}" if official
+            else "the file with this SHA-256, named with --sam-checkpoint or put into the SAM checkpoint folder"}
 
 
-def build_model_card(model_dir: Path, fold_files: dict[str, list[str]], plans: dict, dataset_json: dict) -> dict:
+def build_model_card(model_dir: Path, fold_files: dict[str, list[str]], plans: dict, dataset_json: dict,
+                     sam_source: dict | None = None) -> dict:
     """The card of the model folder ``model_dir`` (``.../DatasetXXX_Name/TRAINER__PLANS``) whose
-    export takes ``fold_files`` (fold → checkpoint file names); plans and dataset.json as stored
-    in its checkpoints."""
+    export takes ``fold_files`` (fold → checkpoint file names); plans, dataset.json and the
+    SAM source as stored in its checkpoints."""
     trainer, _, plans_name = model_dir.name.partition("__")
     return {
         "format": MODEL_CARD_FORMAT,
@@ -76,7 +88,7 @@ def build_model_card(model_dir: Path, fold_files: dict[str, list[str]], plans: d
         "checkpoint_sha256": {f"fold_{fold}/{name}": file_sha256(model_dir / f"fold_{fold}" / name)
                               for fold, names in fold_files.items() for name in names},
         "backbone": plans["network"]["backbone"],
-        "sam_checkpoint": _sam_checkpoint(plans["network"]["backbone"]),
+        "sam_checkpoint": _sam_checkpoint(plans["network"]["backbone"], sam_source),
         "labels": dataset_json["labels"],
         "channels": dataset_json["channel_names"],
         "file_ending": dataset_json["file_ending"],
@@ -98,8 +110,9 @@ def model_card_text(card: dict) -> str:
         f"- folds: {', '.join(card['folds'])}; checkpoints: "
         + "; ".join(f"fold {fold}: {', '.join(files)}" for fold, files in card["checkpoints"].items()),
         f"- backbone: {card['backbone']}; SAM checkpoint: "
-        + (f"{card['sam_checkpoint']['file']} (SHA-256 {card['sam_checkpoint']['sha256']}, "
-           f"`{card['sam_checkpoint']['get_it_with']}`)" if card["sam_checkpoint"] else "none (no official SAM weights)"),
+        + (f"{card['sam_checkpoint'].get('description', card['sam_checkpoint']['file'])} "
+           f"(SHA-256 {card['sam_checkpoint']['sha256']}; {card['sam_checkpoint']['get_it_with']})"
+           if card["sam_checkpoint"] else "none (no official SAM weights)"),
         f"- labels: {', '.join(f'{name} = {value}' for name, value in card['labels'].items())}",
         f"- channels: {', '.join(f'{index}: {name}' for index, name in card['channels'].items())}; "
         f"file ending {card['file_ending']}; target spacing {card['target_spacing']} mm (z, y, x)",

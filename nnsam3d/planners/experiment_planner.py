@@ -18,6 +18,7 @@ from typing import Sequence
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import BACKBONES, get_backbone
 from nnsam3d.model.compute_model import estimate_training_flops
+from nnsam3d.model.known_checkpoints import identify_file
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
@@ -159,8 +160,24 @@ def plan_experiment(
     if not with_checkpoint and find_sam_checkpoint(PRETRAINED_FALLBACK, search_dirs=tuple(sam_checkpoint_dirs)):
         with_checkpoint = [PRETRAINED_FALLBACK]
     candidates = backbone_candidates(backbone, with_checkpoint, target.on_gpu)
-    return plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name,
-                           compute=compute_target(compute_budget_hours, target.on_gpu))
+    plans = plan_for_target(fingerprint, description, target, candidates, plans_name=plans_name,
+                            compute=compute_target(compute_budget_hours, target.on_gpu))
+    return with_pretrained_weights(plans, sam_checkpoint_dirs)
+
+
+def with_pretrained_weights(plans: Plans, sam_checkpoint_dirs: Sequence[Path]) -> Plans:
+    """``plans`` naming the pre-trained file found for its backbone (by SHA-256: Meta's SAM,
+    MedSAM ViT-B, LiteMedSAM or another SAM-format file), in ``pretrained_weights`` and in the
+    explanation; unchanged for a backbone without pre-trained weights or when none is found."""
+    if not get_backbone(plans.backbone).has_official_checkpoint:
+        return plans
+    path = find_sam_checkpoint(plans.backbone, search_dirs=tuple(sam_checkpoint_dirs))
+    if path is None:
+        return plans
+    identity = identify_file(path, plans.backbone)
+    plans.pretrained_weights = identity.to_json()
+    plans.explanation += f" Pre-trained weights: {identity.description}, SHA-256 {identity.sha256}."
+    return plans
 
 
 def plan_for_target(

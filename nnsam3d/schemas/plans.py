@@ -128,6 +128,10 @@ class Plans:
     compute: FLOPs per step, estimated epoch time and the compute target (None in plans written
         before it existed).
     explanation: the paragraph the planner printed.
+    pretrained_weights: the pre-trained file the planner found for the backbone, told by its
+        SHA-256 (``known_checkpoints.CheckpointIdentity.to_json``: Meta's SAM, MedSAM ViT-B,
+        LiteMedSAM or another SAM-format file); None for a backbone trained from scratch or a
+        file not found at planning time (training names it again in its log and checkpoint).
     """
 
     dataset_name: str
@@ -142,6 +146,7 @@ class Plans:
     foreground_oversampling: float = 0.33
     compute: ComputeBudget | None = None
     explanation: str = ""
+    pretrained_weights: dict | None = None
     schema_version: int = PLANS_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -185,6 +190,7 @@ class Plans:
             "memory": asdict(self.memory),
             "compute": None if self.compute is None else asdict(self.compute),
             "explanation": self.explanation,
+            "pretrained_weights": self.pretrained_weights,
         }
 
     @classmethod
@@ -207,6 +213,7 @@ class Plans:
                 memory=MemoryBudget(**content["memory"]),
                 compute=ComputeBudget(**content["compute"]) if content.get("compute") else None,
                 explanation=content.get("explanation", ""),
+                pretrained_weights=content.get("pretrained_weights"),
                 schema_version=version,
             )
         except (KeyError, TypeError) as error:

@@ -35,6 +35,7 @@ from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, compile_network, count_parameters
+from nnsam3d.model.known_checkpoints import identify
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
 from nnsam3d.schemas.plans import Plans
 from nnsam3d.trainers import checkpointing
@@ -245,6 +246,10 @@ class nnSAM3DTrainer:
         )
         self.train_stream, self.val_stream = self.streams.train, self.streams.validation
         self.log.message(f"{self.name}, fold {self.fold.fold}: {self.streams.description}")
+        source = getattr(self.network_module, "sam_source", None)
+        if source is not None:
+            identity = identify(source.file_name, source.sha256, self.plans.backbone)
+            self.log.message(f"frozen encoder weights: {identity.description}, SHA-256 {identity.sha256}")
 
     def _stop_streams(self) -> None:
         if self.streams is not None:
@@ -390,7 +395,7 @@ class nnSAM3DTrainer:
         for epoch in range(self.epochs_completed, self.num_epochs):
             record = self.run_epoch(epoch)
             self.epochs_completed = epoch + 1
-            self.log.record_epoch(record, self.num_epochs, self.class_names)
+            self.log.record_epoch(record, self.num_epochs, self.class_names, budget.seconds_left())
             if not math.isnan(record.pseudo_dice_ema) and record.pseudo_dice_ema > self.best_ema:
                 self.best_ema = record.pseudo_dice_ema
                 self.save_checkpoint(checkpointing.BEST)

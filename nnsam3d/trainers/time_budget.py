@@ -27,6 +27,10 @@ class TimeBudget:
         self.epoch_seconds: list[float] = []
         self.stopped = False
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline (None without a budget); the epoch running then still finishes."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
     def after_epoch(
         self, seconds: float, epochs_completed: int, num_epochs: int, schedule: WarmupDecaySchedule,
         iterations_per_epoch: int,

@@ -94,9 +94,14 @@ class TrainingLog:
         with open(self.log_file, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
-    def record_epoch(self, record: EpochRecord, num_epochs: int, class_names: list[str]) -> None:
+    def record_epoch(self, record: EpochRecord, num_epochs: int, class_names: list[str],
+                     time_left: float | None = None) -> None:
+        """``time_left``: seconds a time budget still allows (the estimate shown is at most that)."""
         self.history.append(record)
-        self.message(format_epoch(record, num_epochs, class_names, remaining_seconds(self.history, num_epochs)))
+        remaining = remaining_seconds(self.history, num_epochs)
+        if time_left is not None:
+            remaining = min(remaining, max(time_left, 0.0))
+        self.message(format_epoch(record, num_epochs, class_names, remaining))
         if self.enabled:
             plot_progress(self.history, class_names, self.folder / PROGRESS_FILENAME)
 

@@ -14,6 +14,7 @@ from nnsam3d.commands.export_model import main as export_main
 from nnsam3d.commands.install_model import main as install_main
 from nnsam3d.commands.predict import main as predict_main
 from nnsam3d.model_sharing.install import install_model
+from nnsam3d.model.known_checkpoints import MEDSAM_VIT_B_COPIES
 from nnsam3d.model_sharing.model_card import ModelSharingError, _sam_checkpoint
 from nnsam3d.inference.postprocessing import PostprocessingRules
 from nnsam3d.io.image_io import read_segmentation
@@ -116,6 +117,13 @@ def test_a_zip_that_is_not_a_model_or_reaches_outside_is_refused(tmp_path):
 
 
 def test_the_card_names_the_sam_checkpoint_a_sam_backbone_needs():
-    needed = _sam_checkpoint("vit_b")
+    needed = _sam_checkpoint("vit_b", None)
     assert needed["file"] == "sam_vit_b_01ec64.pth" and needed["get_it_with"] == "nnsam3d_download_sam vit_b"
-    assert len(needed["sha256"]) == 64
+    assert len(needed["sha256"]) == 64 and needed["identity"] == "Meta's SAM ViT-B"
+    # The checkpoints' own source decides: a model trained on MedSAM ViT-B does not send its users to Meta's file.
+    medsam = MEDSAM_VIT_B_COPIES[0].sha256
+    card = _sam_checkpoint("vit_b", {"file_name": "medsam_vit_b.pth", "sha256": medsam})
+    assert card["identity"] == "MedSAM ViT-B" and card["sha256"] == medsam and card["url"] is None
+    assert "nnsam3d_download_sam" not in card["get_it_with"] and "SHA-256" in card["get_it_with"]
+    other = _sam_checkpoint("vit_b", {"file_name": "medsam_vit_b.pth", "sha256": "0" * 64})
+    assert other["identity"] is None and "no known digest identifies" in other["description"]

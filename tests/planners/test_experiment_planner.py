@@ -5,6 +5,7 @@ Every estimate comes from the network's memory model (``nnsam3d.model.memory_mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -12,7 +13,10 @@ import re
 import pytest
 
 from nnsam3d.io.raw_dataset import DatasetDescription
+from nnsam3d.model import known_checkpoints
 from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.known_checkpoints import MEDSAM_VIT_B_FILENAME, KnownCheckpoint, identify
+from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
 from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.layout import window_layout
 from nnsam3d.model.memory_model import estimate_training_memory
@@ -327,7 +331,7 @@ def checkpoint_folder(nnsam3d_folders, monkeypatch):
 
 
 def test_backbones_with_a_checkpoint_file_are_the_candidates(checkpoint_folder, ct_fingerprint, ct_description):
-    # The planner only asks whether the file is there (find_sam_checkpoint); it never reads it.
+    # The planner asks whether the file is there (find_sam_checkpoint) and names it by its SHA-256.
     (checkpoint_folder / "sam_vit_l_0b3195.pth").write_bytes(b"")
     assert backbones_with_checkpoint([checkpoint_folder]) == ["vit_l"]
     plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
@@ -548,3 +552,72 @@ def test_planner_takes_under_a_second_of_cpu(ct_fingerprint, ct_description):
     started = time.process_time()  # CPU time: other jobs on a shared machine do not count
     gpu_plan(ct_fingerprint, ct_description, 80, with_checkpoint=SAM_BACKBONES)
     assert time.process_time() - started < 1.0
+
+
+# --- pre-trained weights named by their bytes (Meta's SAM, MedSAM ViT-B, other SAM-format files) ---
+
+
+def test_a_medsam_file_in_the_checkpoint_folder_is_found_after_metas(checkpoint_folder):
+    medsam = checkpoint_folder / MEDSAM_VIT_B_FILENAME
+    medsam.write_bytes(b"medsam")
+    assert find_sam_checkpoint("vit_b", search_dirs=[checkpoint_folder]) == medsam
+    assert backbones_with_checkpoint([checkpoint_folder]) == ["vit_b"]
+    assert find_sam_checkpoint("vit_l", search_dirs=[checkpoint_folder]) is None  # it is a vit_b file
+    official = checkpoint_folder / "sam_vit_b_01ec64.pth"
+    official.write_bytes(b"meta")
+    assert find_sam_checkpoint("vit_b", search_dirs=[checkpoint_folder]) == official
+
+
+@pytest.fixture
+def medsam_digest(monkeypatch):
+    """Bytes standing for a MedSAM copy, registered as the known copies are (the real file is 375 MB)."""
+    content = b"stand-in for medsam_vit_b.pth"
+    digest = hashlib.sha256(content).hexdigest()
+    entry = KnownCheckpoint(digest, "vit_b", "MedSAM ViT-B", "a test copy")
+    monkeypatch.setitem(known_checkpoints.KNOWN_CHECKPOINTS, digest, entry)
+    return content, digest
+
+
+def test_plans_name_medsam_by_its_bytes_not_its_name(checkpoint_folder, ct_fingerprint, ct_description,
+                                                     medsam_digest, tmp_path):
+    content, digest = medsam_digest
+    (checkpoint_folder / MEDSAM_VIT_B_FILENAME).write_bytes(content)
+    plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.backbone == "vit_b"
+    assert plan.pretrained_weights == {
+        "file_name": MEDSAM_VIT_B_FILENAME, "sha256": digest, "backbone": "vit_b", "identity": "MedSAM ViT-B",
+        "description": f"{MEDSAM_VIT_B_FILENAME}, MedSAM ViT-B (a test copy)"}
+    assert f"Pre-trained weights: {MEDSAM_VIT_B_FILENAME}, MedSAM ViT-B (a test copy), SHA-256 {digest}." in plan.explanation
+    again = Plans.from_json(plan.to_json())
+    assert again.pretrained_weights == plan.pretrained_weights
+    # Same name, other bytes: not called MedSAM.
+    (checkpoint_folder / MEDSAM_VIT_B_FILENAME).write_bytes(content + b" re-saved")
+    other = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert other.pretrained_weights["identity"] is None
+    assert "no known digest identifies" in other.explanation and "MedSAM ViT-B (" not in other.explanation
+
+
+def test_metas_file_is_named_as_such_and_cpu_plans_name_nothing(checkpoint_folder, ct_fingerprint, ct_description,
+                                                                monkeypatch):
+    (checkpoint_folder / "sam_vit_b_01ec64.pth").write_bytes(b"meta")
+    official = known_checkpoints.KNOWN_CHECKPOINTS[
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"]
+    monkeypatch.setattr("nnsam3d.model.known_checkpoints.KNOWN_CHECKPOINTS",
+                        {hashlib.sha256(b"meta").hexdigest(): official})
+    plan = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=24, sam_checkpoint_dirs=[checkpoint_folder])
+    assert plan.pretrained_weights["identity"] == "Meta's SAM ViT-B"
+    assert "Meta's release (sam_vit_b_01ec64.pth)" in plan.explanation
+    cpu = plan_experiment(ct_fingerprint, ct_description, gpu_memory_gb=None, backbone="vit_tiny",
+                          sam_checkpoint_dirs=[checkpoint_folder])
+    assert cpu.pretrained_weights is None and "Pre-trained weights" not in cpu.explanation
+
+
+def test_known_digests():
+    known = known_checkpoints.KNOWN_CHECKPOINTS
+    assert {k.name for k in known.values()} >= {"Meta's SAM ViT-B", "Meta's SAM ViT-L", "Meta's SAM ViT-H",
+                                                 "MedSAM ViT-B", "LiteMedSAM (TinyViT distilled from MedSAM ViT-B)"}
+    assert all(len(digest) == 64 and int(digest, 16) >= 0 for digest in known)
+    medsam = [k for k in known.values() if k.name == "MedSAM ViT-B"]
+    assert len(medsam) == 2 and all(k.backbone == "vit_b" for k in medsam)
+    wrong_backbone = identify("x.pth", medsam[0].sha256, "vit_l")
+    assert "a vit_b file (used as vit_l)" in wrong_backbone.description
