@@ -11,6 +11,7 @@ dataset's test images without mirroring and evaluates them):
 * ``e``: as (a), adapters and decoder at 4x (a)'s learning rate (2e-3; ``nnSAM3DTrainer_adaptersLr2e3``
   below): the frozen features separate the classes linearly (``frozen_feature_probe.py``), so is
   (a) slow because its new parts learn slowly?
+* ``f``: as (d), at 2e-3 (``nnSAM3DTrainer_lr2e3`` below): (e)'s control.
 
 Every run trains for ``--minutes`` of wall time (the trainer's time budget, checked after each
 epoch of 10 iterations; the learning-rate decay follows the budget), so a busy machine gives every arm fewer steps: run one at a time on a quiet machine and
@@ -59,12 +60,20 @@ class nnSAM3DTrainer_adaptersLr2e3(nnSAM3DTrainer):
     lr_with_sam = 2e-3
 
 
+class nnSAM3DTrainer_lr2e3(nnSAM3DTrainer):
+    """Arm (f): vit_tiny from scratch at 2e-3 (its default: 1e-3), (e)'s learning rate: is (e)'s
+    gain the pre-trained features, or a rate that any network would profit from in 10 minutes?"""
+
+    lr_from_scratch = 2e-3
+
+
 ARMS = {
     "a": ("lite_medsam", "nnSAM3DTrainer"),
     "b": ("lite_medsam", "nnSAM3DTrainer_fullFinetune"),
     "c": ("lite_medsam", "nnSAM3DTrainer_fromScratch"),
     "d": ("vit_tiny", "nnSAM3DTrainer"),
     "e": ("lite_medsam", "pretraining_benefit:nnSAM3DTrainer_adaptersLr2e3"),
+    "f": ("vit_tiny", "pretraining_benefit:nnSAM3DTrainer_lr2e3"),
 }
 FOLD = "all"
 ITERATIONS_PER_EPOCH = 10
@@ -166,7 +175,7 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     return result
 
 
-ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full", "e": "adapters"}
+ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full", "e": "adapters", "f": "full"}
 
 
 def step_costs(workdir: Path, seconds: float) -> dict:
@@ -205,11 +214,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--step-cost", action="store_true",
                         help="only measure each arm's seconds per iteration on the demo plan (CPU)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: write the table of every finished run file in --workdir/runs")
     args = parser.parse_args()
     skip_final_validation()
     workdir = args.workdir.resolve()
     if args.step_cost:
         write_result("pretraining_step_cost_cpu.json", {"machine": environment(), "arms": step_costs(workdir, 30.0)})
+        return
+    if args.collect:
+        runs = [json.loads(path.read_text()) for path in sorted((workdir / "runs").glob("*.json"))]
+        by_budget = {"pretraining_benefit.json": [r for r in runs if r.get("budget", "minutes") == "minutes"]}
+        for run in runs:
+            if run.get("budget") == "iterations":
+                by_budget.setdefault(f"pretraining_benefit_it{run['iterations']}.json", []).append(run)
+        for table, chosen in by_budget.items():
+            write_result(table, {"machine": environment(), "command": vars(args) | {"workdir": str(workdir)},
+                                 "runs": chosen})
         return
     runs = []
     for dataset in args.datasets:

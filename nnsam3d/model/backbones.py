@@ -8,7 +8,7 @@ with its shapes can be built with segment-anything's builder (the tests do this)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SAM_CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS

@@ -385,6 +385,7 @@ def test_cpu_plan_is_vit_tiny_in_fp32_with_the_default_budget(phantom_fingerprin
     assert plan.memory.precision == "fp32"
     assert plan.memory.target_bytes == DEFAULT_CPU_MEMORY_GB * GIB
     assert "CPU" in plan.memory.source and "CPU plan" in plan.explanation
+    assert "the pre-trained lite_medsam did not beat it at equal CPU time" in plan.explanation  # the measured why
     assert f"target of {DEFAULT_CPU_MEMORY_GB:.1f} GiB (default for CPU training" in plan.explanation
     assert plan.memory.estimate_bytes <= SAFETY_MARGIN * plan.memory.target_bytes
     # Small images: finer in-plane tokens, and the patch is the whole median image.

@@ -4,9 +4,6 @@ image, segment it, click, save the corrected label and download it, as Slicer do
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk

@@ -8,7 +8,6 @@ tensors, the frozen encoder built on the meta device).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
