@@ -44,7 +44,7 @@ from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.live_memory import LiveStorageTracker
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.network import build_network
-from nnsam3d.model.compute_budget import REFERENCE_SUSTAINED_FLOPS
+from nnsam3d.model.gpu_throughput import throughput_for
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
@@ -131,8 +131,12 @@ def training_check(plans, device: torch.device, steps: int) -> dict:
         estimate_over_measured=round(estimate.total / measured, 3),
         flops_per_step=flops.total,
         achieved_tflops=round(flops.total / seconds / 1e12, 3),
-        assumed_sustained_tflops=REFERENCE_SUSTAINED_FLOPS / 1e12,
     )
+    # The planner's own time model for this GPU model (issue 24: its hours per fold within 15% of
+    # a measured epoch): seconds per step at the throughput it plans this card with.
+    throughput = throughput_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    result.update(assumed_sustained_tflops=throughput.flops_per_second / 1e12, throughput_source=throughput.source,
+                  planned_over_measured_seconds=round(flops.total / throughput.flops_per_second / seconds, 3))
     del network, optimizer, optimization, data, target
     if device.type == "cuda":
         torch.cuda.empty_cache()

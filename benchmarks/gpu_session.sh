@@ -13,10 +13,12 @@
 # Parts, most valuable first, each under its own time limit (seconds):
 #   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB) trained for real steps: memory
 #      against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
-#   2. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
-#   3. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
+#   2. profile_step.py: where the 24 GiB vit_b plan's training step spends its time (torch.profiler,
+#      time by part, data wait, model and hardware FLOPs).
+#   3. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
+#   4. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
 #      weights: no download here) on CUDA: the whole pipeline, trainer, predictor and evaluation.
-#   4. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
+#   5. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
 #      real steps: memory against the memory model, seconds per step, TFLOP/s (no prediction).
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu_session_out}"
@@ -28,8 +30,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
-LIMITS="${GPU_SESSION_LIMITS:-260 90 170 120}"
-read -r checks_s latency_s demo_s lite_s <<<"$LIMITS"
+LIMITS="${GPU_SESSION_LIMITS:-220 80 80 140 80}"
+read -r checks_s profile_s latency_s demo_s lite_s <<<"$LIMITS"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
@@ -37,11 +39,14 @@ python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.versio
 echo "=== 1. gpu_checks (limit ${checks_s} s)"
 timeout "$checks_s" python3 benchmarks/gpu_checks.py --output "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/gpu_checks.log"
 
-echo "=== 2. interactive latency (limit ${latency_s} s)"
+echo "=== 2. profile of the 24 GiB plan's step (limit ${profile_s} s)"
+timeout "$profile_s" python3 benchmarks/profile_step.py --output "$OUT/profile_step.json" 2>&1 | tail -60 | tee "$OUT/profile_step.log"
+
+echo "=== 3. interactive latency (limit ${latency_s} s)"
 timeout "$latency_s" python3 benchmarks/interactive_latency.py --skip-cpu 2>&1 | tee "$OUT/interactive_latency.log"
 cp benchmarks/results/interactive_latency_cuda.json "$OUT/" 2>/dev/null
 
-echo "=== 3. demo, vit_b on CUDA (limit ${demo_s} s)"
+echo "=== 4. demo, vit_b on CUDA (limit ${demo_s} s)"
 work=/tmp/nnsam3d_gpu_demo
 mkdir -p "$work"
 python3 - "$work/sam_vit_b_random.pth" <<'PYTHON'
@@ -59,6 +64,6 @@ for file in training_log.txt progress.png; do cp "$work"/demo/results/*/*/fold_0
 cp "$work"/demo/preprocessed/*/nnsam3d_plans.json "$OUT/demo_plans.json" 2>/dev/null
 ls -la "$OUT"
 
-echo "=== 4. gpu_checks, lite_medsam plans (limit ${lite_s} s)"
+echo "=== 5. gpu_checks, lite_medsam plans (limit ${lite_s} s)"
 timeout "$lite_s" python3 benchmarks/gpu_checks.py --backbone lite_medsam --no-prediction \
     --output "$OUT/gpu_checks_lite_medsam.json" 2>&1 | tee "$OUT/gpu_checks_lite_medsam.log"

@@ -175,6 +175,31 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     return result
 
 
+ARM_LABELS = {
+    "a": "lite_medsam, adapters, 5e-4", "b": "lite_medsam fine-tuned whole, 5e-5",
+    "c": "lite_medsam from random weights, 1e-3", "d": "vit_tiny from scratch, 1e-3",
+    "e": "lite_medsam, adapters, 2e-3", "f": "vit_tiny from scratch, 2e-3",
+}
+
+
+def markdown_table(runs: list[dict], dataset: str) -> str:
+    """The README's table of the equal-time runs of ``dataset`` (one row per run file; runs on
+    the plans of before the CPU compute target, ``*_memoryplan``, and step-budget runs left out)."""
+    chosen = sorted((run for run in runs if run["dataset"] == dataset and run.get("budget", "minutes") == "minutes"
+                     and run.get("plan") != "memory"), key=lambda run: (run["training_cases"], run["arm"], run["seed"]))
+    rows = ["| training cases | arm | seed | iterations | " + " / ".join(_class_names(chosen)) + " | mean Dice |",
+            "|---|---|---|---|---|---|"]
+    for run in chosen:
+        dice = " / ".join(f"{run['dice'][name]:.3f}" for name in _class_names(chosen))
+        rows.append(f"| {run['training_cases']} | {run['arm']}: {ARM_LABELS[run['arm']]} | {run['seed']} | "
+                    f"{run['iterations']} | {dice} | {run['foreground_mean_dice']:.3f} |")
+    return "\n".join(rows)
+
+
+def _class_names(runs: list[dict]) -> list[str]:
+    return list(runs[0]["dice"]) if runs else []
+
+
 ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full", "e": "adapters", "f": "full"}
 
 
@@ -216,11 +241,18 @@ def main() -> None:
                         help="only measure each arm's seconds per iteration on the demo plan (CPU)")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: write the table of every finished run file in --workdir/runs")
+    parser.add_argument("--markdown", metavar="DATASET", default=None,
+                        help="train nothing: print the README's table of DATASET's runs in --workdir/runs")
     args = parser.parse_args()
     skip_final_validation()
     workdir = args.workdir.resolve()
     if args.step_cost:
         write_result("pretraining_step_cost_cpu.json", {"machine": environment(), "arms": step_costs(workdir, 30.0)})
+        return
+    if args.markdown:
+        runs = [json.loads(path.read_text()) | ({"plan": "memory"} if path.stem.endswith("_memoryplan") else {})
+                for path in sorted((workdir / "runs").glob("*.json"))]
+        print(markdown_table(runs, args.markdown))
         return
     if args.collect:
         runs = [json.loads(path.read_text()) for path in sorted((workdir / "runs").glob("*.json"))]

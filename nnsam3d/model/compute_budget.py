@@ -1,5 +1,9 @@
 """The compute the planner plans for: hours per fold of the default schedule on a reference GPU.
 
+(The GPU a plan is for has its own throughput when its model is known, measured or scaled from
+its peak: ``nnsam3d.model.gpu_throughput``; the reference below is the default and the unit of
+the CPU target.)
+
 A plan's cost is its FLOPs per training step (``nnsam3d.model.compute_model``, the same layout
 code as the memory model), turned into time with an assumed sustained throughput:
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REFERENCE_GPU = "one H100-class GPU (H100 SXM, 989 TFLOP/s dense bf16 peak)"
+REFERENCE_PEAK_FLOPS = 989e12
 REFERENCE_SUSTAINED_FLOPS = 110e12
 DEFAULT_FOLD_HOURS = 24.0
 SCHEDULE_EPOCHS = 250
@@ -47,7 +52,8 @@ VALIDATION_SHARE = 0.2
 
 @dataclass(frozen=True)
 class ComputeTarget:
-    """fold_hours: the budget for one fold of the default schedule on the reference GPU.
+    """fold_hours: the budget for one fold of the default schedule on the GPU planned for (the
+    reference GPU when its model is unknown, and the unit of the CPU target).
     source: where it came from, in words."""
 
     fold_hours: float
@@ -68,7 +74,7 @@ def compute_target(compute_budget_hours: float | None = None, on_gpu: bool = Tru
             f"{CPU_SUSTAINED_FLOPS / 1e9:g} GFLOP/s; --compute-budget overrides it",
         )
     return ComputeTarget(
-        DEFAULT_FOLD_HOURS, f"default: the default schedule trains a fold in about a day on {REFERENCE_GPU}"
+        DEFAULT_FOLD_HOURS, "default: the default schedule trains a fold in about a day on the GPU planned for"
     )
 
 

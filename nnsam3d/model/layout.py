@@ -65,7 +65,8 @@ class WindowLayout:
 
     @property
     def num_windows(self) -> int:
-        return prod(p // w for p, w in zip(self.padded_grid, self.window))
+        # A list, not a generator: torch.compile cannot trace prod() of a generator (a graph break per block).
+        return prod([p // w for p, w in zip(self.padded_grid, self.window)])
 
     @property
     def padded_tokens(self) -> int:

@@ -18,13 +18,12 @@ from typing import Sequence
 from nnsam3d.io.raw_dataset import DatasetDescription
 from nnsam3d.model.backbones import BACKBONES, get_backbone
 from nnsam3d.model.compute_model import estimate_training_flops
+from nnsam3d.model.gpu_throughput import Throughput, throughput_for
 from nnsam3d.model.known_checkpoints import identify_file
 from nnsam3d.model.memory_model import estimate_training_memory
 from nnsam3d.model.sam_checkpoints import find_sam_checkpoint
 from nnsam3d.schemas.fingerprint import DatasetFingerprint
 from nnsam3d.model.compute_budget import (
-    REFERENCE_GPU,
-    REFERENCE_SUSTAINED_FLOPS,
     ComputeTarget,
     compute_target,
     cpu_step_seconds,
@@ -150,7 +149,8 @@ def plan_experiment(
     plans_name: str = DEFAULT_PLANS_NAME,
 ) -> Plans:
     """Plans for a dataset, for ``--gpu-memory-gb`` (GiB) or the visible GPU or CPU training,
-    within ``--compute-budget`` hours per fold on the reference GPU (default: about a day).
+    within ``--compute-budget`` hours per fold on that GPU (default: about a day; the visible GPU's
+    model sets the throughput, ``model.gpu_throughput``).
 
     ``backbone`` forces one backbone; SAM checkpoints found in ``sam_checkpoint_dirs`` (or named
     by ``nnSAM3D_sam_checkpoint``) decide the candidate backbones. Only the folders given are
@@ -190,12 +190,15 @@ def plan_for_target(
     plans_name: str = DEFAULT_PLANS_NAME,
     estimate: MemoryEstimator = estimate_training_memory,
     compute: ComputeTarget | None = None,
+    throughput: Throughput | None = None,
 ) -> Plans:
     """:func:`plan_experiment` with the memory target and backbone candidates decided: pure.
 
     compute: the compute target (default: ``compute_target`` for the target's device: about a day
-    per fold on a GPU, about a 10 s step on a CPU)."""
+    per fold on a GPU, about a 10 s step on a CPU). throughput: what turns FLOPs into hours
+    (default: ``throughput_for`` the target's GPU model)."""
     compute = compute or compute_target(on_gpu=target.on_gpu)
+    throughput = throughput or throughput_for(target.device_name)
     spacing, coarse_axis = target_spacing_and_coarse_axis(fingerprint.spacings, fingerprint.shapes_after_cropping)
     median_shape = median_shape_at_spacing(fingerprint.spacings, fingerprint.shapes_after_cropping, spacing)
     relative_size = median_relative_size_after_cropping(
@@ -225,7 +228,7 @@ def plan_for_target(
         target_bytes=target.target_bytes,
         precision=precision,
         estimate=estimate,
-        compute_cost=fold_hours_of,
+        compute_cost=lambda config, batch_size: fold_hours_of(config, batch_size, throughput),
         cost_limit=compute.fold_hours,
     )
     network = result.config
@@ -247,7 +250,7 @@ def plan_for_target(
         network=network,
         batch_size=result.batch_size,
         memory=memory,
-        compute=compute_budget_record(result.config, result.batch_size, compute),
+        compute=compute_budget_record(result.config, result.batch_size, compute, throughput),
     )
     plans.explanation = explain_plan(
         plans,
@@ -275,24 +278,27 @@ def pretrained_input_window(normalization: Sequence[ChannelNormalization]) -> tu
     return (0.0, 1.0)
 
 
-def fold_hours_of(config, batch_size: int) -> float:
-    """Hours per fold of the default schedule on the reference GPU (the search's compute cost)."""
+def fold_hours_of(config, batch_size: int, throughput: Throughput | None = None) -> float:
+    """Hours per fold of the default schedule at ``throughput`` (default: the reference GPU's),
+    the search's compute cost."""
     flops = estimate_training_flops(config, batch_size)
-    return fold_hours(flops.total, flops.forward)
+    return fold_hours(flops.total, flops.forward, (throughput or throughput_for(None)).flops_per_second)
 
 
-def compute_budget_record(config, batch_size: int, compute: ComputeTarget) -> ComputeBudget:
+def compute_budget_record(config, batch_size: int, compute: ComputeTarget, throughput: Throughput) -> ComputeBudget:
     flops = estimate_training_flops(config, batch_size)
+    sustained = throughput.flops_per_second
     return ComputeBudget(
         flops_per_step=flops.total,
         forward_flops=flops.forward,
-        epoch_seconds=epoch_seconds(flops.total, flops.forward),
-        fold_hours=fold_hours(flops.total, flops.forward),
+        epoch_seconds=epoch_seconds(flops.total, flops.forward, sustained),
+        fold_hours=fold_hours(flops.total, flops.forward, sustained),
         target_fold_hours=compute.fold_hours,
-        reference_gpu=REFERENCE_GPU,
-        sustained_tflops=REFERENCE_SUSTAINED_FLOPS / 1e12,
+        reference_gpu=throughput.device,
+        sustained_tflops=round(sustained / 1e12, 3),
         source=compute.source,
         breakdown=flops.breakdown(),
+        throughput_source=throughput.source,
     )
 
 
@@ -337,6 +343,7 @@ def _describe_compute(compute: ComputeBudget, result: SearchResult, on_gpu: bool
         f"Compute: {compute.flops_per_step / 1e12:.2f} TFLOP per training step, so about "
         f"{compute.epoch_seconds / 60:.1f} min per epoch and {compute.fold_hours:.1f} h per fold of the default "
         f"schedule on {compute.reference_gpu}, assuming a sustained {compute.sustained_tflops:g} TFLOP/s"
+        + (f" ({compute.throughput_source})" if compute.throughput_source else "")
     )
     if not on_gpu:
         text += f", roughly {cpu_step_seconds(compute.flops_per_step):.1f} s per step on 2 CPU cores"

@@ -23,46 +23,50 @@ train beside everything else on a laptop; CPU plans are for demos and tests."""
 @dataclass(frozen=True)
 class MemoryTarget:
     """target_bytes: what one training process may use. source: where that number came from,
-    in words. on_gpu: whether the plan is for GPU training (else CPU training)."""
+    in words. on_gpu: whether the plan is for GPU training (else CPU training). device_name: the
+    GPU model as torch names it, when the target is a GPU the planner sees (its throughput turns
+    FLOPs into hours: ``model.gpu_throughput``)."""
 
     target_bytes: int
     source: str
     on_gpu: bool
+    device_name: str | None = None
 
 
 def gb_to_bytes(gigabytes: float) -> int:
     return int(round(gigabytes * BYTES_PER_GB))
 
 
-def visible_gpu_memory() -> tuple[int, str] | None:
-    """(total bytes, description) of the current CUDA device, or None when no GPU is visible."""
+def visible_gpu_memory() -> tuple[int, str, str] | None:
+    """(total bytes, description, model name) of the current CUDA device, or None when no GPU is visible."""
     if not torch.cuda.is_available():
         return None
     index = torch.cuda.current_device()
     properties = torch.cuda.get_device_properties(index)
     total = int(properties.total_memory)
-    return total, f"visible GPU {index} ({properties.name}, {total / BYTES_PER_GB:.1f} GiB)"
+    return total, f"visible GPU {index} ({properties.name}, {total / BYTES_PER_GB:.1f} GiB)", properties.name
 
 
 def memory_target(
-    gpu_memory_gb: float | None = None, gpu: tuple[int, str] | None | str = DETECT_GPU
+    gpu_memory_gb: float | None = None, gpu: tuple | None | str = DETECT_GPU
 ) -> MemoryTarget:
     """The memory target.
 
     ``gpu_memory_gb``: the user's ``--gpu-memory-gb`` (GiB); wins when given.
-    ``gpu``: (total bytes, description) of the GPU to plan for, None for no GPU, or
+    ``gpu``: (total bytes, description[, model name]) of the GPU to plan for, None for no GPU, or
     ``DETECT_GPU`` (default) to ask torch about the visible CUDA device.
     Without either, CPU training with ``DEFAULT_CPU_MEMORY_GB``.
     """
     if gpu_memory_gb is not None:
         if gpu_memory_gb <= 0:
             raise ValueError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}.")
+        # A given size may be for another machine's GPU: no model is assumed.
         return MemoryTarget(gb_to_bytes(gpu_memory_gb), f"--gpu-memory-gb {gpu_memory_gb:g}", on_gpu=True)
     if gpu == DETECT_GPU:
         gpu = visible_gpu_memory()
     if gpu is not None:
-        total, description = gpu
-        return MemoryTarget(int(total), description, on_gpu=True)
+        total, description, *name = gpu
+        return MemoryTarget(int(total), description, on_gpu=True, device_name=name[0] if name else None)
     return MemoryTarget(
         gb_to_bytes(DEFAULT_CPU_MEMORY_GB),
         "default for CPU training: no CUDA GPU visible and no --gpu-memory-gb",

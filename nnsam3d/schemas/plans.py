@@ -92,9 +92,11 @@ class ComputeBudget:
     flops_per_step: FLOPs of one training step (forward + backward) at the plan's batch size.
     forward_flops: of which forward (what a pseudo-Dice batch costs).
     epoch_seconds, fold_hours: estimated time per epoch and per fold of the default schedule on
-        ``reference_gpu`` at ``sustained_tflops``.
+        ``reference_gpu`` (the GPU model planned for, or the reference GPU) at ``sustained_tflops``.
     target_fold_hours, source: the target (``--compute-budget`` or the default) and its origin.
     breakdown: FLOPs per step by part (attention, encoder_linear, decoder, ...).
+    throughput_source: where ``sustained_tflops`` comes from: measured on ``reference_gpu``'s
+        model, or assumed (``model.gpu_throughput``); empty in plans written before it was recorded.
     """
 
     flops_per_step: float
@@ -106,6 +108,7 @@ class ComputeBudget:
     sustained_tflops: float
     source: str = "default"
     breakdown: dict[str, float] = field(default_factory=dict)
+    throughput_source: str = ""
 
 
 @dataclass

@@ -42,7 +42,7 @@ from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.augmentation import AugmentationSettings, settings_for
 from nnsam3d.trainers.batch_streams import FoldStreams, default_num_workers, start_fold_streams
 from nnsam3d.trainers.distributed import DistributedContext
-from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, full_resolution
+from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, NetworkLoss, full_resolution
 from nnsam3d.trainers.optimization import (
     DEFAULT_GRADIENT_CLIP_NORM,
     Optimization,
@@ -195,9 +195,11 @@ class nnSAM3DTrainer:
             network = self.resume_from.rebuild_network(config, self.request.sam_checkpoint)
         self.network_module = network.to(ctx.device)
         self.network = ctx.wrap(self.training_forward_module())
-        if self.request.compile:
-            self.network = compile_network(self.network)
         self.loss = self.build_loss()
+        self.network_loss = NetworkLoss(self.network, self.loss)
+        if self.request.compile:  # the training step's forward as one graph; validation's own
+            self.network_loss = compile_network(self.network_loss)
+            self.network = compile_network(self.network)
 
         self.epochs_completed = 0
         self.pseudo_dice_ema = MovingAverage(self.pseudo_dice_ema_factor)
@@ -276,7 +278,7 @@ class nnSAM3DTrainer:
         make the host wait for the GPU every step)."""
         data, target = self._to_device(batch)
         with self.optimization.precision.autocast():
-            loss = self.loss(self.network(data), target)
+            loss = self.network_loss(data, target)
         self.optimization.step(loss)
         return loss.detach()
 

@@ -143,3 +143,18 @@ def weighted_cross_entropy(
         labels = torch.where(annotated, labels, 0)
     voxel_loss = F.cross_entropy(logits.float(), labels, reduction="none")
     return (weights * voxel_loss).sum() / weights.sum().clamp_min(1e-6)
+
+
+class NetworkLoss(nn.Module):
+    """The forward half of a training step, ``loss(network(data), target)``, as one module, so
+    that ``--compile`` hands the whole of it to ``torch.compile``: network and loss in one graph
+    (the backward follows as one graph too), with no break between them
+    (``tests/model/test_graph_breaks.py`` counts the breaks)."""
+
+    def __init__(self, network: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.network = network
+        self.loss = loss
+
+    def forward(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.network(data), target)

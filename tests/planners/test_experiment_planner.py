@@ -36,6 +36,7 @@ from nnsam3d.model.compute_budget import (
     SCHEDULE_ITERATIONS,
     compute_target,
     cpu_default_fold_hours,
+    fold_hours,
 )
 from nnsam3d.planners.gpu_memory import DEFAULT_CPU_MEMORY_GB, memory_target
 from nnsam3d.planners.network_geometry import patch_size_path, token_size_for
@@ -622,3 +623,26 @@ def test_known_digests():
     assert len(medsam) == 2 and all(k.backbone == "vit_b" for k in medsam)
     wrong_backbone = identify("x.pth", medsam[0].sha256, "vit_l")
     assert "a vit_b file (used as vit_l)" in wrong_backbone.description
+
+
+def test_the_visible_gpu_model_sets_the_throughput_and_so_the_plan(ct_fingerprint, ct_description):
+    """The same card size and compute target on a slower model (an A100: 312 TFLOP/s peak
+    against the H200's 989) gives a plan that costs fewer FLOPs per step, recorded with its
+    throughput and where it comes from; hours follow that throughput."""
+    def plan_on(name: str) -> Plans:
+        target = memory_target(None, gpu=(80 * 2**30, f"visible GPU 0 ({name}, 80.0 GiB)", name))
+        return plan_for_target(ct_fingerprint, ct_description, target,
+                               backbone_candidates(None, SAM_BACKBONES, on_gpu=True), compute=compute_target(6.0))
+
+    h200, a100 = plan_on("NVIDIA H200"), plan_on("NVIDIA A100-SXM4-80GB")
+    assert h200.compute.reference_gpu == "NVIDIA H200" and h200.compute.throughput_source.startswith("measured")
+    assert a100.compute.reference_gpu == "NVIDIA A100-SXM4-80GB" and a100.compute.throughput_source.startswith("assumed")
+    assert a100.compute.sustained_tflops == pytest.approx(h200.compute.sustained_tflops * 312 / 989, rel=0.01)
+    assert a100.compute.flops_per_step < h200.compute.flops_per_step
+    for plan in (h200, a100):
+        compute = plan.compute
+        assert compute.fold_hours <= 6.0
+        assert compute.fold_hours == pytest.approx(
+            fold_hours(compute.flops_per_step, compute.forward_flops, compute.sustained_tflops * 1e12), rel=1e-3)
+        assert compute.throughput_source in plan.explanation
+        assert Plans.from_json(plan.to_json()).compute == compute

@@ -10,6 +10,7 @@ from nnsam3d.trainers.optimization import (
     Optimization,
     WarmupDecaySchedule,
     build_optimizer,
+    fused_adamw_for,
     precision_for,
     trainable_parameter_groups,
 )
@@ -29,6 +30,28 @@ def test_only_trainable_parameters_reach_the_optimiser_and_1d_ones_get_no_decay(
     assert no_decay["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="no trainable parameters"):
         trainable_parameter_groups(nn.Linear(2, 2).requires_grad_(False), 0.01)
+
+
+def test_adamw_is_fused_when_every_trained_tensor_is_on_a_gpu_and_the_fused_update_is_adamw():
+    cuda = type("Tensor", (), {"device": torch.device("cuda")})  # the rule reads only the device type
+    assert fused_adamw_for([cuda(), cuda()]) is True
+    assert fused_adamw_for([cuda(), torch.zeros(1)]) is None  # a mixed placement: PyTorch decides
+    assert fused_adamw_for([torch.zeros(1)]) is None and fused_adamw_for([torch.empty(1, device="meta")]) is None
+    assert build_optimizer(_network(), 1e-2, 0.01).defaults["fused"] is None  # CPU: as before
+    # The fused kernel (CPU here, as on a GPU) updates exactly as the per-tensor loop, groups and
+    # decay included, over a few steps.
+    networks = [_network(), _network()]
+    networks[1].load_state_dict(networks[0].state_dict())
+    optimizers = [torch.optim.AdamW(trainable_parameter_groups(network, 0.1), lr=1e-2, **options)
+                  for network, options in zip(networks, ({"fused": True}, {"foreach": False}))]
+    for step in range(3):
+        x = torch.randn(2, 1, 5, 5, 5, generator=torch.Generator().manual_seed(step))
+        for network, optimizer in zip(networks, optimizers):
+            optimizer.zero_grad()
+            network(x).square().mean().backward()
+            optimizer.step()
+    for fused, reference in zip(networks[0].parameters(), networks[1].parameters()):
+        torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-7)
 
 
 def test_schedule_warms_up_then_decays_to_zero():
