@@ -175,6 +175,9 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     return result
 
 
+SET_ASIDE = ("_memoryplan", "_shared")
+"""Run files kept but not tabled: on the plans of before the CPU compute target (``_memoryplan``),
+or trained while other processes shared the cores (``_shared``: fewer iterations in 10 minutes)."""
 ARM_LABELS = {
     "a": "lite_medsam, adapters, 5e-4", "b": "lite_medsam fine-tuned whole, 5e-5",
     "c": "lite_medsam from random weights, 1e-3", "d": "vit_tiny from scratch, 1e-3",
@@ -183,10 +186,10 @@ ARM_LABELS = {
 
 
 def markdown_table(runs: list[dict], dataset: str) -> str:
-    """The README's table of the equal-time runs of ``dataset`` (one row per run file; runs on
-    the plans of before the CPU compute target, ``*_memoryplan``, and step-budget runs left out)."""
+    """The README's table of the equal-time runs of ``dataset`` (one row per run file; runs set
+    aside, ``SET_ASIDE``, and step-budget runs left out)."""
     chosen = sorted((run for run in runs if run["dataset"] == dataset and run.get("budget", "minutes") == "minutes"
-                     and run.get("plan") != "memory"), key=lambda run: (run["training_cases"], run["arm"], run["seed"]))
+                     and not run.get("set_aside")), key=lambda run: (run["training_cases"], run["arm"], run["seed"]))
     rows = ["| training cases | arm | seed | iterations | " + " / ".join(_class_names(chosen)) + " | mean Dice |",
             "|---|---|---|---|---|---|"]
     for run in chosen:
@@ -249,13 +252,12 @@ def main() -> None:
     if args.step_cost:
         write_result("pretraining_step_cost_cpu.json", {"machine": environment(), "arms": step_costs(workdir, 30.0)})
         return
+    runs = [json.loads(path.read_text()) | ({"set_aside": path.stem} if path.stem.endswith(SET_ASIDE) else {})
+            for path in sorted((workdir / "runs").glob("*.json"))]
     if args.markdown:
-        runs = [json.loads(path.read_text()) | ({"plan": "memory"} if path.stem.endswith("_memoryplan") else {})
-                for path in sorted((workdir / "runs").glob("*.json"))]
         print(markdown_table(runs, args.markdown))
         return
     if args.collect:
-        runs = [json.loads(path.read_text()) for path in sorted((workdir / "runs").glob("*.json"))]
         by_budget = {"pretraining_benefit.json": [r for r in runs if r.get("budget", "minutes") == "minutes"]}
         for run in runs:
             if run.get("budget") == "iterations":
