@@ -190,17 +190,20 @@ def markdown_table(runs: list[dict], dataset: str) -> str:
     aside, ``SET_ASIDE``, and step-budget runs left out)."""
     chosen = sorted((run for run in runs if run["dataset"] == dataset and run.get("budget", "minutes") == "minutes"
                      and not run.get("set_aside")), key=lambda run: (run["training_cases"], run["arm"], run["seed"]))
-    rows = ["| training cases | arm | seed | iterations | " + " / ".join(_class_names(chosen)) + " | mean Dice |",
+    classes = list(chosen[0]["dice"]) if chosen else []
+    rows = ["| training cases | arm | seed | iterations | " + " / ".join(classes) + " | mean Dice |",
             "|---|---|---|---|---|---|"]
     for run in chosen:
-        dice = " / ".join(f"{run['dice'][name]:.3f}" for name in _class_names(chosen))
+        dice = " / ".join(f"{run['dice'][name]:.3f}" for name in classes)
         rows.append(f"| {run['training_cases']} | {run['arm']}: {ARM_LABELS[run['arm']]} | {run['seed']} | "
                     f"{run['iterations']} | {dice} | {run['foreground_mean_dice']:.3f} |")
     return "\n".join(rows)
 
 
-def _class_names(runs: list[dict]) -> list[str]:
-    return list(runs[0]["dice"]) if runs else []
+def finished_runs(workdir: Path) -> list[dict]:
+    """Every run file in ``workdir/runs``; those set aside (``SET_ASIDE``) marked with their name."""
+    return [json.loads(path.read_text()) | ({"set_aside": path.stem} if path.stem.endswith(SET_ASIDE) else {})
+            for path in sorted((workdir / "runs").glob("*.json"))]
 
 
 ARM_MODES = {"a": "adapters", "b": "full", "c": "full", "d": "full", "e": "adapters", "f": "full"}
@@ -252,12 +255,11 @@ def main() -> None:
     if args.step_cost:
         write_result("pretraining_step_cost_cpu.json", {"machine": environment(), "arms": step_costs(workdir, 30.0)})
         return
-    runs = [json.loads(path.read_text()) | ({"set_aside": path.stem} if path.stem.endswith(SET_ASIDE) else {})
-            for path in sorted((workdir / "runs").glob("*.json"))]
     if args.markdown:
-        print(markdown_table(runs, args.markdown))
+        print(markdown_table(finished_runs(workdir), args.markdown))
         return
     if args.collect:
+        runs = finished_runs(workdir)
         by_budget = {"pretraining_benefit.json": [r for r in runs if r.get("budget", "minutes") == "minutes"]}
         for run in runs:
             if run.get("budget") == "iterations":

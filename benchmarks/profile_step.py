@@ -145,26 +145,33 @@ def time_by_part(events, on_gpu: bool) -> tuple[dict[str, float], list[dict]]:
 
 
 def synthetic_store(folder: Path, plans) -> PreprocessedCaseStore:
-    """``SYNTHETIC_CASES`` preprocessed cases one and a half patches large, with a few classes of
-    blobs, at the plan's spacing: what the batch stream reads does not depend on the values."""
+    """``SYNTHETIC_CASES`` preprocessed cases one and a half patches large, with a ball per class,
+    at the plan's spacing: what the batch stream reads does not depend on the values. Each ball is
+    drawn in its own box (a whole-volume coordinate grid would take gigabytes at vit_b's patches)."""
     store = PreprocessedCaseStore(folder)
-    shape = tuple(int(p * 1.5) for p in plans.patch_size)
+    shape = np.array([int(p * 1.5) for p in plans.patch_size])
+    radius = max(2, int(shape.min()) // 6)
     rng = np.random.default_rng(0)
-    grid = np.indices(shape).reshape(3, -1).T
+    affine = tuple(tuple(row) for row in np.eye(4))
+    spacing = tuple(plans.target_spacing)
     for index in range(SYNTHETIC_CASES):
-        label = np.zeros(shape, dtype=np.int16)
+        label = np.zeros(tuple(shape), dtype=np.int16)
+        boxes = {}
         for value in range(1, plans.network.num_classes):
             centre = rng.integers(0, shape)
-            radius = max(2, min(shape) // 6)
-            inside = (((grid - centre) / radius) ** 2).sum(axis=1) <= 1
-            label.reshape(-1)[inside] = value
-        image = rng.normal(size=(plans.network.in_channels, *shape)).astype(np.float32)
-        locations = {k: np.argwhere(label == k)[::50] for k in range(1, plans.network.num_classes) if (label == k).any()}
-        affine = tuple(tuple(row) for row in np.eye(4))
-        box = tuple((0, n) for n in shape)
-        spacing = tuple(plans.target_spacing)
-        properties = CaseProperties(f"case_{index}", ImageGeometry(shape[::-1], affine), spacing, shape, box, shape,
-                                    spacing, shape, tuple(locations))
+            low, high = np.maximum(centre - radius, 0), np.minimum(centre + radius + 1, shape)
+            box = tuple(slice(a, b) for a, b in zip(low, high))
+            z, y, x = np.ogrid[box]
+            ball = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
+            label[box][ball] = value
+            boxes[value] = (box, low)
+        locations = {value: (np.argwhere(label[box] == value) + low)[::50] for value, (box, low) in boxes.items()}
+        locations = {value: found for value, found in locations.items() if len(found)}  # a later ball covered it
+        image = rng.standard_normal((plans.network.in_channels, *shape), dtype=np.float32)
+        whole = tuple((0, int(n)) for n in shape)
+        size = tuple(int(n) for n in shape)
+        properties = CaseProperties(f"case_{index}", ImageGeometry(size[::-1], affine), spacing, size, whole, size,
+                                    spacing, size, tuple(locations))
         store.write_case(f"case_{index}", image, label, properties, locations)
     return store
 

@@ -278,11 +278,10 @@ def pretrained_input_window(normalization: Sequence[ChannelNormalization]) -> tu
     return (0.0, 1.0)
 
 
-def fold_hours_of(config, batch_size: int, throughput: Throughput | None = None) -> float:
-    """Hours per fold of the default schedule at ``throughput`` (default: the reference GPU's),
-    the search's compute cost."""
+def fold_hours_of(config, batch_size: int, throughput: Throughput) -> float:
+    """Hours per fold of the default schedule at ``throughput``: the search's compute cost."""
     flops = estimate_training_flops(config, batch_size)
-    return fold_hours(flops.total, flops.forward, (throughput or throughput_for(None)).flops_per_second)
+    return fold_hours(flops.total, flops.forward, throughput.flops_per_second)
 
 
 def compute_budget_record(config, batch_size: int, compute: ComputeTarget, throughput: Throughput) -> ComputeBudget:

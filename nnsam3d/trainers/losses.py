@@ -149,7 +149,7 @@ class NetworkLoss(nn.Module):
     """The forward half of a training step, ``loss(network(data), target)``, as one module, so
     that ``--compile`` hands the whole of it to ``torch.compile``: network and loss in one graph
     (the backward follows as one graph too), with no break between them
-    (``tests/model/test_graph_breaks.py`` counts the breaks)."""
+    (``tests/trainers/test_graph_breaks.py`` counts the breaks)."""
 
     def __init__(self, network: nn.Module, loss: nn.Module):
         super().__init__()
