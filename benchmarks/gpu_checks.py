@@ -149,14 +149,22 @@ def prediction_check(plans, description, device: torch.device, shape_ijk) -> dic
     affine = np.diag([0.78, 0.78, 2.5, 1.0])
     volume = synthetic_ct(shape_ijk)
     predictor.predict_volume(volume[:, :, : max(8, shape_ijk[2] // 5)], affine)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    labels = predictor.predict_volume(volume, affine)
-    seconds = time.perf_counter() - started
+
+    def timed(device_argmax: bool) -> tuple[np.ndarray, float]:
+        predictor.device_argmax = device_argmax
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        labels = predictor.predict_volume(volume, affine)
+        return labels, time.perf_counter() - started
+
+    labels, seconds = timed(device_argmax=True)
+    host_labels, host_seconds = timed(device_argmax=False)  # the probabilities copied to the host first
     assert labels.shape == volume.shape
     return {"image_shape_ijk": list(shape_ijk), "classes": description.num_classes,
-            "patch_size": list(plans.patch_size), "mirroring": True, "step_size": 0.5, "seconds": round(seconds, 2)}
+            "patch_size": list(plans.patch_size), "mirroring": True, "step_size": 0.5, "seconds": round(seconds, 2),
+            "seconds_with_host_argmax": round(host_seconds, 2),
+            "labels_equal_host_argmax": bool(np.array_equal(labels, host_labels))}
 
 
 def run_checks(dry_run: bool, card_bytes: int | None = None, save=lambda results: None,

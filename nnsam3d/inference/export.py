@@ -33,7 +33,11 @@ from nnsam3d.io.atomic import save_npz_atomic
 from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, write_segmentation
 from nnsam3d.preprocessing.case_properties import CaseProperties
-from nnsam3d.preprocessing.geometry_restore import restore_probabilities, restore_scores_to_label_map
+from nnsam3d.preprocessing.geometry_restore import (
+    restore_label_map,
+    restore_probabilities,
+    restore_scores_to_label_map,
+)
 
 DICOM_SEG_ENDING = ".dcm"
 IMAGE_FILE_ENDINGS = tuple(sorted((*SUPPORTED_FILE_ENDINGS, DICOM_SEG_ENDING), key=len, reverse=True))
@@ -73,6 +77,20 @@ def probabilities_to_label_map(
         )
     label_map = restore_scores_to_label_map(probabilities, properties)
     return apply_postprocessing(label_map, postprocessing)
+
+
+def grid_labels_to_label_map(
+    labels: np.ndarray, properties: CaseProperties, postprocessing: PostprocessingRules | None = None
+) -> np.ndarray:
+    """Label map (z, y, x) on the network grid (the argmax of the probabilities, see
+    ``device_argmax``) → canonical label map of the full input image, int16, postprocessed."""
+    expected = tuple(properties.shape_after_resampling)
+    if tuple(labels.shape) != expected:
+        raise ValueError(
+            f"case '{properties.case_id}': a label map of shape {labels.shape} does not match "
+            f"the preprocessed shape {expected}"
+        )
+    return apply_postprocessing(restore_label_map(labels, properties), postprocessing)
 
 
 def save_probabilities_file(probabilities: np.ndarray, properties: CaseProperties, path: str | os.PathLike) -> None:
@@ -124,4 +142,18 @@ def export_prediction(
         save_probabilities_file(probabilities, properties, probabilities_file_for(output_file))
     label_map = probabilities_to_label_map(probabilities, properties, postprocessing)
     write_labels(label_map, properties.geometry, output_file)
+    return label_map
+
+
+def export_grid_labels(
+    labels: np.ndarray,
+    properties: CaseProperties,
+    output_file: Path,
+    postprocessing: PostprocessingRules | None = None,
+    write_labels: LabelWriter = write_segmentation,
+) -> np.ndarray:
+    """:func:`export_prediction` of a case whose argmax was taken on the network grid already
+    (no probabilities file then). Returns the written canonical label map (z, y, x), int16."""
+    label_map = grid_labels_to_label_map(labels, properties, postprocessing)
+    write_labels(label_map, properties.geometry, Path(output_file))
     return label_map

@@ -12,7 +12,10 @@ sliding window over the network grid with Gaussian weighting and batched windows
 
 Memory: one class-score volume per case, (K, z, y, x) float16 on the network grid by default
 (probabilities are bounded, so half precision loses nothing that matters for the argmax), plus
-one float32 weight volume. Whatever the number of folds, they share this one accumulator.
+one float32 weight volume. Whatever the number of folds, they share this one accumulator. When
+the export needs only the label map (no ``--save-probabilities``, no resampling back to the case's
+grid), the argmax is taken where the scores are (:mod:`device_argmax`): on a GPU, only the int16
+labels come back to the host, not K float16 volumes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from nnsam3d.devices import autocast_dtype_for, resolve_device
 from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.ensemble_loading import load_ensemble
-from nnsam3d.inference.export import LabelWriter, case_name_of, export_prediction, probabilities_to_label_map
+from nnsam3d.inference.device_argmax import argmax_labels, labels_suffice
+from nnsam3d.inference.export import (
+    LabelWriter,
+    case_name_of,
+    export_grid_labels,
+    export_prediction,
+    grid_labels_to_label_map,
+    probabilities_to_label_map,
+)
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import check_inputs_for_format, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
@@ -58,10 +69,12 @@ def fits_on_gpu(needed_bytes: int, reserved_bytes: int, free_bytes: int) -> bool
 
 @dataclass
 class _PredictedCase:
-    """What the writer needs of a predicted case: the scores and where they go back to."""
+    """What the writer needs of a predicted case: where it goes back to, and its probabilities, or
+    only their argmax on the network grid when that is all the export needs (``device_argmax``)."""
 
-    probabilities: np.ndarray
     properties: CaseProperties
+    probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 class Predictor:
@@ -82,6 +95,9 @@ class Predictor:
     accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
     progress: progress bars over cases and windows.
     compile: run each network through ``torch.compile`` (``model.network.compile_network``).
+    device_argmax: take the argmax where the scores are when the export needs only labels
+        (:mod:`device_argmax`); False always copies the probabilities to the host first (the
+        reference path, for comparisons).
     """
 
     def __init__(
@@ -98,6 +114,7 @@ class Predictor:
         accumulator_dtype: torch.dtype = torch.float16,
         progress: bool = False,
         compile: bool = False,
+        device_argmax: bool = True,
     ):
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -114,6 +131,7 @@ class Predictor:
         self.postprocessing = postprocessing
         self.accumulator_dtype = accumulator_dtype
         self.progress = progress
+        self.device_argmax = device_argmax
         self.checkpoint_files: list[Path] = []  # filled by from_model_folders, for reporting
         self.networks = []
         for network in networks:
@@ -198,31 +216,44 @@ class Predictor:
     def predict_probabilities(self, data: np.ndarray) -> np.ndarray:
         """Like :meth:`predict_preprocessed` but in the accumulator's dtype (float16 by default),
         which saves a float32 copy of the score volume."""
+        with torch.inference_mode():
+            return self.predict_scores(data).cpu().numpy()
+
+    def predict_labels(self, data: np.ndarray) -> np.ndarray:
+        """Label map (z, y, x) int16 on the network grid: the argmax of :meth:`predict_probabilities`
+        (ties to the lower class), taken where the scores were accumulated (the GPU when they fit
+        there), so that only the labels are copied to the host."""
+        with torch.inference_mode():
+            return argmax_labels(self.predict_scores(data))
+
+    def predict_scores(self, data: np.ndarray) -> torch.Tensor:
+        """(K, z, y, x) probabilities in the accumulator's dtype, on the accumulator's device (the
+        GPU when they fit there): the one pass of the networks over a case that both
+        :meth:`predict_probabilities` and :meth:`predict_labels` make. Call it in inference mode."""
         data = np.asarray(data)
         if data.ndim != 4 or data.shape[0] != self.description.num_channels:
             raise ValueError(
                 f"expected a preprocessed image ({self.description.num_channels}, z, y, x), got shape {data.shape}"
             )
         accumulator_device = self._accumulator_device(data.shape[1:])
-        with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-            if accumulator_device.type == "cuda":
-                image = image.to(self.device)
-            scores = sliding_window_predict(
-                image,
-                self.window_ensemble,
-                self.num_classes,
-                self.plans.patch_size,
-                step_size=self.step_size,
-                batch_size=self.batch_size,
-                accumulator_dtype=self.accumulator_dtype,
-                accumulator_device=accumulator_device,
-                compute_device=self.device,
-                progress=self.progress,
-            )
+        image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        if accumulator_device.type == "cuda":
+            image = image.to(self.device)
+        scores = sliding_window_predict(
+            image,
+            self.window_ensemble,
+            self.num_classes,
+            self.plans.patch_size,
+            step_size=self.step_size,
+            batch_size=self.batch_size,
+            accumulator_dtype=self.accumulator_dtype,
+            accumulator_device=accumulator_device,
+            compute_device=self.device,
+            progress=self.progress,
+        )
         # Once per case, so that a GPU's timing events neither pile up nor stall every window.
         self.window_ensemble.settle_timings()
-        return scores.cpu().numpy()
+        return scores
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Class probabilities of a preprocessed case.
@@ -237,8 +268,13 @@ class Predictor:
     def _preprocess(self, case: RawCase) -> PreprocessedCase:
         return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io)
 
-    def _predict_loaded(self, loaded: PreprocessedCase) -> _PredictedCase:
-        return _PredictedCase(self.predict_probabilities(loaded.data), loaded.properties)
+    def _labels_suffice(self, properties: CaseProperties, save_probabilities: bool) -> bool:
+        return self.device_argmax and labels_suffice(properties, save_probabilities)
+
+    def _predict_loaded(self, loaded: PreprocessedCase, save_probabilities: bool = True) -> _PredictedCase:
+        if self._labels_suffice(loaded.properties, save_probabilities):
+            return _PredictedCase(loaded.properties, labels=self.predict_labels(loaded.data))
+        return _PredictedCase(loaded.properties, probabilities=self.predict_probabilities(loaded.data))
 
     def _write_case(
         self,
@@ -249,10 +285,13 @@ class Predictor:
         overlay_file: str | os.PathLike | None,
         output_format: str | None = None,
     ) -> None:
-        label_map = export_prediction(
-            predicted.probabilities, predicted.properties, output_file, save_probabilities, self.postprocessing,
-            write_labels=self.label_writer(output_format, image_files),
-        )
+        write_labels = self.label_writer(output_format, image_files)
+        if predicted.labels is not None:
+            label_map = export_grid_labels(predicted.labels, predicted.properties, output_file, self.postprocessing,
+                                           write_labels)
+        else:
+            label_map = export_prediction(predicted.probabilities, predicted.properties, output_file,
+                                          save_probabilities, self.postprocessing, write_labels)
         if overlay_file is not None:
             # The input image again (preprocessing kept only the cropped, normalised one).
             image, geometry = read_volume(image_files[0], self.image_io)
@@ -277,7 +316,7 @@ class Predictor:
         loaded = preprocess_case_files(
             list(image_files), self.plans, case_id=case_name_of(output_file), image_io=self.image_io
         )
-        predicted = self._predict_loaded(loaded)
+        predicted = self._predict_loaded(loaded, save_probabilities)
         del loaded
         self._write_case(predicted, image_files, output_file, save_probabilities, save_overlay_to)
 
@@ -314,7 +353,7 @@ class Predictor:
         return CaseStages(
             case_id=lambda case: case.case_id,
             load=self._preprocess,
-            predict=self._predict_loaded,
+            predict=lambda loaded: self._predict_loaded(loaded, save_probabilities),
             save=lambda case, predicted: self._write_case(
                 predicted,
                 case.image_files,
@@ -387,8 +426,12 @@ class Predictor:
         ``nnsam3d_predict`` does.
         """
         case = self.preprocess_volume(image, affine)
-        probabilities = self.predict_probabilities(case.data)
-        label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
+        if self._labels_suffice(case.properties, save_probabilities=False):
+            labels = self.predict_labels(case.data)
+            label_map = grid_labels_to_label_map(labels, case.properties, self.postprocessing)
+        else:
+            probabilities = self.predict_probabilities(case.data)
+            label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
         return from_canonical(label_map, case.properties.geometry)
 
     def preprocess_volume(self, image: np.ndarray, affine: np.ndarray) -> PreprocessedCase:

@@ -52,6 +52,9 @@ def test_dry_run_reports_the_plan_it_trained_and_stops_before_the_one_that_does_
     # The prediction used the fitting plan's patch on the dry run's CT.
     assert result["prediction"]["patch_size"] == list(fitting.patch_size)
     assert result["prediction"]["image_shape_ijk"] == [48, 48, 16]
+    # Timed with the argmax where the scores are and with the host's, which agree.
+    assert result["prediction"]["labels_equal_host_argmax"] is True
+    assert result["prediction"]["seconds_with_host_argmax"] > 0
 
 
 def test_the_ratio_and_the_throughput_come_from_the_measured_peak_and_time(gpu_checks, monkeypatch):

@@ -113,8 +113,8 @@ def test_a_multi_frame_file_is_named_before_anything_is_predicted(tmp_path, pred
     (tmp_path / "dicom" / "multi").mkdir()
     first.save_as(tmp_path / "dicom" / "multi" / "frames.dcm", enforce_file_format=True)
     predicted = []
-    original = Predictor.predict_probabilities
-    monkeypatch.setattr(Predictor, "predict_probabilities",
+    original = Predictor.predict_scores
+    monkeypatch.setattr(Predictor, "predict_scores",
                         lambda self, data: predicted.append(data.shape) or original(self, data))
     for output_format in (DICOM_SEG, None):
         report = predictor.predict_folder(tmp_path / "dicom", tmp_path / f"out_{output_format}",

@@ -136,7 +136,7 @@ def test_full_disk_during_prediction_stops_at_the_first_failed_write(random_mode
     case_ids = sorted(p.name[: -len("_0000.nii.gz")] for p in random_model.inputs.iterdir())
     assert len(case_ids) == 6
     predicted, writes = [], []
-    original_predict, original_save = Predictor.predict_probabilities, nib.save
+    original_predict, original_save = Predictor.predict_scores, nib.save
 
     def predict(self, data):
         predicted.append(data.shape)
@@ -148,7 +148,7 @@ def test_full_disk_during_prediction_stops_at_the_first_failed_write(random_mode
             _write_part_then_fail(path)
         return original_save(image, path, *args, **kwargs)
 
-    monkeypatch.setattr(Predictor, "predict_probabilities", predict)
+    monkeypatch.setattr(Predictor, "predict_scores", predict)
     monkeypatch.setattr(nib, "save", save)
     output = tmp_path / "predictions"
     argv = ["-i", str(random_model.inputs), "-o", str(output), "-d", random_model.dataset, "--disable-tta",
