@@ -14,11 +14,15 @@ other cases' patches, for:
   sees without learning anything).
 
 Patches are the plan's patch size, one per case, centred on the case's foreground. Labels on a
-feature grid: the class of the voxel at each token's centre. The probe is fitted on at most
+feature grid: the class of the voxel at each token's centre. ``--in-plane-zoom Z`` enlarges every
+patch in-plane Z times (linear interpolation of the normalised image) before the encoders, so that
+anatomy appears at another scale to them (LiteMedSAM was trained on whole slices resized to
+256 x 256: a brain slice of about 120 voxels at 1.5 mm fills it at zoom 2); the intensity floor
+pools the enlarged patch too, and labels are read on the patch as it was at the token centres. The probe is fitted on at most
 ``MAX_TRAINING_TOKENS`` tokens and scored on every token of the other cases. Writes
 ``benchmarks/results/frozen_feature_probe_<datasets>.json``.
 
-    python benchmarks/frozen_feature_probe.py --workdir /tmp/probe [--datasets demo brain] [--train-cases 6]
+    python benchmarks/frozen_feature_probe.py --workdir /tmp/probe [--datasets demo brain] [--train-cases 6] [--in-plane-zoom 2]
 """
 
 from __future__ import annotations
@@ -95,7 +99,16 @@ def probe(train: list[tuple[np.ndarray, np.ndarray]], test: list[tuple[np.ndarra
             "train_tokens": int(len(y_train)), "test_tokens": int(len(y_test)), "features": int(x_train.shape[1])}
 
 
-def run_dataset(workdir: Path, dataset: str, train_cases: int) -> dict:
+def zoomed_in_plane(data: np.ndarray, zoom: float) -> np.ndarray:
+    """(C, z, y, x) → (C, z, round(zoom y), round(zoom x)), trilinear (slices are kept)."""
+    if zoom == 1:
+        return data
+    size = (data.shape[1], round(data.shape[2] * zoom), round(data.shape[3] * zoom))
+    image = torch.from_numpy(np.ascontiguousarray(data))[None]
+    return torch.nn.functional.interpolate(image, size=size, mode="trilinear", align_corners=False)[0].numpy()
+
+
+def run_dataset(workdir: Path, dataset: str, train_cases: int, zoom: float = 1.0) -> dict:
     folders = use_work_folders(workdir / f"probe_{dataset}")
     source = source_dataset(dataset, folders[paths.RAW_VARIABLE])
     dataset_id = int(source.name[len("Dataset"):len("Dataset") + 3])
@@ -111,16 +124,17 @@ def run_dataset(workdir: Path, dataset: str, train_cases: int) -> dict:
                 "random": build_network(plans.network.replace(trainable="full"))}
     load_sam_weights(networks["pretrained"], verified_lite_medsam_file())
     num_classes = plans.network.num_classes
-    results = {"dataset": source.name, "patch_size": list(patch), "cases": len(cases), "train_cases": train_cases,
-               "levels": {}}
+    results = {"dataset": source.name, "patch_size": list(patch), "in_plane_zoom": zoom, "cases": len(cases),
+               "train_cases": train_cases, "levels": {}}
+    inputs = [zoomed_in_plane(d, zoom) for d, _ in patches]
     with torch.inference_mode():
-        features = {name: [[level[0].numpy() for level in network.eval().encode(torch.from_numpy(d)[None])]
-                           for d, _ in patches] for name, network in networks.items()}
+        features = {name: [[level[0].numpy() for level in network.eval().encode(torch.from_numpy(x)[None])]
+                           for x in inputs] for name, network in networks.items()}
     for level in range(len(features["pretrained"][0])):
         grid = features["pretrained"][0][level].shape[:3]
         labels = [on_grid(y, grid) for _, y in patches]
         sources = {name: [per_case[level] for per_case in features[name]] for name in networks}
-        sources["intensity"] = [intensity_tokens(d, grid) for d, _ in patches]
+        sources["intensity"] = [intensity_tokens(x, grid) for x in inputs]
         results["levels"][f"level{level}_grid{'x'.join(map(str, grid))}"] = {
             name: probe(list(zip(tokens[:train_cases], labels[:train_cases])),
                         list(zip(tokens[train_cases:], labels[train_cases:])), num_classes)
@@ -135,10 +149,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("./probe_benchmark"))
     parser.add_argument("--datasets", nargs="+", default=["demo"], choices=("demo", "brain"))
     parser.add_argument("--train-cases", type=int, default=6, help="cases the probe is fitted on; the rest score it")
+    parser.add_argument("--in-plane-zoom", type=float, default=1.0,
+                        help="enlarge every patch in-plane this many times before the encoders (default 1)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = [run_dataset(args.workdir.resolve(), dataset, args.train_cases) for dataset in args.datasets]
-    write_result(f"frozen_feature_probe_{'_'.join(args.datasets)}.json", {"machine": environment(), "command": vars(args) | {"workdir": str(args.workdir)},
+    results = [run_dataset(args.workdir.resolve(), dataset, args.train_cases, args.in_plane_zoom)
+               for dataset in args.datasets]
+    zoom = "" if args.in_plane_zoom == 1 else f"_zoom{args.in_plane_zoom:g}"
+    write_result(f"frozen_feature_probe_{'_'.join(args.datasets)}{zoom}.json", {"machine": environment(), "command": vars(args) | {"workdir": str(args.workdir)},
                                                "datasets": results})
     print(json.dumps(results, indent=1))
 
