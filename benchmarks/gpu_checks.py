@@ -18,7 +18,9 @@ voxels at 2.5 x 0.78 x 0.78 mm, 14 classes) at 8, 24 and 80 GiB, smallest first:
   and records why.
 
 Then the 24 GiB plan predicts one 512 x 512 x 300 CT (``Predictor.predict_volume``: preprocessing,
-sliding window with mirroring, restoring to the input grid; one fold, random weights).
+sliding window with mirroring, restoring to the input grid; one fold, random weights): timed with
+the argmax on the GPU (``seconds``, of which ``network_seconds`` in the networks) and again with
+the probabilities copied to the host first (``seconds_with_host_argmax``; the labels must agree).
 
 Results (with the GPU's name and torch version): ``benchmarks/results/gpu_checks.json``.
 ``--dry-run`` runs the same code on the CPU with vit_tiny plans of small budgets, a small CT and
@@ -158,11 +160,14 @@ def prediction_check(plans, description, device: torch.device, shape_ijk) -> dic
         labels = predictor.predict_volume(volume, affine)
         return labels, time.perf_counter() - started
 
+    network_before = predictor.window_ensemble.network_seconds
     labels, seconds = timed(device_argmax=True)
+    network_seconds = predictor.window_ensemble.network_seconds - network_before
     host_labels, host_seconds = timed(device_argmax=False)  # the probabilities copied to the host first
     assert labels.shape == volume.shape
     return {"image_shape_ijk": list(shape_ijk), "classes": description.num_classes,
             "patch_size": list(plans.patch_size), "mirroring": True, "step_size": 0.5, "seconds": round(seconds, 2),
+            "network_seconds": round(network_seconds, 2),
             "seconds_with_host_argmax": round(host_seconds, 2),
             "labels_equal_host_argmax": bool(np.array_equal(labels, host_labels))}
 

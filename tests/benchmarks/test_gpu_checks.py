@@ -55,6 +55,8 @@ def test_dry_run_reports_the_plan_it_trained_and_stops_before_the_one_that_does_
     # Timed with the argmax where the scores are and with the host's, which agree.
     assert result["prediction"]["labels_equal_host_argmax"] is True
     assert result["prediction"]["seconds_with_host_argmax"] > 0
+    # The networks' share of the case's time (the rest: preprocessing, accumulation, export).
+    assert 0 < result["prediction"]["network_seconds"] <= result["prediction"]["seconds"]
 
 
 def test_the_ratio_and_the_throughput_come_from_the_measured_peak_and_time(gpu_checks, monkeypatch):
