@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -117,6 +118,23 @@ def load_probabilities_file(path: str | os.PathLike) -> tuple[np.ndarray, CasePr
     return probabilities, properties
 
 
+@dataclass
+class PredictedCase:
+    """What the export needs of a predicted case: where it goes back to, and its probabilities
+    (K, z, y, x) on the network grid, or only their argmax there (z, y, x) when that is all the
+    export needs (``device_argmax``)."""
+
+    properties: CaseProperties
+    probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def label_map(self, postprocessing: PostprocessingRules | None = None) -> np.ndarray:
+        """Canonical label map (z, y, x) int16 of the full input image, postprocessed."""
+        if self.labels is not None:
+            return grid_labels_to_label_map(self.labels, self.properties, postprocessing)
+        return probabilities_to_label_map(self.probabilities, self.properties, postprocessing)
+
+
 def export_prediction(
     probabilities: np.ndarray,
     properties: CaseProperties,
@@ -137,23 +155,24 @@ def export_prediction(
 
     Returns the written label map in canonical order (z, y, x), int16.
     """
-    output_file = Path(output_file)
-    if save_probabilities:
-        save_probabilities_file(probabilities, properties, probabilities_file_for(output_file))
-    label_map = probabilities_to_label_map(probabilities, properties, postprocessing)
-    write_labels(label_map, properties.geometry, output_file)
-    return label_map
+    return export_case(PredictedCase(properties, probabilities), output_file, save_probabilities, postprocessing,
+                       write_labels)
 
 
-def export_grid_labels(
-    labels: np.ndarray,
-    properties: CaseProperties,
+def export_case(
+    predicted: PredictedCase,
     output_file: Path,
+    save_probabilities: bool = False,
     postprocessing: PostprocessingRules | None = None,
     write_labels: LabelWriter = write_segmentation,
 ) -> np.ndarray:
-    """:func:`export_prediction` of a case whose argmax was taken on the network grid already
-    (no probabilities file then). Returns the written canonical label map (z, y, x), int16."""
-    label_map = grid_labels_to_label_map(labels, properties, postprocessing)
-    write_labels(label_map, properties.geometry, Path(output_file))
+    """:func:`export_prediction` of a :class:`PredictedCase` (``save_probabilities`` needs its
+    probabilities). Returns the written canonical label map (z, y, x), int16."""
+    output_file = Path(output_file)
+    if save_probabilities:
+        if predicted.probabilities is None:
+            raise ValueError(f"case '{predicted.properties.case_id}': no probabilities to save, only labels")
+        save_probabilities_file(predicted.probabilities, predicted.properties, probabilities_file_for(output_file))
+    label_map = predicted.label_map(postprocessing)
+    write_labels(label_map, predicted.properties.geometry, output_file)
     return label_map

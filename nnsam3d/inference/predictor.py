@@ -21,7 +21,6 @@ labels come back to the host, not K float16 volumes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,14 +33,7 @@ from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.inference.device_argmax import argmax_labels, labels_suffice
-from nnsam3d.inference.export import (
-    LabelWriter,
-    case_name_of,
-    export_grid_labels,
-    export_prediction,
-    grid_labels_to_label_map,
-    probabilities_to_label_map,
-)
+from nnsam3d.inference.export import LabelWriter, PredictedCase, case_name_of, export_case
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import check_inputs_for_format, label_writer_for, output_ending_for
 from nnsam3d.inference.overlays import save_overlay
@@ -53,7 +45,6 @@ from nnsam3d.io.image_io import image_io_for_dataset, read_volume
 from nnsam3d.io.raw_dataset import DatasetDescription, RawCase
 from nnsam3d.model.network import compile_network
 from nnsam3d.schemas.plans import Plans
-from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.preprocessor import PreprocessedCase, preprocess_case, preprocess_case_files
 
 OVERLAY_FOLDER = "overlays"
@@ -65,16 +56,6 @@ def fits_on_gpu(needed_bytes: int, reserved_bytes: int, free_bytes: int) -> bool
     """Whether a whole-volume state of ``needed_bytes`` goes to the GPU, beside ``reserved_bytes``
     the caller holds there too, with ``free_bytes`` free: together under ``GPU_ACCUMULATOR_SHARE``."""
     return needed_bytes + reserved_bytes < GPU_ACCUMULATOR_SHARE * free_bytes
-
-
-@dataclass
-class _PredictedCase:
-    """What the writer needs of a predicted case: where it goes back to, and its probabilities, or
-    only their argmax on the network grid when that is all the export needs (``device_argmax``)."""
-
-    properties: CaseProperties
-    probabilities: np.ndarray | None = None
-    labels: np.ndarray | None = None
 
 
 class Predictor:
@@ -268,30 +249,22 @@ class Predictor:
     def _preprocess(self, case: RawCase) -> PreprocessedCase:
         return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io)
 
-    def _labels_suffice(self, properties: CaseProperties, save_probabilities: bool) -> bool:
-        return self.device_argmax and labels_suffice(properties, save_probabilities)
-
-    def _predict_loaded(self, loaded: PreprocessedCase, save_probabilities: bool = True) -> _PredictedCase:
-        if self._labels_suffice(loaded.properties, save_probabilities):
-            return _PredictedCase(loaded.properties, labels=self.predict_labels(loaded.data))
-        return _PredictedCase(loaded.properties, probabilities=self.predict_probabilities(loaded.data))
+    def _predict_loaded(self, loaded: PreprocessedCase, save_probabilities: bool = True) -> PredictedCase:
+        if self.device_argmax and labels_suffice(loaded.properties, save_probabilities):
+            return PredictedCase(loaded.properties, labels=self.predict_labels(loaded.data))
+        return PredictedCase(loaded.properties, probabilities=self.predict_probabilities(loaded.data))
 
     def _write_case(
         self,
-        predicted: _PredictedCase,
+        predicted: PredictedCase,
         image_files: Sequence[str | os.PathLike],
         output_file: Path,
         save_probabilities: bool,
         overlay_file: str | os.PathLike | None,
         output_format: str | None = None,
     ) -> None:
-        write_labels = self.label_writer(output_format, image_files)
-        if predicted.labels is not None:
-            label_map = export_grid_labels(predicted.labels, predicted.properties, output_file, self.postprocessing,
-                                           write_labels)
-        else:
-            label_map = export_prediction(predicted.probabilities, predicted.properties, output_file,
-                                          save_probabilities, self.postprocessing, write_labels)
+        label_map = export_case(predicted, output_file, save_probabilities, self.postprocessing,
+                                self.label_writer(output_format, image_files))
         if overlay_file is not None:
             # The input image again (preprocessing kept only the cropped, normalised one).
             image, geometry = read_volume(image_files[0], self.image_io)
@@ -345,7 +318,7 @@ class Predictor:
         save_probabilities: bool = False,
         save_overlays: bool = False,
         output_format: str | None = None,
-    ) -> CaseStages[RawCase, PreprocessedCase, _PredictedCase]:
+    ) -> CaseStages[RawCase, PreprocessedCase, PredictedCase]:
         """Load, predict and save of one case into ``output_dir``: the stages of
         :func:`run_case_pipeline`, also run one case at a time by the Ray workers."""
         output_dir = Path(output_dir)
@@ -426,12 +399,7 @@ class Predictor:
         ``nnsam3d_predict`` does.
         """
         case = self.preprocess_volume(image, affine)
-        if self._labels_suffice(case.properties, save_probabilities=False):
-            labels = self.predict_labels(case.data)
-            label_map = grid_labels_to_label_map(labels, case.properties, self.postprocessing)
-        else:
-            probabilities = self.predict_probabilities(case.data)
-            label_map = probabilities_to_label_map(probabilities, case.properties, self.postprocessing)
+        label_map = self._predict_loaded(case, save_probabilities=False).label_map(self.postprocessing)
         return from_canonical(label_map, case.properties.geometry)
 
     def preprocess_volume(self, image: np.ndarray, affine: np.ndarray) -> PreprocessedCase:
