@@ -134,13 +134,32 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
         return result
     backbone, trainer = ARMS[arm]
     run_dir = workdir / f"{dataset}_{cases or 'all'}_{backbone}"
+    name, raw_dir = prepare_dataset(run_dir, workdir, dataset, cases, backbone)
+    result = {"dataset": dataset, "arm": arm, "backbone": backbone,
+              **train_predict_evaluate(run_dir, name, raw_dir, trainer, seed, device, minutes, iterations, label=arm)}
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    write_result(f"pretraining_runs/{result_file.name}", result)  # every run's file is kept with the results
+    return result
+
+
+def prepare_dataset(run_dir: Path, workdir: Path, dataset: str, cases: int | None, backbone: str) -> tuple[str, Path]:
+    """``dataset`` cut to ``cases`` training cases in ``run_dir``'s nnsam3d folders (which become the
+    process's folders), planned and preprocessed for ``backbone``: (dataset name, raw folder)."""
     folders = use_work_folders(run_dir)
-    raw_root = folders[paths.RAW_VARIABLE]
     source = source_dataset(dataset, workdir / "sources")
     dataset_id = 600 + (cases or 99)
-    name, raw_dir = subset_dataset(source, raw_root, dataset_id, cases)
+    name, raw_dir = subset_dataset(source, folders[paths.RAW_VARIABLE], dataset_id, cases)
     if not (paths.preprocessed_dataset_dir(name) / f"{DEFAULT_PLANS_NAME}.json").is_file():
         plan_and_preprocess(dataset_id, verify=True, backbone=backbone, num_processes=2)
+    return name, raw_dir
+
+
+def train_predict_evaluate(run_dir: Path, name: str, raw_dir: Path, trainer: str, seed: int, device: str,
+                           minutes: float, iterations: int | None, label: str) -> dict:
+    """Train fold 'all' of dataset ``name`` with ``trainer`` for ``minutes`` of wall time (or
+    ``iterations``), predict its test images without mirroring into ``run_dir/predictions/LABEL_seedS``
+    and evaluate them: what was trained, how long, and the Dice of each class."""
     model_dir = paths.training_output_dir(name, get_trainer_class(trainer).__name__, DEFAULT_PLANS_NAME)
     shutil.rmtree(model_dir / f"fold_{FOLD}", ignore_errors=True)
     load_before = load_average()
@@ -150,29 +169,25 @@ def run_one(workdir: Path, dataset: str, cases: int | None, arm: str, seed: int,
     history = load_checkpoint(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth").training_state["log"]["history"]
     plans = Plans.load(paths.preprocessed_dataset_dir(name) / f"{DEFAULT_PLANS_NAME}.json")
     predictor = Predictor.from_model_folder(model_dir, folds=[FOLD], device=device, use_mirroring=False)
-    predictions = run_dir / "predictions" / f"{arm}_seed{seed}"
+    predictions = run_dir / "predictions" / f"{label}_seed{seed}"
     shutil.rmtree(predictions, ignore_errors=True)
     started = time.perf_counter()
     predictor.predict_folder(raw_dir / "imagesTs", predictions)
     description = DatasetDescription.from_file(raw_dir / "dataset.json")
     summary = evaluate_folders(raw_dir / "labelsTs", predictions, description.labels, description.file_ending)
-    result = {
-        "dataset": dataset, "training_cases": len(list((raw_dir / "labelsTr").iterdir())), "arm": arm,
-        "backbone": backbone, "trainer": trainer, "seed": seed, "minutes": None if iterations else minutes,
+    return {
+        "training_cases": len(list((raw_dir / "labelsTr").iterdir())),
+        "trainer": trainer, "seed": seed, "minutes": None if iterations else minutes,
         "budget": "iterations" if iterations else "minutes",
         "patch_size": list(plans.patch_size), "batch_size": plans.batch_size,
         "tflop_per_step": plans.compute.flops_per_step / 1e12,
         "epochs": len(history), "iterations": ITERATIONS_PER_EPOCH * len(history),
         "training_seconds": sum(epoch["seconds"] for epoch in history),
         "prediction_seconds": time.perf_counter() - started,
-        "dice": {label: summary["mean"][label]["Dice"] for label in summary["mean"] if not label.isdigit()},
+        "dice": {cls: summary["mean"][cls]["Dice"] for cls in summary["mean"] if not cls.isdigit()},
         "foreground_mean_dice": summary["foreground_mean"]["Dice"],
         "loadavg_before": load_before, "loadavg_after": load_average(),
     }
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=1))
-    write_result(f"pretraining_runs/{result_file.name}", result)  # every run's file is kept with the results
-    return result
 
 
 SET_ASIDE = ("_memoryplan", "_shared")

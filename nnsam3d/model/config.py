@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass, field, fields
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.layout import token_grid, window_layout
 
-NETWORK_CONFIG_SCHEMA_VERSION = 1
+NETWORK_CONFIG_SCHEMA_VERSION = 2
+"""The newest version this code reads. Version 2 added ``norm_at_full_resolution``; a configuration
+is written with the lowest version that describes it (:meth:`NetworkConfig.to_json`), so plans and
+checkpoints of the default decoder stay readable by an nnsam3d that predates the field, while one
+that would build the wrong decoder refuses the others."""
 
 TRAINABLE_MODES = ("adapters", "full", "frozen_encoder")
 """What trains in the encoder:
@@ -56,6 +60,11 @@ class NetworkConfig:
     prompt_channels: input channels of the prompt branch of interactive networks (clicks and
         prior segmentation, ``nnsam3d.model.prompt_encoder``); 0 (default): no prompt branch,
         automatic segmentation only.
+    norm_at_full_resolution: InstanceNorm after the decoder's two full-resolution convolutions
+        (the stem's first and level 0's), as at every other level (default). False: those two are
+        convolution (with bias) and LeakyReLU only, the lighter decoder of
+        ``nnSAM3DTrainer_noNormAtFullRes``: no statistics or normalisation passes over the
+        largest tensors of the step, and one tensor fewer saved for backward at each.
     input_window: ``(low, high)`` of the normalised intensities that a TinyViT backbone maps
         linearly to [0, 1] before its patch embedding: LiteMedSAM was trained on images scaled to
         [0, 1] (a CT window or an MRI's percentiles); the planner sets it from the normalisation.
@@ -77,7 +86,8 @@ class NetworkConfig:
     deep_supervision: bool = True
     prompt_channels: int = 0
     input_window: tuple[float, float] | None = None
-    schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION)
+    norm_at_full_resolution: bool = True
+    schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _tuple3(self.patch_size))
@@ -101,6 +111,8 @@ class NetworkConfig:
         if int(self.prompt_channels) < 0:
             raise ValueError(f"prompt_channels must be at least 0, got {self.prompt_channels}")
         object.__setattr__(self, "prompt_channels", int(self.prompt_channels))
+        if not isinstance(self.norm_at_full_resolution, bool):
+            raise ValueError(f"norm_at_full_resolution must be true or false, got {self.norm_at_full_resolution!r}")
         if self.input_window is not None:
             low, high = (float(v) for v in self.input_window)
             if not high > low:
@@ -140,6 +152,7 @@ class NetworkConfig:
             content[key] = list(content[key])
         if content["input_window"] is not None:
             content["input_window"] = list(content["input_window"])
+        content["schema_version"] = 1 if self.norm_at_full_resolution else 2
         return content
 
     @classmethod

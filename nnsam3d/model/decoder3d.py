@@ -16,7 +16,8 @@ models count):
   level are *summed* (LinkNet/FPN style: it halves the input width of the full-resolution
   convolution, the most expensive layer on a CPU), then 3x3x3 conv-norm-act blocks (one at
   full resolution, two elsewhere). Norm and activation are nnU-Net's: InstanceNorm with affine
-  parameters and LeakyReLU(0.01).
+  parameters and LeakyReLU(0.01). ``norm_at_full_resolution=False`` drops the norm from the two
+  full-resolution convolutions (the stem's first and level 0's), which then have a bias.
 * **Heads**: 1x1x1 convolutions to the class logits at full resolution and, with deep
   supervision, at levels 1 and 2.
 
@@ -51,14 +52,13 @@ def fit_to_shape(x: Tensor, shape: Shape3) -> Tensor:
 
 
 class ConvNormAct(nn.Sequential):
-    """3D convolution (no bias: the norm removes it), InstanceNorm, in-place LeakyReLU."""
+    """3D convolution (no bias: the norm removes it), InstanceNorm, in-place LeakyReLU; with
+    ``normed=False`` convolution with bias and LeakyReLU (``NetworkConfig.norm_at_full_resolution``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int | Shape3 = 1):
-        super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
-            nn.InstanceNorm3d(out_channels, eps=INSTANCE_NORM_EPS, affine=True),
-            nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
-        )
+    def __init__(self, in_channels: int, out_channels: int, stride: int | Shape3 = 1, normed: bool = True):
+        conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=not normed)
+        norm = [nn.InstanceNorm3d(out_channels, eps=INSTANCE_NORM_EPS, affine=True)] if normed else []
+        super().__init__(conv, *norm, nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True))
 
 
 class TokenNeck(nn.Module):
@@ -97,12 +97,13 @@ class Decoder3D(nn.Module):
         self.necks = nn.ModuleList(TokenNeck(layer.in_channels, layer.out_channels) for layer in layout.of("neck"))
         self.laterals = nn.ModuleList(upsampling_convolution(layer.in_channels, layer.out_channels, layer.kernel)
                                       for layer in layout.of("lateral"))
-        self.stem = nn.ModuleList(ConvNormAct(layer.in_channels, layer.out_channels, stride=layer.stride)
+        self.stem = nn.ModuleList(ConvNormAct(layer.in_channels, layer.out_channels, layer.stride, layer.normed)
                                   for layer in layout.of("stem"))
         self.upsamplers = nn.ModuleList(upsampling_convolution(layer.in_channels, layer.out_channels, layer.kernel)
                                         for layer in layout.of("upsampler"))
         self.stages = nn.ModuleList(
-            nn.Sequential(*(ConvNormAct(layer.in_channels, layer.out_channels) for layer in layout.of("conv", level)))
+            nn.Sequential(*(ConvNormAct(layer.in_channels, layer.out_channels, normed=layer.normed)
+                            for layer in layout.of("conv", level)))
             for level in range(self.num_levels)
         )
         self.heads = nn.ModuleList(nn.Conv3d(layer.in_channels, layer.out_channels, kernel_size=1)

@@ -42,7 +42,8 @@ from nnsam3d.model.layout import (
 
 KINDS = ("neck", "lateral", "stem", "upsampler", "conv", "head")
 _NORMED = ("neck", "stem", "conv")
-_BIASED = ("neck", "head")
+"""Kinds followed by InstanceNorm and LeakyReLU; at full resolution the stem's and level 0's
+convolutions may go without the norm (``NetworkConfig.norm_at_full_resolution``)."""
 _TRANSPOSED = ("lateral", "upsampler")
 
 
@@ -60,11 +61,20 @@ class DecoderLayer:
     stride: Shape3
     input_shape: Shape3
     output_shape: Shape3
+    normed: bool = False
+    """Followed by InstanceNorm (affine) and LeakyReLU."""
 
     @property
-    def normed(self) -> bool:
-        """Followed by InstanceNorm (affine) and LeakyReLU."""
+    def activated(self) -> bool:
+        """Followed by LeakyReLU (the normed layers, and the stem's and level's convolutions that
+        go without a norm)."""
         return self.kind in _NORMED
+
+    @property
+    def biased(self) -> bool:
+        """Has a bias: necks' linear layers, heads, and activated convolutions without a norm (a
+        norm would remove the bias)."""
+        return self.kind in ("neck", "head") or (self.activated and not self.normed)
 
     @property
     def weight_elements(self) -> int:
@@ -72,8 +82,8 @@ class DecoderLayer:
 
     @property
     def parameters(self) -> int:
-        """Weight, bias (necks' linear and heads) and the norm's affine pair."""
-        return (self.weight_elements + (self.out_channels if self.kind in _BIASED else 0)
+        """Weight, bias and the norm's affine pair."""
+        return (self.weight_elements + (self.out_channels if self.biased else 0)
                 + (2 * self.out_channels if self.normed else 0))
 
     def forward_flops(self, batch: int) -> float:
@@ -107,7 +117,11 @@ def decoder_layout(config: NetworkConfig, feature_dims: tuple[int, ...], feature
     grids = feature_grids(config.patch_size, feature_strides)
     levels = decoder_feature_levels(shapes, grids, grid)
     ones = (1, 1, 1)
-    layers = [DecoderLayer("neck", index, level, dim, neck, ones, ones, feature_grid, feature_grid)
+
+    def normed_at(level: int) -> bool:
+        return level > 0 or config.norm_at_full_resolution
+
+    layers = [DecoderLayer("neck", index, level, dim, neck, ones, ones, feature_grid, feature_grid, normed=True)
               for index, (level, dim, feature_grid) in enumerate(zip(levels, feature_dims, grids))]
     for index, (level, feature_grid) in enumerate(zip(levels, grids)):
         pooled = lateral_input_grid(shapes[level], feature_grid)
@@ -118,15 +132,15 @@ def decoder_layout(config: NetworkConfig, feature_dims: tuple[int, ...], feature
     for level, stride in enumerate(stem_strides(shapes)):
         output = strided_shape(stem_input, stride)
         layers.append(DecoderLayer("stem", level, level, widths.stem[level], widths.stem[level + 1], (3, 3, 3),
-                                   stride, stem_input, output))
+                                   stride, stem_input, output, normed=normed_at(level)))
         stem_input = output
     for level in range(len(shapes) - 1):
         factor = integer_upsampling_factor(shapes[level], shapes[level + 1])
         layers.append(DecoderLayer("upsampler", level, level, channels[level + 1], channels[level], factor, factor,
                                    shapes[level + 1], tuple(s * f for s, f in zip(shapes[level + 1], factor))))
     for level, shape in enumerate(shapes):
-        layers.extend(DecoderLayer("conv", level, level, channels[level], channels[level], (3, 3, 3), ones, shape, shape)
-                      for _ in range(convs_per_level(level)))
+        layers.extend(DecoderLayer("conv", level, level, channels[level], channels[level], (3, 3, 3), ones, shape, shape,
+                                   normed=normed_at(level)) for _ in range(convs_per_level(level)))
     layers.extend(DecoderLayer("head", level, level, channels[level], config.num_classes, ones, ones,
                                shapes[level], shapes[level]) for level in DEEP_SUPERVISION_LEVELS)
     return DecoderLayout(tuple(layers), shapes, widths, levels)

@@ -371,8 +371,12 @@ def _instance_norm_stats(batch: int, channels: int) -> int:
     return 3 * FP32 * batch * channels
 
 
-def _conv_norm_act(batch: int, channels: int, voxels: int, bytes_: _Bytes) -> int:
-    """A conv-norm-act saves the conv output (norm input) and the activated output."""
+def _conv_norm_act(batch: int, channels: int, voxels: int, bytes_: _Bytes, normed: bool = True) -> int:
+    """A conv-norm-act saves the conv output (norm input) and the activated output; without the
+    norm only the activated output (the in-place activation overwrites the convolution's output,
+    and the convolution saves its input, not its output)."""
+    if not normed:
+        return bytes_.low * batch * channels * voxels
     return 2 * bytes_.low * batch * channels * voxels + _instance_norm_stats(batch, channels)
 
 
@@ -393,9 +397,9 @@ def _decoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
             tally.saved(f"neck_{layer.index}", bytes_.low * batch * layer.in_channels * prod(layer.input_shape))
         elif layer.kind == "stem":
             # The stem's own output (resized to the level afterwards only for non-integer ratios).
-            tally.saved(f"stem_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_))
+            tally.saved(f"stem_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_, layer.normed))
         elif layer.kind == "conv":
-            tally.saved(f"level_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_))
+            tally.saved(f"level_{layer.index}", _conv_norm_act(batch, layer.out_channels, voxels, bytes_, layer.normed))
     for level, shape in enumerate(layout.shapes):
         # The level's input: a fresh sum, or the coarsest level's single lateral (at the
         # level's shape, directly or resized; nothing is cropped).

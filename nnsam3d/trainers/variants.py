@@ -33,6 +33,17 @@ class nnSAM3DTrainer_noAdapters(nnSAM3DTrainer):
         return config.replace(deep_supervision=True, trainable="frozen_encoder", adapter_blocks=())
 
 
+class nnSAM3DTrainer_noNormAtFullRes(nnSAM3DTrainer):
+    """The lighter decoder: no InstanceNorm after the two full-resolution convolutions (which get a
+    bias instead; ``NetworkConfig.norm_at_full_resolution``). Those norms run over the largest and
+    narrowest tensors of the step, memory-bound work that FLOP counts do not see; every other level
+    keeps nnU-Net's conv-norm-act. Its Dice and speed against the default's on the demo:
+    ``benchmarks/decoder_norm_demo.py``."""
+
+    def configure_network(self, config: NetworkConfig) -> NetworkConfig:
+        return super().configure_network(config).replace(norm_at_full_resolution=False)
+
+
 class nnSAM3DTrainer_fromScratch(nnSAM3DTrainer):
     """No SAM weights: the whole network starts random and trains (the pretraining ablation)."""
 

@@ -20,6 +20,9 @@ CONFIGS = {
     "thin_tokens": NetworkConfig(backbone="vit_tiny", num_classes=2, patch_size=(6, 64, 64), token_size=(1, 16, 16),
                                  window_size=(2, 4, 4), decoder_channels=(8, 16, 32, 64)),
     "lite_medsam": NetworkConfig(backbone="lite_medsam", num_classes=3, patch_size=(4, 64, 64), token_size=(1, 4, 4)),
+    "no norm at full resolution": NetworkConfig(backbone="vit_tiny", num_classes=3, patch_size=(10, 40, 48),
+                                                token_size=(2, 8, 8), window_size=(4, 4, 4),
+                                                decoder_channels=(8, 16, 32, 64), norm_at_full_resolution=False),
 }
 
 
@@ -45,3 +48,6 @@ def test_the_built_decoder_is_the_list(name):
         assert (module.in_channels, module.out_channels) == (layer.in_channels, layer.out_channels), layer
         assert tuple(module.kernel_size) == layer.kernel and tuple(module.stride) == layer.stride, layer
     assert sum(p.numel() for p in decoder.parameters()) == sum(layer.parameters for layer in layout.layers)
+    norms = sum(isinstance(m, nn.InstanceNorm3d) for m in decoder.modules())
+    assert norms == sum(layer.normed for layer in layout.layers)
+    assert sum(isinstance(m, nn.LeakyReLU) for m in decoder.modules()) == sum(layer.activated for layer in layout.layers)

@@ -31,6 +31,7 @@ CPU_CONFIGS = {
     "full, trainable norms": dict(trainable="full", adapter_blocks=(0, 1, 2, 3), train_norms=True),
     "checkpointing": dict(adapter_blocks=(0, 1, 2, 3), activation_checkpointing=True),
     "checkpointing, full": dict(trainable="full", activation_checkpointing=True),
+    "no norm at full resolution": dict(adapter_blocks=(0, 3), norm_at_full_resolution=False),
     "windows as large as the grid": dict(window_size=(8, 8, 8), adapter_blocks=(1,)),
     "padded windows": dict(patch_size=(24, 80, 48), window_size=(4, 3, 2), adapter_blocks=(0, 2)),
     "tokens of 8, deep grid": dict(

@@ -37,6 +37,7 @@ CPU_CONFIGS = {
     "checkpointing fp32": (dict(activation_checkpointing=True), "fp32"),
     "checkpointing bf16": (dict(activation_checkpointing=True), "bf16"),
     "full fp32": (dict(trainable="full"), "fp32"),
+    "no norm at full resolution bf16": (dict(norm_at_full_resolution=False), "bf16"),
 }
 VIT_B_PLAN_PATCHES = {
     # The planner's vit_b plans for a typical abdominal CT (2.5 x 0.8 x 0.8 mm, 120 x 512 x 512) on the

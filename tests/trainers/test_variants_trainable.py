@@ -16,6 +16,7 @@ VARIANTS = {
     "nnSAM3DTrainer_fullFinetune": "full",
     "nnSAM3DTrainer_noAdapters": "frozen_encoder",
     "nnSAM3DTrainer_fromScratch": "full",
+    "nnSAM3DTrainer_noNormAtFullRes": "adapters",
 }
 
 
