@@ -10,16 +10,20 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #       -d .whl nibabel batchgenerators future segment-anything
 #
-# Parts, most valuable first, each under its own time limit (seconds):
+# Parts, most valuable first, each under its own time limit (seconds; GPU_SESSION_LIMITS overrides
+# the six, in order; 0 skips a part):
 #   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB) trained for real steps: memory
 #      against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
 #   2. profile_step.py: where the 24 GiB vit_b plan's training step spends its time (torch.profiler,
 #      time by part, data wait, model and hardware FLOPs).
-#   3. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
-#   4. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
-#      weights: no download here) on CUDA: the whole pipeline, trainer, predictor and evaluation.
+#   3. step_variants.py: the 24 GiB plan's step eager, without the full-resolution norms,
+#      channels-last, compiled, compiled without the norms, as CUDA graphs: each change before/after.
+#   4. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
 #   5. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
 #      real steps: memory against the memory model, seconds per step, TFLOP/s (no prediction).
+#   6. nnsam3d_demo with vit_b from a SAM-format checkpoint (segment-anything's builder, random
+#      weights: no download here) on CUDA: the whole pipeline, trainer, predictor and evaluation.
+#      Off by default (limit 0): it ran on 2026-11-30 (README), and one device call has 600 s.
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu_session_out}"
 mkdir -p "$OUT"
@@ -30,23 +34,37 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
-LIMITS="${GPU_SESSION_LIMITS:-220 80 80 140 80}"
-read -r checks_s profile_s latency_s demo_s lite_s <<<"$LIMITS"
+LIMITS="${GPU_SESSION_LIMITS:-200 80 140 60 60 0}"
+read -r checks_s profile_s variants_s latency_s lite_s demo_s <<<"$LIMITS"
+
+run_part() {  # run_part LIMIT COMMAND...: skipped when LIMIT is 0 (GNU timeout reads 0 as no limit at all)
+    local limit=$1
+    shift
+    if [ "$limit" -gt 0 ]; then timeout "$limit" "$@"; else echo "(skipped: limit 0)"; fi
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 echo "=== 1. gpu_checks (limit ${checks_s} s)"
-timeout "$checks_s" python3 benchmarks/gpu_checks.py --output "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/gpu_checks.log"
+run_part "$checks_s" python3 benchmarks/gpu_checks.py --output "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/gpu_checks.log"
 
 echo "=== 2. profile of the 24 GiB plan's step (limit ${profile_s} s)"
-timeout "$profile_s" python3 benchmarks/profile_step.py --output "$OUT/profile_step.json" 2>&1 | tail -60 | tee "$OUT/profile_step.log"
+run_part "$profile_s" python3 benchmarks/profile_step.py --output "$OUT/profile_step.json" 2>&1 | tail -60 | tee "$OUT/profile_step.log"
 
-echo "=== 3. interactive latency (limit ${latency_s} s)"
-timeout "$latency_s" python3 benchmarks/interactive_latency.py --skip-cpu 2>&1 | tee "$OUT/interactive_latency.log"
+echo "=== 3. step variants of the 24 GiB plan (limit ${variants_s} s)"
+run_part "$variants_s" python3 benchmarks/step_variants.py --output "$OUT/step_variants.json" 2>&1 | tail -40 | tee "$OUT/step_variants.log"
+
+echo "=== 4. interactive latency (limit ${latency_s} s)"
+run_part "$latency_s" python3 benchmarks/interactive_latency.py --skip-cpu 2>&1 | tee "$OUT/interactive_latency.log"
 cp benchmarks/results/interactive_latency_cuda.json "$OUT/" 2>/dev/null
 
-echo "=== 4. demo, vit_b on CUDA (limit ${demo_s} s)"
+echo "=== 5. gpu_checks, lite_medsam plans (limit ${lite_s} s)"
+run_part "$lite_s" python3 benchmarks/gpu_checks.py --backbone lite_medsam --no-prediction \
+    --output "$OUT/gpu_checks_lite_medsam.json" 2>&1 | tee "$OUT/gpu_checks_lite_medsam.log"
+
+if [ "$demo_s" -gt 0 ]; then
+echo "=== 6. demo, vit_b on CUDA (limit ${demo_s} s)"
 work=/tmp/nnsam3d_gpu_demo
 mkdir -p "$work"
 python3 - "$work/sam_vit_b_random.pth" <<'PYTHON'
@@ -62,8 +80,5 @@ timeout "$demo_s" python3 -m nnsam3d.commands.demo --workdir "$work/demo" --back
     2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tee "$OUT/demo_vit_b.log" | grep -v 'it/s\]\|s/it\]\|batch\]\|case\]' 
 for file in training_log.txt progress.png; do cp "$work"/demo/results/*/*/fold_0/$file "$OUT/demo_$file" 2>/dev/null; done
 cp "$work"/demo/preprocessed/*/nnsam3d_plans.json "$OUT/demo_plans.json" 2>/dev/null
+fi
 ls -la "$OUT"
-
-echo "=== 5. gpu_checks, lite_medsam plans (limit ${lite_s} s)"
-timeout "$lite_s" python3 benchmarks/gpu_checks.py --backbone lite_medsam --no-prediction \
-    --output "$OUT/gpu_checks_lite_medsam.json" 2>&1 | tee "$OUT/gpu_checks_lite_medsam.log"

@@ -11,6 +11,7 @@ from nnsam3d.inference.model_folders import CHECKPOINT_FILES, DEFAULT_FOLDS_DESC
 from nnsam3d.model_sharing.model_zip import opened_model
 from nnsam3d.inference.output_formats import DICOM_SEG
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.model.network import COMPILE_MODES
 from nnsam3d.inference.ray_prediction import RayOptions, predict_folder_on_ray
 from nnsam3d.paths import resolve_dataset_name, training_output_dir
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="run the networks through torch.compile (off by default; pays a compilation "
                         "of a minute or more at the start, helps on GPUs for many cases)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile's mode (implies --compile): reduce-overhead replays the windows' network "
+                        "calls as CUDA graphs (default: default)")
     ray = parser.add_argument_group("Ray cluster (pip install 'nnsam3d[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="predict on a Ray cluster: cases are tasks, each worker holds the ensemble. Without ADDRESS "
@@ -119,7 +123,7 @@ def _run(arguments, model_dirs, postprocessing_folder):
         batch_size=arguments.batch_size,
         progress=not arguments.no_progress,
         sam_checkpoint=arguments.sam_checkpoint,
-        compile=arguments.compile,
+        compile=arguments.compile_mode or arguments.compile,
     )
     folder_options = dict(
         save_probabilities=arguments.save_probabilities,

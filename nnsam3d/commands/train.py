@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from nnsam3d.commands.command_line import command_parser, run_command
+from nnsam3d.model.network import COMPILE_MODES
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME
 from nnsam3d.trainers.request import TrainingRequest
 from nnsam3d.trainers.launch import launch_training
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile of the network (off by default; pays a compilation "
                         "of a minute or more at the start, can speed up long GPU runs)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile's mode (implies --compile): reduce-overhead replays the step as CUDA "
+                        "graphs, max-autotune also tries kernel choices while compiling (default: default)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="the decoder's 3D convolutions channels-last (NDHWC), cuDNN's preferred layout for bf16; "
+                        "measure it on your GPU with benchmarks/step_variants.py")
     return parser
 
 
@@ -81,7 +88,9 @@ def request_from_arguments(arguments: argparse.Namespace) -> TrainingRequest:
         num_workers=arguments.num_workers,
         time_budget_minutes=arguments.time_budget_minutes,
         splits_file=arguments.splits_file,
-        compile=arguments.compile,
+        compile=arguments.compile or arguments.compile_mode is not None,
+        compile_mode=arguments.compile_mode or "default",
+        channels_last=arguments.channels_last,
     )
 
 

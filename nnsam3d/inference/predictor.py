@@ -75,7 +75,8 @@ class Predictor:
         ``postprocessing.json`` when present).
     accumulator_dtype: dtype of the class-score accumulator (default float16, see module).
     progress: progress bars over cases and windows.
-    compile: run each network through ``torch.compile`` (``model.network.compile_network``).
+    compile: run each network through ``torch.compile`` (``model.network.compile_network``):
+        True, or one of its modes (``model.network.COMPILE_MODES``).
     device_argmax: take the argmax where the scores are when the export needs only labels
         (:mod:`device_argmax`); False always copies the probabilities to the host first (the
         reference path, for comparisons).
@@ -94,7 +95,7 @@ class Predictor:
         postprocessing: PostprocessingRules | None = None,
         accumulator_dtype: torch.dtype = torch.float16,
         progress: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         device_argmax: bool = True,
     ):
         if not networks:
@@ -123,7 +124,8 @@ class Predictor:
             self.networks.append(network)
         # The compiled modules only run the windows; self.networks stay the plain networks.
         self.window_ensemble = WindowEnsemble(
-            [compile_network(network) for network in self.networks] if compile else self.networks,
+            [compile_network(network, "default" if compile is True else compile) for network in self.networks]
+            if compile else self.networks,
             SPATIAL_AXES if self.use_mirroring else (),
             autocast_dtype=autocast_dtype_for(self.device),
         )

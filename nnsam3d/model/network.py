@@ -137,15 +137,35 @@ def apply_trainable_mode(network: MedSAM3D) -> None:
         network.encoder.frozen_prefix = network.config.trainable != "full"
 
 
-def compile_network(network: nn.Module) -> nn.Module:
-    """``torch.compile`` of ``network`` (PyTorch's default inductor backend; on the CPU it needs
-    a C++ compiler). Compilation happens at the first call, for the input shape of that call;
-    training and sliding-window inference keep one patch size, so it happens once. The compiled
-    module shares parameters and state with ``network``: checkpoints are still written from
-    ``network`` itself."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+"""``torch.compile``'s modes: ``reduce-overhead`` replays the compiled step as CUDA graphs (shapes
+are static in training and sliding windows), ``max-autotune`` also benchmarks kernel choices at
+compilation. On a CPU the modes compile the same code."""
+
+
+def compile_network(network: nn.Module, mode: str = "default") -> nn.Module:
+    """``torch.compile`` of ``network`` in ``mode`` (``COMPILE_MODES``; PyTorch's default inductor
+    backend; on the CPU it needs a C++ compiler). Compilation happens at the first call, for the
+    input shape of that call; training and sliding-window inference keep one patch size, so it
+    happens once. The compiled module shares parameters and state with ``network``: checkpoints
+    are still written from ``network`` itself."""
     import torch
 
-    return torch.compile(network)
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got '{mode}'")
+    return torch.compile(network, mode=None if mode == "default" else mode)
+
+
+def use_channels_last_decoder(network: MedSAM3D) -> None:
+    """Store the decoder's 3D convolution weights channels-last (``torch.channels_last_3d``), so
+    that cuDNN runs them, and the layers they feed, on NDHWC tensors: the layout its bf16 tensor-core
+    kernels prefer. The network computes the same function; a checkpoint written from it loads into
+    a network of the default layout. Eager InstanceNorm reads its input contiguous (a copy each
+    way), which is why this is an option to measure (``benchmarks/step_variants.py``), not a default;
+    ``torch.compile`` chooses layouts itself."""
+    import torch
+
+    network.decoder.to(memory_format=torch.channels_last_3d)
 
 
 def load_sam_weights(network: MedSAM3D, sam_checkpoint: str | os.PathLike) -> None:

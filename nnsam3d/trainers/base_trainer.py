@@ -34,7 +34,7 @@ from nnsam3d import paths
 from nnsam3d.io.checkpoint_file import ModelCheckpoint
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.config import NetworkConfig
-from nnsam3d.model.network import build_network, compile_network, count_parameters
+from nnsam3d.model.network import build_network, compile_network, count_parameters, use_channels_last_decoder
 from nnsam3d.model.known_checkpoints import identify
 from nnsam3d.model.sam_checkpoints import resolve_sam_checkpoint
 from nnsam3d.schemas.plans import Plans
@@ -194,12 +194,14 @@ class nnSAM3DTrainer:
         else:
             network = self.resume_from.rebuild_network(config, self.request.sam_checkpoint)
         self.network_module = network.to(ctx.device)
+        if self.request.channels_last:
+            use_channels_last_decoder(network)
         self.network = ctx.wrap(self.training_forward_module())
         self.loss = self.build_loss()
         self.network_loss = NetworkLoss(self.network, self.loss)
         if self.request.compile:  # the training step's forward as one graph; validation's own
-            self.network_loss = compile_network(self.network_loss)
-            self.network = compile_network(self.network)
+            self.network_loss = compile_network(self.network_loss, self.request.compile_mode)
+            self.network = compile_network(self.network, self.request.compile_mode)
 
         self.epochs_completed = 0
         self.pseudo_dice_ema = MovingAverage(self.pseudo_dice_ema_factor)

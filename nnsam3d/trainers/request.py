@@ -24,6 +24,9 @@ class TrainingRequest:
     time_budget_minutes: stop after the epoch in which the budget runs out, then finish normally.
     splits_file: a ``splits_final.json`` (nnU-Net's, say) to adopt as the dataset's folds.
     compile: train through ``torch.compile`` of the network (``model.network.compile_network``).
+    compile_mode: ``torch.compile``'s mode with ``compile`` (``model.network.COMPILE_MODES``;
+        ``reduce-overhead``: CUDA graphs).
+    channels_last: the decoder's convolutions channels-last (``model.network.use_channels_last_decoder``).
     """
 
     dataset: str
@@ -41,6 +44,8 @@ class TrainingRequest:
     time_budget_minutes: float | None = None
     splits_file: str | None = None
     compile: bool = False
+    compile_mode: str = "default"
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

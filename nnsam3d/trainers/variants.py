@@ -38,7 +38,7 @@ class nnSAM3DTrainer_noNormAtFullRes(nnSAM3DTrainer):
     bias instead; ``NetworkConfig.norm_at_full_resolution``). Those norms run over the largest and
     narrowest tensors of the step, memory-bound work that FLOP counts do not see; every other level
     keeps nnU-Net's conv-norm-act. Its Dice and speed against the default's on the demo:
-    ``benchmarks/decoder_norm_demo.py``."""
+    ``benchmarks/lighter_decoder.py``."""
 
     def configure_network(self, config: NetworkConfig) -> NetworkConfig:
         return super().configure_network(config).replace(norm_at_full_resolution=False)

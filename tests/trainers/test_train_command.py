@@ -71,3 +71,15 @@ def test_compile_is_off_by_default_and_reaches_the_request():
     parser = build_parser()
     assert not request_from_arguments(parser.parse_args(["501", "0"])).compile
     assert request_from_arguments(parser.parse_args(["501", "0", "--compile"])).compile
+
+
+def test_compile_mode_implies_compile_and_channels_last_reach_the_request():
+    from nnsam3d.commands.train import request_from_arguments
+
+    parser = build_parser()
+    default = request_from_arguments(parser.parse_args(["501", "0", "--compile"]))
+    assert default.compile_mode == "default" and not default.channels_last
+    graphs = request_from_arguments(parser.parse_args(["--compile-mode", "reduce-overhead", "501", "0", "--channels-last"]))
+    assert graphs.compile and graphs.compile_mode == "reduce-overhead" and graphs.channels_last
+    with pytest.raises(SystemExit):
+        parser.parse_args(["501", "0", "--compile-mode", "fast"])
