@@ -143,3 +143,23 @@ def test_the_network_time_of_a_folder_is_the_networks_share_of_the_wall_time(mri
     assert report.ok and len(report.completed) == 2
     assert 0.0 < report.network_seconds < report.wall_seconds
     assert report.network_seconds == pytest.approx(predictor.window_ensemble.network_seconds - before)
+
+
+def test_compile_mode_reaches_every_network(mri_model, copy_cases, tmp_path, monkeypatch):
+    """``--compile-mode reduce-overhead`` compiles each fold's network in that mode (compilation
+    itself is replaced by the identity here: ``tests/model/test_compile.py`` compiles for real)."""
+    from nnsam3d.inference import predictor as predictor_module
+
+    modes = []
+    monkeypatch.setattr(predictor_module, "compile_network", lambda network, mode: modes.append(mode) or network)
+    inputs = tmp_path / "in"
+    cases = copy_cases(mri_model, inputs, count=1)
+    assert predict(mri_model, inputs, tmp_path / "plain") == 0
+    assert modes == []
+    assert predict(mri_model, inputs, tmp_path / "graphs", "--compile-mode", "reduce-overhead") == 0
+    assert modes and set(modes) == {"reduce-overhead"}
+    assert predict(mri_model, inputs, tmp_path / "compiled", "--compile") == 0
+    assert set(modes[len(modes) // 2:]) == {"default"}
+    for folder in ("graphs", "compiled"):
+        ours = read_segmentation(tmp_path / folder / f"{cases[0]}.nii.gz")[0]
+        assert np.array_equal(ours, read_segmentation(tmp_path / "plain" / f"{cases[0]}.nii.gz")[0])
