@@ -79,11 +79,11 @@ def measure_variant(config, batch_size: int, variant: Variant, device: torch.dev
     target = torch.randint(0, config.num_classes, (batch_size, 1, *config.patch_size), generator=generator,
                            dtype=torch.int16).to(device)
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         with precision.autocast():
             loss = step_forward(data, target)
         optimization.step(loss)
-        return loss
+        return loss.detach()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
