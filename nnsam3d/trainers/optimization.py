@@ -183,6 +183,18 @@ class Optimization:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self._lay_out_moments_like_parameters()
         self.schedule.load_state_dict(state["schedule"])
         if self.precision.scaler is not None and "grad_scaler" in state:
             self.precision.scaler.load_state_dict(state["grad_scaler"])
+
+    def _lay_out_moments_like_parameters(self) -> None:
+        """AdamW's moments in the memory layout of their parameter. A run resumed with another layout
+        than it was saved with (``--channels-last`` added or dropped) would otherwise pair channels-last
+        parameters and gradients with contiguous moments, which multi-tensor and fused AdamW cannot
+        take in one kernel."""
+        for parameter, moments in self.optimizer.state.items():
+            for key, value in moments.items():
+                if (isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                        and value.stride() != parameter.stride()):
+                    moments[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)

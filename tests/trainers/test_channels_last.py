@@ -81,3 +81,29 @@ def test_compile_modes_are_checked():
     assert COMPILE_MODES == ("default", "reduce-overhead", "max-autotune")
     with pytest.raises(ValueError, match="compile mode must be one of default, reduce-overhead, max-autotune"):
         compile_network(torch.nn.Identity(), "fast")
+
+
+@pytest.mark.parametrize("saved_channels_last", [False, True])
+def test_a_run_resumed_in_the_other_layout_keeps_its_moments_in_the_parameters_layout(tiny_dataset, saved_channels_last):
+    first, _, _ = trained_once(tiny_dataset, channels_last=saved_channels_last)
+    first.save_checkpoint(checkpointing.LATEST)
+    saved = {name: first.optimization.optimizer.state[p]["exp_avg"].clone()
+             for name, p in first.network_module.named_parameters() if p in first.optimization.optimizer.state}
+    request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=2, iterations_per_epoch=1,
+                              continue_training=True, channels_last=not saved_channels_last)
+    resumed = get_trainer_class("nnSAM3DTrainer")(request)
+    resumed.initialize()
+    try:
+        state = resumed.optimization.optimizer.state
+        moved = 0
+        for name, parameter in resumed.network_module.named_parameters():
+            if name not in saved:
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert state[parameter][key].stride() == parameter.stride(), (name, key)
+            torch.testing.assert_close(state[parameter]["exp_avg"], saved[name], rtol=0, atol=0)
+            moved += parameter.dim() == 5 and name.startswith("decoder.")
+        assert moved > 0  # some moments did change layout
+        resumed.train_step(next(resumed.train_stream))
+    finally:
+        resumed._stop_streams()
