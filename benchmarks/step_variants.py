@@ -40,6 +40,7 @@ from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, N
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
 
 from benchmark_support import RESULTS, environment, load_average, typical_abdominal_ct_plans
+from profile_step import synchronize
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,6 @@ def measure_variant(config, batch_size: int, variant: Variant, device: torch.dev
     if device.type == "cuda":
         result["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return result
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plan_for(arguments) -> tuple:

@@ -6,7 +6,7 @@ All sizes are per canonical axis ``(z, y, x)``: z is the through-plane axis alon
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.layout import token_grid, window_layout
@@ -87,7 +87,6 @@ class NetworkConfig:
     prompt_channels: int = 0
     input_window: tuple[float, float] | None = None
     norm_at_full_resolution: bool = True
-    schema_version: int = field(default=NETWORK_CONFIG_SCHEMA_VERSION, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _tuple3(self.patch_size))
@@ -152,6 +151,7 @@ class NetworkConfig:
             content[key] = list(content[key])
         if content["input_window"] is not None:
             content["input_window"] = list(content["input_window"])
+        # Derived, not stored: the lowest version that describes this configuration.
         content["schema_version"] = 1 if self.norm_at_full_resolution else 2
         return content
 
