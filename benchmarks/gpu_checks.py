@@ -104,7 +104,8 @@ def training_check(plans, device: torch.device, steps: int) -> dict:
     kernel = sdpa_kernel_used(step)
     estimate = estimate_training_memory(config, batch, precision.name)
     result = {"patch_size": list(config.patch_size), "batch_size": batch, "backbone": config.backbone,
-              "activation_checkpointing": config.activation_checkpointing, "precision": precision.name,
+              "activation_checkpointing": config.activation_checkpointing,
+              "checkpointed_blocks": config.checkpointed_blocks, "precision": precision.name,
               "sdpa_kernel": kernel, "estimate_bytes": estimate.breakdown()}
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -11,13 +11,15 @@
 #       -d .whl nibabel batchgenerators future segment-anything
 #
 # Parts, most valuable first, each under its own time limit (seconds; GPU_SESSION_LIMITS overrides
-# the six, in order; 0 skips a part):
+# the seven, in order; 0 skips a part):
 #   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB) trained for real steps: memory
 #      against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
 #   2. profile_step.py: where the 24 GiB vit_b plan's training step spends its time (torch.profiler,
 #      time by part, data wait, model and hardware FLOPs).
 #   3. step_variants.py: the 24 GiB plan's step eager, without the full-resolution norms,
 #      channels-last, compiled, compiled without the norms, as CUDA graphs: each change before/after.
+#   3b. step_variants.py --budget-gb 32: the 32 GiB plan checkpoints only its first 7 encoder blocks;
+#      its step against every block checkpointed (before the planner chose fewer): time and memory.
 #   4. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
 #   5. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
 #      real steps: memory against the memory model, seconds per step, TFLOP/s (no prediction).
@@ -34,8 +36,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
-LIMITS="${GPU_SESSION_LIMITS:-200 80 140 60 60 0}"
-read -r checks_s profile_s variants_s latency_s lite_s demo_s <<<"$LIMITS"
+LIMITS="${GPU_SESSION_LIMITS:-190 80 130 45 50 50 0}"
+read -r checks_s profile_s variants_s partial_s latency_s lite_s demo_s <<<"$LIMITS"
 
 run_part() {  # run_part LIMIT COMMAND...: skipped when LIMIT is 0 (GNU timeout reads 0 as no limit at all)
     local limit=$1
@@ -54,6 +56,10 @@ run_part "$profile_s" python3 benchmarks/profile_step.py --output "$OUT/profile_
 
 echo "=== 3. step variants of the 24 GiB plan (limit ${variants_s} s)"
 run_part "$variants_s" python3 benchmarks/step_variants.py --output "$OUT/step_variants.json" 2>&1 | tail -40 | tee "$OUT/step_variants.log"
+
+echo "=== 3b. partial checkpointing: the 32 GiB plan's step (limit ${partial_s} s)"
+run_part "$partial_s" python3 benchmarks/step_variants.py --budget-gb 32 --variants eager "every encoder block checkpointed" \
+    --output "$OUT/step_variants_32gb.json" 2>&1 | tail -30 | tee "$OUT/step_variants_32gb.log"
 
 echo "=== 4. interactive latency (limit ${latency_s} s)"
 run_part "$latency_s" python3 benchmarks/interactive_latency.py --skip-cpu 2>&1 | tee "$OUT/interactive_latency.log"

@@ -226,7 +226,8 @@ def profile_plan(plans, device: torch.device, steps: int, warmup: int) -> dict:
     per_step = wall / steps
     return {
         "backbone": config.backbone, "patch_size": list(config.patch_size), "batch_size": plans.batch_size,
-        "activation_checkpointing": config.activation_checkpointing, "precision": precision.name,
+        "activation_checkpointing": config.activation_checkpointing,
+        "checkpointed_blocks": config.checkpointed_blocks, "precision": precision.name,
         "augmentation_workers": workers, "steps": steps, "seconds_per_step": round(per_step, 4),
         "seconds_by_part_per_step": {part: round(seconds / steps, 5) for part, seconds in parts.items()},
         "share_by_part": {part: round(seconds / busy, 4) if busy else 0.0 for part, seconds in parts.items()},

@@ -166,6 +166,7 @@ def cuda_benchmark(seconds: float) -> dict:
                  "token_size": list(config.token_size), "batch_size": plans.batch_size,
                  "adapter_blocks": list(config.adapter_blocks), "adapter_dim": config.adapter_dim,
                  "activation_checkpointing": config.activation_checkpointing,
+                 "checkpointed_blocks": config.checkpointed_blocks,
                  "parameters": str(count_parameters(network))},
         "iterations_per_s": round(rate["per_second"], 3),
         "peak_allocated_bytes": int(peak),

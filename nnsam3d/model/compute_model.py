@@ -15,7 +15,8 @@ every linear layer, convolution, transposed convolution and attention product:
   (gradients of v, of the attention, of q and of k): 2.5 times the forward, as PyTorch counts
   the fused kernels. The query products with the relative-position tables have two operands
   that both get gradients: twice forward;
-* activation checkpointing: the encoder blocks' forward runs a second time during backward.
+* activation checkpointing: the checkpointed encoder blocks' forward runs a second time during
+  backward, up to the block's last matrix product (PyTorch's checkpoint stops early).
 
 Normalisations, activations, softmax, the loss and the optimiser are elementwise: a few FLOPs
 per element, below 1% of the total for every plan (they cost memory bandwidth, which the
@@ -120,7 +121,7 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds
     # The patch embedding trains in every mode; its input is the image (no gradient).
     flops.add("patch_embedding", 2 * tokens * dim * config.in_channels * prod(config.token_size),
               input_gradient=False, weight_gradient=True)
-    encoder_forward = 0.0
+    recomputed = 0.0
     for index in range(spec.depth):
         layout = window_layout(grid, None if index in spec.global_attn_indexes else config.window_size)
         padded = batch_size * layout.padded_tokens
@@ -141,10 +142,15 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds
             flops.parts[part] = flops.parts.get(part, 0.0) + value
         flops.forward += block.forward
         flops.backward += block.backward
-        encoder_forward += block.forward
+        if config.is_checkpointed(index):
+            # PyTorch's checkpoint stops recomputing once the last tensor backward needs is saved
+            # again: the block's last matrix product (the adapter's up-projection, else the MLP's
+            # second layer) saves its inputs before it runs, so it never runs a second time.
+            last_product = 2 * tokens * dim * (config.adapter_dim if index in config.adapter_blocks else hidden)
+            recomputed += block.forward - last_product
     if config.activation_checkpointing:
-        flops.backward += encoder_forward
-        flops.parts["recompute"] = encoder_forward
+        flops.backward += recomputed
+        flops.parts["recompute"] = recomputed
 
     _decoder_flops(spec, config, batch_size, flops)
     _clicked_step_flops(spec, config, batch_size, click_rounds, flops)

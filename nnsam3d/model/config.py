@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from nnsam3d.model.backbones import get_backbone
 from nnsam3d.model.layout import token_grid, window_layout
 
-NETWORK_CONFIG_SCHEMA_VERSION = 2
-"""The newest version this code reads. Version 2 added ``norm_at_full_resolution``; a configuration
+NETWORK_CONFIG_SCHEMA_VERSION = 3
+"""The newest version this code reads. Version 2 added ``norm_at_full_resolution``, version 3
+``checkpointed_blocks``; a configuration
 is written with the lowest version that describes it (:meth:`NetworkConfig.to_json`), so plans and
 checkpoints of the default decoder stay readable by an nnsam3d that predates the field, while one
 that would build the wrong decoder refuses the others."""
@@ -52,6 +53,12 @@ class NetworkConfig:
         ``trainable="frozen_encoder"``.
     adapter_dim: bottleneck width of the adapters.
     activation_checkpointing: recompute encoder blocks in backward instead of storing them.
+    checkpointed_blocks: with ``activation_checkpointing``, how many encoder blocks, counted from
+        the first, are recomputed; the later ones store their activations. None: all blocks. The
+        planner checkpoints as few as fit its memory budget, because each checkpointed block runs
+        its forward twice. The first blocks are the ones taken because their recompute comes last
+        in backward, when the later blocks' stored activations are already freed. SAM ViT
+        backbones only (a TinyViT checkpoints all its blocks or none).
     decoder_channels: channels of the decoder stages at full, 1/2, 1/4 and 1/8 resolution...,
         the last entry is the width of the necks applied to the encoder features.
     trainable: one of ``TRAINABLE_MODES``.
@@ -80,6 +87,7 @@ class NetworkConfig:
     adapter_blocks: tuple[int, ...] = ()
     adapter_dim: int = 64
     activation_checkpointing: bool = False
+    checkpointed_blocks: int | None = None
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128)
     trainable: str = "adapters"
     train_norms: bool = False
@@ -117,12 +125,38 @@ class NetworkConfig:
             if not high > low:
                 raise ValueError(f"input_window must be (low, high) with high > low, got {self.input_window}")
             object.__setattr__(self, "input_window", (low, high))
+        self._check_checkpointed_blocks(spec)
         if self.trainable not in TRAINABLE_MODES:
             raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
         if self.trainable == "frozen_encoder":
             # The ablation is defined by the absence of adapters; enforcing it here keeps the
             # network, the memory model and the saved plans from each having to remember it.
             object.__setattr__(self, "adapter_blocks", ())
+
+    def _check_checkpointed_blocks(self, spec) -> None:
+        if self.checkpointed_blocks is None:
+            return
+        count = int(self.checkpointed_blocks)
+        if not self.activation_checkpointing:
+            raise ValueError(f"checkpointed_blocks ({count}) needs activation_checkpointing true; remove it "
+                             f"or set activation_checkpointing")
+        if spec.tiny_vit is not None:
+            raise ValueError(f"{self.backbone} checkpoints all its blocks or none: remove checkpointed_blocks")
+        if not 1 <= count <= spec.depth:
+            raise ValueError(f"checkpointed_blocks must be 1..{spec.depth} for {self.backbone}, got {count}")
+        # All blocks is the plain checkpointed configuration: one spelling for it.
+        object.__setattr__(self, "checkpointed_blocks", None if count == spec.depth else count)
+
+    def is_checkpointed(self, block: int) -> bool:
+        """Whether encoder block ``block`` (zero-based) is recomputed in backward."""
+        if not self.activation_checkpointing:
+            return False
+        return self.checkpointed_blocks is None or block < self.checkpointed_blocks
+
+    @property
+    def checkpointed_block_count(self) -> int:
+        """Encoder blocks recomputed in backward (0 without checkpointing)."""
+        return sum(self.is_checkpointed(block) for block in range(get_backbone(self.backbone).depth))
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -152,7 +186,10 @@ class NetworkConfig:
         if content["input_window"] is not None:
             content["input_window"] = list(content["input_window"])
         # Derived, not stored: the lowest version that describes this configuration.
-        content["schema_version"] = 1 if self.norm_at_full_resolution else 2
+        if self.checkpointed_blocks is not None:
+            content["schema_version"] = 3
+        else:
+            content["schema_version"] = 1 if self.norm_at_full_resolution else 2
         return content
 
     @classmethod

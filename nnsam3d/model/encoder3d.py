@@ -105,7 +105,7 @@ class Encoder3D(nn.Module):
         grid = config.token_grid
         sam_grid = spec.sam_grid_size
         self.feature_blocks = tuple(spec.feature_blocks)
-        self.activation_checkpointing = config.activation_checkpointing
+        self.checkpointed = tuple(config.is_checkpointed(index) for index in range(spec.depth))
         self.patch_embed = PatchEmbedding3D(config.in_channels, dim, config.token_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, sam_grid, sam_grid, dim))
         self.depth_pos_embed = nn.Parameter(torch.zeros(1, grid[0], 1, 1, dim))
@@ -149,7 +149,7 @@ class Encoder3D(nn.Module):
         tokens = self.embed(x)
         features = []
         for index, block in enumerate(self.blocks):
-            if self.activation_checkpointing and torch.is_grad_enabled():
+            if self.checkpointed[index] and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, use_reentrant=False)
             else:
                 tokens = block(tokens)

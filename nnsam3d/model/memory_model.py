@@ -152,6 +152,8 @@ class _Tally:
     largest_tensor: int = 0
     largest_block: int = 0
     largest_block_tensor: int = 0
+    freed_before_recompute: int = 0
+    """Bytes saved by un-checkpointed encoder blocks after the checkpointed ones."""
     recompute_peak: int | None = None
     """Activations alive at the worst checkpointed recompute, where the encoder knows it (the
     TinyViT); None: the largest block's recompute on top of everything saved (the ViT's blocks
@@ -260,7 +262,8 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         hw_table = hw_relative_position_length(spec.sam_grid_size, spec.sam_window_size, is_global)
         # Autocast's 2-byte copy of a frozen weight lives only as long as an operation saves it
         # (none does inside a checkpointed block); trainable weights stay in autocast's cache.
-        sam_weights_copied = full or not config.activation_checkpointing
+        checkpointed = config.is_checkpointed(index)
+        sam_weights_copied = full or not checkpointed
         tally.parameters(4 * dim, full or config.train_norms)
         tally.parameters(3 * dim * dim + 3 * dim + dim * dim + dim, full, 4 * dim * dim * sam_weights_copied)
         tally.parameters(2 * hidden * dim + hidden + dim, full, 2 * hidden * dim * sam_weights_copied)
@@ -274,16 +277,20 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
                 2 * dim * adapter_dim + ADAPTER_KERNEL_VOXELS * adapter_dim,
             )
         block = _block_activations(layout, batch, tokens, dim, heads, hidden, adapter_dim, full, bytes_)
-        tally.largest_block = max(tally.largest_block, sum(block.values()))
-        if config.activation_checkpointing:
+        tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)
+        if checkpointed:
             # Only the block input stays; the rest is recomputed in backward (workspace).
             tally.saved(part, block["input"])
+            single = max(block["attention"] // 4, *(v for k, v in block.items() if k != "attention"))  # one of q, k, v, out
+            tally.largest_block = max(tally.largest_block, sum(block.values()))
+            tally.largest_block_tensor = max(tally.largest_block_tensor, single)
         else:
             for nbytes in block.values():
                 tally.saved(part, nbytes)
-        single = max(block["attention"] // 4, *(v for k, v in block.items() if k != "attention"))  # one of q, k, v, out
-        tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)
-        tally.largest_block_tensor = max(tally.largest_block_tensor, single)
+            if config.activation_checkpointing:
+                # Stored after the checkpointed blocks: its backward, which frees these, runs
+                # before any checkpointed block is recomputed.
+                tally.freed_before_recompute += sum(block.values())
 
     # The last block's output is saved only by its neck (earlier outputs are the next block's
     # saved input). Under autocast every neck saves its own 2-byte copy of its feature.
@@ -419,8 +426,9 @@ def _transient(config: NetworkConfig, batch: int, bytes_: _Bytes, tally: _Tally)
     # A checkpointed block is recomputed only once the decoder's and the loss's backward are over
     # and their buffers freed: the two transients do not overlap (counting both over-estimated
     # checkpointed plans by 1.2-2x). Recomputing, a block holds its activations plus a gradient
-    # and an input gradient of its largest tensor.
-    recompute = tally.largest_block + 2 * tally.largest_block_tensor
+    # and an input gradient of its largest tensor; the blocks stored after the checkpointed ones
+    # (``checkpointed_blocks``) have run their backward and freed what they saved by then.
+    recompute = tally.largest_block + 2 * tally.largest_block_tensor - tally.freed_before_recompute
     if tally.recompute_peak is not None:
         recompute = tally.recompute_peak - sum(tally.activations.values())
     return max(decoder_and_loss, recompute)

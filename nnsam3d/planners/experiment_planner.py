@@ -411,7 +411,11 @@ def explain_plan(
     else:
         patch_reason = "it is the largest context (equal extent in mm per axis where the image allows) that fits"
 
-    if network.activation_checkpointing:
+    if network.checkpointed_blocks is not None:
+        depth = get_backbone(network.backbone).depth
+        checkpointing = (f"on in the first {network.checkpointed_blocks} of {depth} encoder blocks, the fewest "
+                         f"with which the plan fits (each one runs its forward twice)")
+    elif network.activation_checkpointing:
         checkpointing = "on, because the plan does not fit without it"
     elif result.stage == BATCH_STAGE:
         checkpointing = "off (it may buy context, never just a larger batch)"

@@ -4,7 +4,7 @@ The search walks a *ladder*: a fixed list of configurations ("rungs") in which e
 least as large as the one before in every respect that matters to the user: patch (voxels per
 axis), batch size, adapter blocks and width, backbone size. The plan is the highest rung whose
 estimated training memory fits the usable budget, with activation checkpointing only where the
-rung does not fit without it. Because the ladder does not depend on the budget, a larger budget
+rung does not fit without it, and then in as few encoder blocks (the first ones) as fit. Because the ladder does not depend on the budget, a larger budget
 can only reach the same rung or a higher one, so it never gives a smaller plan: monotonic by
 construction, not by luck of the estimates (which need not even grow along the ladder).
 
@@ -246,6 +246,30 @@ def network_config_for(
     )
 
 
+def fewest_checkpointed_blocks(
+    checkpointed: NetworkConfig,
+    batch_size: int,
+    precision: str,
+    estimate: MemoryEstimator,
+    usable: int,
+    estimated: MemoryEstimateLike,
+) -> tuple[NetworkConfig, MemoryEstimateLike]:
+    """``checkpointed`` (every encoder block checkpointed, its estimate ``estimated`` within
+    ``usable``) with as few blocks checkpointed, counted from the first, as still fit: each block
+    left out saves its forward's second run in backward. A TinyViT checkpoints all or none."""
+    spec = get_backbone(checkpointed.backbone)
+    if spec.tiny_vit is not None:
+        return checkpointed, estimated
+    # Scanned upwards rather than bisected: the estimate need not fall with every block added
+    # (a larger block's recompute may come back), and the first fit is the fewest.
+    for count in range(1, spec.depth):
+        fewer = checkpointed.replace(checkpointed_blocks=count)
+        fewer_estimate = estimate(fewer, batch_size, precision)
+        if fewer_estimate.total <= usable:
+            return fewer, fewer_estimate
+    return checkpointed, estimated
+
+
 def search_network(
     *,
     backbones: Sequence[str],
@@ -277,23 +301,37 @@ def search_network(
 
     best: tuple[int, NetworkConfig, MemoryEstimateLike, float | None] | None = None
     over_compute: set[int] = set()  # rungs whose cost exceeds the compute target
+
+    def over_limit(config: NetworkConfig, rung: Rung, index: int) -> tuple[bool, float | None]:
+        if compute_cost is None:
+            return False, None
+        cost = compute_cost(config, rung.batch_size)
+        # The first rung stays whatever its cost: a slow plan beats none.
+        return cost_limit is not None and cost > cost_limit and index > 0, cost
+
     for index, rung in enumerate(ladder):
         # Every rung is tried, not just up to the first that fails: the highest fitting rung is
         # what makes the plan monotonic in the budgets, whatever the estimates do along the way.
-        cost = None
-        for checkpointing in (False,) if rung.stage in STAGES_WITHOUT_CHECKPOINTING else (False, True):
-            config = network_config_for(rung, token_size, in_channels, num_classes, checkpointing)
-            if compute_cost is not None:
-                cost = compute_cost(config, rung.batch_size)
-                # Checkpointing only adds compute (the encoder's forward again), so a rung over the
-                # limit without it is over with it. The first rung stays: a slow plan beats none.
-                if cost_limit is not None and cost > cost_limit and index > 0:
-                    over_compute.add(index)
-                    break
+        config = network_config_for(rung, token_size, in_channels, num_classes, False)
+        over, cost = over_limit(config, rung, index)
+        if over:
+            # Checkpointing only adds compute (forwards again), so the rung is over with it too.
+            over_compute.add(index)
+            continue
+        estimated = estimate(config, rung.batch_size, precision)
+        if estimated.total > usable:
+            if rung.stage in STAGES_WITHOUT_CHECKPOINTING:
+                continue
+            config = network_config_for(rung, token_size, in_channels, num_classes, True)
             estimated = estimate(config, rung.batch_size, precision)
-            if estimated.total <= usable:
-                best = (index, config, estimated, cost)
-                break
+            if estimated.total > usable:
+                continue
+            config, estimated = fewest_checkpointed_blocks(config, rung.batch_size, precision, estimate, usable, estimated)
+            over, cost = over_limit(config, rung, index)
+            if over:
+                over_compute.add(index)
+                continue
+        best = (index, config, estimated, cost)
     if best is None:
         first = ladder[0]
         need = estimate(network_config_for(first, token_size, in_channels, num_classes, True), first.batch_size, precision)

@@ -31,6 +31,9 @@ CPU_CONFIGS = {
     "full, trainable norms": dict(trainable="full", adapter_blocks=(0, 1, 2, 3), train_norms=True),
     "checkpointing": dict(adapter_blocks=(0, 1, 2, 3), activation_checkpointing=True),
     "checkpointing, full": dict(trainable="full", activation_checkpointing=True),
+    "first 2 of 4 blocks checkpointed": dict(adapter_blocks=(0, 1, 2, 3), activation_checkpointing=True,
+                                             checkpointed_blocks=2),
+    "first block checkpointed, full": dict(trainable="full", activation_checkpointing=True, checkpointed_blocks=1),
     "no norm at full resolution": dict(adapter_blocks=(0, 3), norm_at_full_resolution=False),
     "windows as large as the grid": dict(window_size=(8, 8, 8), adapter_blocks=(1,)),
     "padded windows": dict(patch_size=(24, 80, 48), window_size=(4, 3, 2), adapter_blocks=(0, 2)),
@@ -82,6 +85,8 @@ def test_activations_match_saved_tensors_on_cpu(name):
         dict(adapter_blocks=tuple(range(12))),
         dict(trainable="full", patch_size=(16, 192, 192), window_size=(2, 14, 14)),
         dict(adapter_blocks=(8, 9, 10, 11), activation_checkpointing=True, patch_size=(48, 160, 160)),
+        dict(adapter_blocks=tuple(range(12)), activation_checkpointing=True, checkpointed_blocks=5,
+             patch_size=(48, 160, 160)),
     ],
 )
 def test_activations_match_saved_tensors_for_vit_b_on_the_meta_device(extra, monkeypatch):
@@ -161,7 +166,10 @@ def test_the_estimate_covers_the_peaks_measured_on_a_gpu_within_five_percent(mon
         plans, _ = typical_abdominal_ct_plans(slices=300, gpu_memory_gb=run["budget_gb"])
         if list(plans.patch_size) != run["patch_size"] or plans.batch_size != run["batch_size"]:
             continue  # the planner chooses another plan today: not the network that was measured
-        config = plans.network.replace(trainable="adapters")  # as gpu_checks.py trains it
+        # As gpu_checks.py trained it: adapters, and the checkpointing of its day (runs that
+        # predate checkpointed_blocks checkpointed every block).
+        config = plans.network.replace(trainable="adapters", activation_checkpointing=run["activation_checkpointing"],
+                                       checkpointed_blocks=run.get("checkpointed_blocks"))
         ratio = estimate_training_memory(config, run["batch_size"], run["precision"]).total / run["max_memory_allocated"]
         compared.append((run["budget_gb"], round(ratio, 4)))
         assert 1.0 <= ratio <= 1.05, (run["budget_gb"], ratio)
