@@ -35,7 +35,7 @@ from math import prod
 from nnsam3d.model.backbones import BackboneSpec, get_backbone
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.prompt_layout import prompt_branch_for, prompt_branch_forward_flops
-from nnsam3d.model.tiny_vit_costs import encoder_forward_flops
+from nnsam3d.model.tiny_vit_costs import checkpoint_recompute_flops, encoder_forward_flops
 from nnsam3d.model.decoder_layout import decoder_layout
 from nnsam3d.model.layout import (
     sdpa_head_width,
@@ -114,6 +114,9 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds
     if spec.tiny_vit is not None:
         for part, forward, input_gradient, weight_gradient, operands in encoder_forward_flops(spec.tiny_vit, config, batch_size):
             flops.add(part, forward, input_gradient=input_gradient, weight_gradient=weight_gradient, operands=operands)
+        if config.activation_checkpointing:
+            flops.parts["recompute"] = checkpoint_recompute_flops(spec.tiny_vit, config, batch_size)
+            flops.backward += flops.parts["recompute"]
         _decoder_flops(spec, config, batch_size, flops)
         _clicked_step_flops(spec, config, batch_size, click_rounds, flops)
         return flops

@@ -52,8 +52,9 @@ class StageGrid:
         return self.z * self.y * self.x
 
     def padded_tokens(self, window: int) -> int:
-        layout = window_layout((1, self.y, self.x), (1, window, window))
-        return self.z * layout.padded_tokens
+        # TinyViT pads every slice to whole windows of window x window tokens, also where the
+        # slice is smaller than one window (SAM's ViT windows would be clipped to the grid).
+        return self.windows(window) * window * window
 
     def windows(self, window: int) -> int:
         return self.z * window_layout((1, self.y, self.x), (1, window, window)).num_windows
@@ -220,6 +221,40 @@ def encoder_saved_memory(stages: TinyViTStages, config: NetworkConfig, batch: in
     return EncoderMemory(saved, largest_tensor, largest_block, largest_block_tensor, recompute_peak)
 
 
+def _attention_block_terms(shape: StageShape, config: NetworkConfig, index: int, flows: bool):
+    """The FLOP terms of attention block ``index`` (as :func:`encoder_forward_flops`'s)."""
+    full = config.trainable == "full"
+    dim, tokens, heads, hidden = shape.dim, shape.tokens, shape.heads, shape.hidden
+    head_dim, n = dim // heads, shape.window ** 2
+    terms = [
+        ("encoder_linear", 2 * shape.padded * dim * 4 * dim + 2 * 2 * tokens * dim * hidden, flows, full, 1),
+        ("attention", shape.windows * heads * 2 * 2 * n * n * head_dim, flows, False, MASKED_ATTENTION_BACKWARD_FORWARDS),
+        ("local_conv", 2 * tokens * dim * DEPTHWISE_DEPTH * 9, flows, full, 1),
+    ]
+    if index in config.adapter_blocks:
+        a = config.adapter_dim
+        terms.append(("adapters", 2 * 2 * tokens * dim * a + 2 * tokens * a * DEPTHWISE_DEPTH * 9, flows, True, 1))
+    return terms
+
+
+def checkpoint_recompute_flops(stages: TinyViTStages, config: NetworkConfig, batch: int) -> float:
+    """FLOPs that activation checkpointing adds to backward: the forward, again, of every attention
+    block with a backward (a gradient flows through it, or its adapter trains), except its last
+    matrix product (the adapter's up-projection, else fc2): PyTorch's checkpoint stops once the last
+    tensor backward needs is saved again, and that product saves its inputs before it runs."""
+    if not config.activation_checkpointing:
+        return 0.0
+    gradient_from = first_gradient_block(config)
+    recomputed, index = 0.0, 0
+    for shape in stage_shapes(stages, config, batch)[1:]:
+        for _ in range(stages.depths[shape.stage]):
+            if index >= gradient_from or index in config.adapter_blocks:  # a backward runs through it
+                last = 2 * shape.tokens * shape.dim * (config.adapter_dim if index in config.adapter_blocks else shape.hidden)
+                recomputed += sum(term[1] for term in _attention_block_terms(shape, config, index, True)) - last
+            index += 1
+    return recomputed
+
+
 def encoder_forward_flops(stages: TinyViTStages, config: NetworkConfig, batch: int) -> list[tuple[str, float, bool, bool, float]]:
     """Every FLOP term of the encoder's forward as (part, flops, input_gradient, weight_gradient,
     backward operands), for :meth:`compute_model.FlopEstimate.add`."""
@@ -240,18 +275,8 @@ def encoder_forward_flops(stages: TinyViTStages, config: NetworkConfig, batch: i
     for shape in stage_shapes(stages, config, batch):
         stage, dim, tokens = shape.stage, shape.dim, shape.tokens
         if stage > 0:
-            heads, padded, windows, hidden = shape.heads, shape.padded, shape.windows, shape.hidden
-            head_dim, n = dim // heads, shape.window ** 2
             for _ in range(stages.depths[stage]):
-                flows = index >= gradient_from
-                terms.append(("encoder_linear", 2 * padded * dim * 4 * dim + 2 * 2 * tokens * dim * hidden, flows, full, 1))
-                terms.append(("attention", windows * heads * 2 * 2 * n * n * head_dim, flows, False,
-                              MASKED_ATTENTION_BACKWARD_FORWARDS))
-                terms.append(("local_conv", 2 * tokens * dim * taps, flows, full, 1))
-                if index in config.adapter_blocks:
-                    a = config.adapter_dim
-                    terms.append(("adapters", 2 * 2 * tokens * dim * a + 2 * tokens * a * DEPTHWISE_DEPTH * 9,
-                                  flows, True, 1))
+                terms += _attention_block_terms(shape, config, index, flows=index >= gradient_from)
                 index += 1
         if stage < len(dims) - 1:
             out, nxt = dims[stage + 1], grids[stage + 1]
