@@ -27,13 +27,21 @@ from nnsam3d.trainers.data_loading import (
 from nnsam3d.trainers.distributed import DistributedContext, split_batch
 
 
+MAX_DEFAULT_WORKERS = 12
+"""nnU-Net's default number of augmentation processes per GPU. One batch of the 24 GiB vit_b plan
+(2 x 124 x 384 x 384, in-plane rotation reading 2 x 124 x 762 x 762) costs about 6 s of one CPU core
+(benchmarks/results/augmentation_speed_cpu.json) against a 1.0 s step on an H200: 8 processes
+would supply a batch every 0.75 s, too close to the step to absorb the slow batches."""
+
+
 def default_num_workers(context: DistributedContext) -> int:
     """0 on the CPU (the model and the augmentation share the same cores anyway); on a GPU,
-    enough processes per rank that augmentation keeps up with the model."""
+    enough processes per rank that augmentation keeps up with the model: every core but one
+    per rank, at most ``MAX_DEFAULT_WORKERS``."""
     if context.device.type != "cuda":
         return 0
     cores = os.cpu_count() or 2
-    return max(1, min(8, cores // context.world_size - 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // context.world_size - 1))
 
 
 @dataclass

@@ -69,6 +69,49 @@ def test_read_patch_reads_only_the_overlap_and_pads():
     assert np.all(patch[:, :, 3:, :] == -7) and np.all(patch[:, :, :, 3:] == -7)
 
 
+def reference_read(array, origin, size, pad_value):
+    """The crop by its definition: every voxel of the block, from the array or the pad value."""
+    block = np.full((array.shape[0], *size), pad_value, dtype=array.dtype)
+    for index in np.ndindex(*size):
+        voxel = tuple(o + i for o, i in zip(origin, index))
+        if all(0 <= v < n for v, n in zip(voxel, array.shape[1:])):
+            block[(slice(None), *index)] = array[(slice(None), *voxel)]
+    return block
+
+
+@pytest.mark.parametrize("origin", [(-1, 2, 3), (0, 0, 0), (1, 1, 1), (-2, -3, -1), (2, 3, 4), (-9, 0, 0)])
+def test_read_patch_into_a_batch_array_fills_every_voxel(origin):
+    """Read into a sample of a batch (``out`` full of NaN, as ``np.empty`` may be): only the padding
+    is filled, so every voxel must come from the array or the pad value, whichever sides pad."""
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    size = (4, 6, 7)
+    expected = reference_read(array, origin, size, -7.0)
+    out = np.full((3, 2, *size), np.nan, dtype=np.float32)
+    assert read_patch(array, origin, size, -7.0, out[1]) is not None
+    np.testing.assert_array_equal(out[1], expected)
+    assert np.isnan(out[0]).all() and np.isnan(out[2]).all()  # the neighbours untouched
+    np.testing.assert_array_equal(read_patch(array, origin, size, -7.0), expected)
+    with pytest.raises(ValueError, match="out has shape"):
+        read_patch(array, origin, size, -7.0, out[1, :1])
+
+
+def test_a_batch_is_its_samples_drawn_in_order(tmp_path):
+    """The batch arrays are written in place; they hold exactly the blocks that ``sample`` draws,
+    in the same order from the same random state, read larger than the image (padded everywhere)."""
+    store = _write_cases(tmp_path)
+    loader = PatchDataLoader(store.folder, store.case_ids(), 3, (8, 24, 24), 2, read_size=(16, 56, 48))
+    np.random.seed(5)
+    batch = loader.generate_train_batch()
+    np.random.seed(5)
+    keys = [loader.case_ids[i] for i in np.random.randint(len(loader.case_ids), size=3)]
+    samples = [loader.sample(key, index >= 1, np.random) for index, key in enumerate(keys)]
+    assert batch["keys"] == keys and batch["centre_class"] == [s[2] for s in samples]
+    assert batch["data"].dtype == np.float32 and batch["seg"].dtype == np.int16
+    np.testing.assert_array_equal(batch["data"], np.stack([s[0] for s in samples]))
+    np.testing.assert_array_equal(batch["seg"], np.stack([s[1] for s in samples]))
+
+
 def test_foreground_share_of_a_batch_and_its_split_over_ranks():
     assert foreground_samples_per_batch(2, 0.33) == 1
     assert foreground_samples_per_batch(12, 0.33) == 4
@@ -132,3 +175,18 @@ def test_background_workers_deliver_augmented_batches(tmp_path):
         assert tuple(batch["target"].shape) == (2, 1, 8, 16, 16)
         assert set(batch["target"].unique().tolist()) <= {0, 1, 2}
     assert not any(w.is_alive() for w in workers)  # shut down cleanly
+
+
+@pytest.mark.parametrize("cores, world_size, expected", [(16, 1, 12), (8, 1, 7), (2, 1, 1), (16, 2, 7), (64, 4, 12)])
+def test_default_workers_per_gpu_leave_a_core_per_rank_and_stop_at_twelve(cores, world_size, expected, monkeypatch):
+    """Every core but one per rank, at most nnU-Net's 12: a batch of the 24 GiB vit_b plan costs
+    about 6 s of a core against a 1 s GPU step (benchmarks/augmentation_speed.py)."""
+    import torch
+
+    from nnsam3d.trainers import batch_streams
+    from nnsam3d.trainers.distributed import DistributedContext
+
+    monkeypatch.setattr(batch_streams.os, "cpu_count", lambda: cores)
+    gpu = DistributedContext(world_size=world_size, device=torch.device("cuda", 0))
+    assert batch_streams.default_num_workers(gpu) == expected
+    assert batch_streams.default_num_workers(DistributedContext()) == 0  # the CPU trains in-process
