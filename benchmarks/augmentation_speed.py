@@ -33,7 +33,7 @@ from nnsam3d.trainers.augmentation import read_size_for, settings_for, training_
 from nnsam3d.trainers.batch_streams import MAX_DEFAULT_WORKERS
 from nnsam3d.trainers.data_loading import PatchDataLoader, foreground_samples_per_batch
 
-from benchmark_support import RESULTS, environment, load_average, typical_abdominal_ct_plans
+from benchmark_support import RESULTS, environment, load_average, typical_abdominal_ct_plans, write_result
 from profile_step import synthetic_store
 
 
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                               "supply_over_demand_with_default": round(min(MAX_DEFAULT_WORKERS, 15) / needed, 2)}
     output = arguments.output or RESULTS / ("augmentation_speed_dry_run.json" if arguments.dry_run
                                             else "augmentation_speed_cpu.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(output, result)
     return 0
 
 

@@ -37,9 +37,9 @@ def environment() -> dict:
     }
 
 
-def write_result(file_name: str, content: dict) -> Path:
-    """``benchmarks/results/<file_name>``, readable JSON; also printed."""
-    path = RESULTS / file_name
+def write_result(file_name: str | Path, content: dict) -> Path:
+    """``benchmarks/results/<file_name>`` (or the path given), readable JSON; also printed."""
+    path = file_name if isinstance(file_name, Path) else RESULTS / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n")
     print(json.dumps(content, indent=2))

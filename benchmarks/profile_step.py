@@ -30,7 +30,6 @@ Results: ``benchmarks/results/profile_step.json`` (device, torch, CUDA and the c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -61,7 +60,7 @@ from nnsam3d.trainers.distributed import DistributedContext
 from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, NetworkLoss
 from nnsam3d.trainers.optimization import Optimization, WarmupDecaySchedule, build_optimizer, precision_for
 
-from benchmark_support import RESULTS, environment, typical_abdominal_ct_plans
+from benchmark_support import RESULTS, environment, typical_abdominal_ct_plans, write_result
 
 PARTS = ("attention", "linear layers", "adapter convolutions", "convolutions", "norms", "activations", "loss",
          "optimizer", "copies and casts", "other")
@@ -282,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
               "dry_run": arguments.dry_run, "budget_gb": arguments.budget_gb,
               **profile_plan(plans, device, steps, warmup)}
     output = arguments.output or RESULTS / ("profile_step_dry_run.json" if arguments.dry_run else "profile_step.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(output, result)
     return 0
 
 

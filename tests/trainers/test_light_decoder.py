@@ -14,6 +14,7 @@ from nnsam3d.model.config import NetworkConfig
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.registry import get_trainer_class
 from nnsam3d.trainers.request import TrainingRequest
+from tests.trainers.rebuilt_network import assert_rebuilt_network_predicts_the_same
 
 
 def full_resolution_norms(network: nn.Module) -> int:
@@ -42,12 +43,7 @@ def test_the_variant_trains_and_its_checkpoint_rebuilds_the_same_network(tiny_da
     rebuilt = ensemble.networks[0].eval()
     assert ensemble.plans.network.norm_at_full_resolution is False
     assert full_resolution_norms(rebuilt) == 0
-    network.eval()
-    x = torch.randn(1, network.config.in_channels, *network.config.patch_size)
-    with torch.no_grad():
-        expected = network(x)
-        expected = expected[0] if isinstance(expected, tuple) else expected
-        assert torch.allclose(rebuilt(x), expected, atol=1e-5)
+    assert_rebuilt_network_predicts_the_same(network, rebuilt)
 
 
 def test_the_default_decoder_is_written_as_version_1_and_the_lighter_as_version_2(monkeypatch):

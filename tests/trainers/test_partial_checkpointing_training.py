@@ -4,13 +4,13 @@ and its checkpoint carries the choice to prediction."""
 
 from __future__ import annotations
 
-import torch
 
 from nnsam3d.inference.ensemble_loading import load_ensemble
 from nnsam3d.schemas.plans import DEFAULT_PLANS_NAME, Plans
 from nnsam3d.trainers import checkpointing
 from nnsam3d.trainers.registry import get_trainer_class
 from nnsam3d.trainers.request import TrainingRequest
+from tests.trainers.rebuilt_network import assert_rebuilt_network_predicts_the_same
 
 
 def test_a_partially_checkpointed_plan_trains_and_is_rebuilt_from_its_checkpoint(tiny_dataset, nnsam3d_folders):
@@ -38,9 +38,4 @@ def test_a_partially_checkpointed_plan_trains_and_is_rebuilt_from_its_checkpoint
     assert ensemble.plans.network.checkpointed_blocks == 2
     rebuilt = ensemble.networks[0].eval()
     assert rebuilt.encoder.checkpointed == (True, True, False, False)
-    network.eval()
-    x = torch.randn(1, network.config.in_channels, *network.config.patch_size)
-    with torch.no_grad():
-        expected = network(x)
-        expected = expected[0] if isinstance(expected, tuple) else expected
-        assert torch.allclose(rebuilt(x), expected, atol=1e-5)
+    assert_rebuilt_network_predicts_the_same(network, rebuilt)
