@@ -3,16 +3,17 @@ trainer's step in every variant, one after another in one process (issue 24, poi
 measured before and after").
 
     python benchmarks/step_variants.py                     # one GPU: vit_b, the planner's 24 GiB plan
-    python benchmarks/step_variants.py --budget-gb 32      # the 32 GiB plan: partial checkpointing
+    python benchmarks/step_variants.py --budget-gb 32      # the 32 GiB plan
     python benchmarks/step_variants.py --cpu-demo          # CPU: vit_tiny on the demo's plan
     python benchmarks/step_variants.py --dry-run           # CPU, seconds (what the tests run)
 
 Variants (``VARIANTS``): the eager step as the trainer runs it by default; the decoder without its
 full-resolution norms (``nnSAM3DTrainer_noNormAtFullRes``); the decoder's convolutions channels-last
 (``--channels-last``); the step compiled (``--compile``), compiled without the full-resolution norms,
-and compiled as CUDA graphs (``--compile-mode reduce-overhead``, GPU only); and where the plan
-checkpoints only its first encoder blocks (``checkpointed_blocks``, as the planner's 32 GiB vit_b
-plan does), the step with every block checkpointed, as before the planner chose fewer. Every variant builds
+and compiled as CUDA graphs (``--compile-mode reduce-overhead``, GPU only); and where the plan's
+checkpointing is selective (only the first blocks, ``checkpointed_blocks``, or blocks that keep
+their attention's output, ``kept_attention_blocks``: the planner's 24 and 32 GiB vit_b plans), the
+step with every block checkpointed whole, as before the planner chose. Every variant builds
 the same network from the same seed and trains on the same fixed batch (the data loader is
 ``profile_step.py``'s concern), so each one's first loss says whether it computes the same step.
 The results file is rewritten after every variant: a run cut short by a time limit keeps the
@@ -55,8 +56,8 @@ class Variant:
     checkpoint_every_block: bool = False
 
     def applies_to(self, config) -> bool:
-        """False where the variant is the plan itself: every block checkpointed already, or none."""
-        return not self.checkpoint_every_block or config.checkpointed_blocks is not None
+        """False where the variant is the plan itself: every block checkpointed whole already, or none."""
+        return not self.checkpoint_every_block or config.checkpointed_blocks is not None or bool(config.kept_attention_blocks)
 
 
 VARIANTS = {
@@ -75,7 +76,7 @@ WARMUP_STEPS = 3
 def measure_variant(config, batch_size: int, variant: Variant, device: torch.device, steps: int) -> dict:
     config = config.replace(norm_at_full_resolution=variant.norm_at_full_resolution)
     if variant.checkpoint_every_block:
-        config = config.replace(checkpointed_blocks=None)
+        config = config.replace(checkpointed_blocks=None, kept_attention_blocks=())
     torch.manual_seed(0)
     network = build_network(config).to(device).train()
     if variant.channels_last:
@@ -114,6 +115,7 @@ def measure_variant(config, batch_size: int, variant: Variant, device: torch.dev
     model_flops = flops.total - flops.parts.get("recompute", 0.0)
     result = {"first_loss": first_loss, "seconds_per_step": round(per_step, 4), "steps": steps,
               "checkpointed_blocks": config.checkpointed_block_count,
+              "kept_attention_blocks": list(config.kept_attention_blocks),
               "warmup_seconds": round(warmup_seconds, 2), "model_tflop_per_s": round(model_flops / per_step / 1e12, 3),
               "hardware_tflop_per_s": round(flops.total / per_step / 1e12, 3),
               "recomputed_gflop_per_step": round(flops.parts.get("recompute", 0.0) / 1e9, 3),
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": ["python", "benchmarks/step_variants.py", *(argv if argv is not None else sys.argv[1:])],
               "plan": plan, "patch_size": list(config.patch_size), "batch_size": batch_size,
               "activation_checkpointing": config.activation_checkpointing,
-              "checkpointed_blocks": config.checkpointed_block_count, "loadavg_before": load_average(),
+              "checkpointed_blocks": config.checkpointed_block_count,
+              "kept_attention_blocks": list(config.kept_attention_blocks), "loadavg_before": load_average(),
               "variants": {}}
     output = arguments.output or RESULTS / f"step_variants_{'dry_run' if arguments.dry_run else device.type}.json"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ every linear layer, convolution, transposed convolution and attention product:
   the fused kernels. The query products with the relative-position tables have two operands
   that both get gradients: twice forward;
 * activation checkpointing: the checkpointed encoder blocks' forward runs a second time during
-  backward, up to the block's last matrix product (PyTorch's checkpoint stops early).
+  backward, up to the block's last matrix product (PyTorch's checkpoint stops early), without the
+  fused attention of blocks that keep its output (``kept_attention_blocks``).
 
 Normalisations, activations, softmax, the loss and the optimiser are elementwise: a few FLOPs
 per element, below 1% of the total for every plan (they cost memory bandwidth, which the
@@ -132,8 +133,8 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds
         block.add("encoder_linear", 2 * padded * dim * 3 * dim + 2 * padded * dim * dim,  # qkv, proj
                   input_gradient=True, weight_gradient=full)
         windows = batch_size * layout.num_windows
-        block.add("attention", attention_forward_flops(layout.window, windows, heads, head_dim),
-                  input_gradient=True, weight_gradient=False, operands=SDPA_BACKWARD_FORWARDS)
+        attention = attention_forward_flops(layout.window, windows, heads, head_dim)
+        block.add("attention", attention, input_gradient=True, weight_gradient=False, operands=SDPA_BACKWARD_FORWARDS)
         block.add("rel_pos", relative_position_forward_flops(layout.window, windows, heads, head_dim),
                   input_gradient=True, weight_gradient=False, operands=2)
         block.add("encoder_linear", 2 * 2 * tokens * dim * hidden, input_gradient=True, weight_gradient=full)
@@ -150,7 +151,9 @@ def estimate_training_flops(config: NetworkConfig, batch_size: int, click_rounds
             # again: the block's last matrix product (the adapter's up-projection, else the MLP's
             # second layer) saves its inputs before it runs, so it never runs a second time.
             last_product = 2 * tokens * dim * (config.adapter_dim if index in config.adapter_blocks else hidden)
-            recomputed += block.forward - last_product
+            # A block that keeps its attention's output takes it from the checkpoint's cache.
+            kept = attention if index in config.kept_attention_blocks else 0.0
+            recomputed += block.forward - last_product - kept
     if config.activation_checkpointing:
         flops.backward += recomputed
         flops.parts["recompute"] = recomputed

@@ -13,7 +13,7 @@ from nnsam3d.model.layout import token_grid, window_layout
 
 NETWORK_CONFIG_SCHEMA_VERSION = 3
 """The newest version this code reads. Version 2 added ``norm_at_full_resolution``, version 3
-``checkpointed_blocks``; a configuration
+``checkpointed_blocks`` and ``kept_attention_blocks``; a configuration
 is written with the lowest version that describes it (:meth:`NetworkConfig.to_json`), so plans and
 checkpoints of the default decoder stay readable by an nnsam3d that predates the field, while one
 that would build the wrong decoder refuses the others."""
@@ -59,6 +59,11 @@ class NetworkConfig:
         its forward twice. The first blocks are the ones taken because their recompute comes last
         in backward, when the later blocks' stored activations are already freed. SAM ViT
         backbones only (a TinyViT checkpoints all its blocks or none).
+    kept_attention_blocks: checkpointed blocks that keep their attention's output (the fused
+        kernel's output and log-sum-exp) instead of recomputing it in backward: selective
+        checkpointing. The output is a small share of what a block saves, and its attention the
+        largest share of its forward (global blocks: nearly all of it), so the planner keeps it
+        where memory is left after choosing ``checkpointed_blocks``.
     decoder_channels: channels of the decoder stages at full, 1/2, 1/4 and 1/8 resolution...,
         the last entry is the width of the necks applied to the encoder features.
     trainable: one of ``TRAINABLE_MODES``.
@@ -88,6 +93,7 @@ class NetworkConfig:
     adapter_dim: int = 64
     activation_checkpointing: bool = False
     checkpointed_blocks: int | None = None
+    kept_attention_blocks: tuple[int, ...] = ()
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128)
     trainable: str = "adapters"
     train_norms: bool = False
@@ -101,6 +107,7 @@ class NetworkConfig:
         object.__setattr__(self, "token_size", _tuple3(self.token_size))
         object.__setattr__(self, "window_size", _tuple3(self.window_size))
         object.__setattr__(self, "adapter_blocks", tuple(sorted(int(b) for b in self.adapter_blocks)))
+        object.__setattr__(self, "kept_attention_blocks", tuple(sorted({int(b) for b in self.kept_attention_blocks})))
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         spec = get_backbone(self.backbone)
         token_grid(self.patch_size, self.token_size, "patch_size", "change patch_size or token_size")
@@ -126,6 +133,7 @@ class NetworkConfig:
                 raise ValueError(f"input_window must be (low, high) with high > low, got {self.input_window}")
             object.__setattr__(self, "input_window", (low, high))
         self._check_checkpointed_blocks(spec)
+        self._check_kept_attention_blocks(spec)
         if self.trainable not in TRAINABLE_MODES:
             raise ValueError(f"trainable must be one of {TRAINABLE_MODES}, got '{self.trainable}'")
         if self.trainable == "frozen_encoder":
@@ -146,6 +154,16 @@ class NetworkConfig:
             raise ValueError(f"checkpointed_blocks must be 1..{spec.depth} for {self.backbone}, got {count}")
         # All blocks is the plain checkpointed configuration: one spelling for it.
         object.__setattr__(self, "checkpointed_blocks", None if count == spec.depth else count)
+
+    def _check_kept_attention_blocks(self, spec) -> None:
+        if not self.kept_attention_blocks:
+            return
+        if spec.tiny_vit is not None:
+            raise ValueError(f"{self.backbone} cannot keep attention outputs: remove kept_attention_blocks")
+        outside = [b for b in self.kept_attention_blocks if not self.is_checkpointed(b)]
+        if outside:
+            raise ValueError(f"kept_attention_blocks {outside} are not checkpointed blocks (a stored block keeps "
+                             f"everything); with activation_checkpointing, blocks 0..{self.checkpointed_block_count - 1} are")
 
     def is_checkpointed(self, block: int) -> bool:
         """Whether encoder block ``block`` (zero-based) is recomputed in backward."""
@@ -181,12 +199,13 @@ class NetworkConfig:
 
     def to_json(self) -> dict:
         content = asdict(self)
-        for key in ("patch_size", "token_size", "window_size", "adapter_blocks", "decoder_channels"):
+        for key in ("patch_size", "token_size", "window_size", "adapter_blocks", "decoder_channels",
+                    "kept_attention_blocks"):
             content[key] = list(content[key])
         if content["input_window"] is not None:
             content["input_window"] = list(content["input_window"])
         # Derived, not stored: the lowest version that describes this configuration.
-        if self.checkpointed_blocks is not None:
+        if self.checkpointed_blocks is not None or self.kept_attention_blocks:
             content["schema_version"] = 3
         else:
             content["schema_version"] = 1 if self.norm_at_full_resolution else 2

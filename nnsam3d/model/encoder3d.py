@@ -8,9 +8,11 @@ Same blocks, names and (for SAM's own parameters) shapes as ``segment_anything``
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from nnsam3d.model.adapters import Adapter3D
 from nnsam3d.model.attention3d import Attention3D, window_partition_3d, window_unpartition_3d
@@ -26,6 +28,23 @@ from nnsam3d.model.patch_embedding import PatchEmbedding3D
 from nnsam3d.model.weight_adaptation import resize_absolute_position_embedding, resize_table_1d
 
 LAYER_NORM_EPS = 1e-6  # SAM's
+
+FUSED_ATTENTION_KERNELS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                 "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name)
+)
+"""The kernels ``scaled_dot_product_attention`` dispatches to on CUDA and the CPU: a block that
+keeps its attention (``kept_attention_blocks``) stores their outputs through checkpointing."""
+
+
+def _keep_fused_attention(context, operation, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if operation in FUSED_ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+KEEP_ATTENTION = partial(create_selective_checkpoint_contexts, _keep_fused_attention)
+"""``context_fn`` of a checkpointed block that recomputes everything but its fused attention."""
 
 
 class MLP(nn.Module):
@@ -106,6 +125,7 @@ class Encoder3D(nn.Module):
         sam_grid = spec.sam_grid_size
         self.feature_blocks = tuple(spec.feature_blocks)
         self.checkpointed = tuple(config.is_checkpointed(index) for index in range(spec.depth))
+        self.kept_attention = tuple(index in config.kept_attention_blocks for index in range(spec.depth))
         self.patch_embed = PatchEmbedding3D(config.in_channels, dim, config.token_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, sam_grid, sam_grid, dim))
         self.depth_pos_embed = nn.Parameter(torch.zeros(1, grid[0], 1, 1, dim))
@@ -150,7 +170,10 @@ class Encoder3D(nn.Module):
         features = []
         for index, block in enumerate(self.blocks):
             if self.checkpointed[index] and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, use_reentrant=False)
+                if self.kept_attention[index]:
+                    tokens = checkpoint(block, tokens, use_reentrant=False, context_fn=KEEP_ATTENTION)
+                else:
+                    tokens = checkpoint(block, tokens, use_reentrant=False)
             else:
                 tokens = block(tokens)
             if index in self.feature_blocks:

@@ -279,8 +279,10 @@ def _encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, bytes_: _Byt
         block = _block_activations(layout, batch, tokens, dim, heads, hidden, adapter_dim, full, bytes_)
         tally.largest_tensor = max(tally.largest_tensor, block["attention"] // 4)
         if checkpointed:
-            # Only the block input stays; the rest is recomputed in backward (workspace).
-            tally.saved(part, block["input"])
+            # Only the block input stays (and the attention's output where the block keeps it);
+            # the rest is recomputed in backward (workspace).
+            kept = _kept_attention_bytes(layout, batch, dim, heads, bytes_) if index in config.kept_attention_blocks else 0
+            tally.saved(part, block["input"] + kept)
             single = max(block["attention"] // 4, *(v for k, v in block.items() if k != "attention"))  # one of q, k, v, out
             tally.largest_block = max(tally.largest_block, sum(block.values()))
             tally.largest_block_tensor = max(tally.largest_block_tensor, single)
@@ -313,6 +315,13 @@ def _tiny_vit_encoder(spec: BackboneSpec, config: NetworkConfig, batch: int, byt
     tally.largest_block = memory.largest_block
     tally.largest_block_tensor = memory.largest_block_tensor
     tally.recompute_peak = memory.recompute_peak
+
+
+def _kept_attention_bytes(layout: WindowLayout, batch: int, dim: int, heads: int, bytes_: _Bytes) -> int:
+    """What a checkpointed block that keeps its attention stores of it: the fused kernel's output
+    (``heads * padded`` rows on the widened head) and its fp32 log-sum-exp per row."""
+    rows = heads * batch * layout.padded_tokens
+    return bytes_.low * rows * sdpa_head_width(dim // heads, layout.window) + FP32 * rows
 
 
 def _block_activations(

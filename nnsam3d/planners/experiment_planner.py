@@ -411,12 +411,16 @@ def explain_plan(
     else:
         patch_reason = "it is the largest context (equal extent in mm per axis where the image allows) that fits"
 
-    if network.checkpointed_blocks is not None:
+    if network.activation_checkpointing:
         depth = get_backbone(network.backbone).depth
-        checkpointing = (f"on in the first {network.checkpointed_blocks} of {depth} encoder blocks, the fewest "
-                         f"with which the plan fits (each one runs its forward twice)")
-    elif network.activation_checkpointing:
-        checkpointing = "on, because the plan does not fit without it"
+        count = network.checkpointed_block_count
+        where = "in every encoder block" if count == depth else f"in the first {count} of {depth} encoder blocks"
+        checkpointing = f"on {where}, because the plan does not fit without it"
+        if network.kept_attention_blocks:
+            blocks = ", ".join(map(str, network.kept_attention_blocks))
+            checkpointing += f"; blocks {blocks} keep their attention's output instead of recomputing it"
+        if count < depth or network.kept_attention_blocks:
+            checkpointing += " (the checkpointing that fits with the least recompute)"
     elif result.stage == BATCH_STAGE:
         checkpointing = "off (it may buy context, never just a larger batch)"
     else:

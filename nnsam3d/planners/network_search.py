@@ -4,7 +4,9 @@ The search walks a *ladder*: a fixed list of configurations ("rungs") in which e
 least as large as the one before in every respect that matters to the user: patch (voxels per
 axis), batch size, adapter blocks and width, backbone size. The plan is the highest rung whose
 estimated training memory fits the usable budget, with activation checkpointing only where the
-rung does not fit without it, and then in as few encoder blocks (the first ones) as fit. Because the ladder does not depend on the budget, a larger budget
+rung does not fit without it, and then the checkpointing that fits with the least recompute: the
+first encoder blocks checkpointed, the others stored, and checkpointed blocks keeping their
+attention's output (selective checkpointing) where memory is left. Because the ladder does not depend on the budget, a larger budget
 can only reach the same rung or a higher one, so it never gives a smaller plan: monotonic by
 construction, not by luck of the estimates (which need not even grow along the ladder).
 
@@ -41,6 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
 from nnsam3d.model.backbones import get_backbone
+from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.memory_model import SAFETY_MARGIN  # planners, experiment planner and tests name it here
 from nnsam3d.planners.network_geometry import patch_size_path, window_size_for
@@ -246,7 +249,7 @@ def network_config_for(
     )
 
 
-def fewest_checkpointed_blocks(
+def least_recompute_checkpointing(
     checkpointed: NetworkConfig,
     batch_size: int,
     precision: str,
@@ -255,19 +258,47 @@ def fewest_checkpointed_blocks(
     estimated: MemoryEstimateLike,
 ) -> tuple[NetworkConfig, MemoryEstimateLike]:
     """``checkpointed`` (every encoder block checkpointed, its estimate ``estimated`` within
-    ``usable``) with as few blocks checkpointed, counted from the first, as still fit: each block
-    left out saves its forward's second run in backward. A TinyViT checkpoints all or none."""
+    ``usable``) with the checkpointing that fits and recomputes the fewest FLOPs: for each number
+    of checkpointed blocks (counted from the first) that fits, as many of them as still fit keep
+    their attention's output, global-attention blocks first (their attention grows with the square
+    of the tokens, what they keep only linearly). A TinyViT checkpoints all or none."""
     spec = get_backbone(checkpointed.backbone)
     if spec.tiny_vit is not None:
         return checkpointed, estimated
-    # Scanned upwards rather than bisected: the estimate need not fall with every block added
-    # (a larger block's recompute may come back), and the first fit is the fewest.
-    for count in range(1, spec.depth):
-        fewer = checkpointed.replace(checkpointed_blocks=count)
-        fewer_estimate = estimate(fewer, batch_size, precision)
-        if fewer_estimate.total <= usable:
-            return fewer, fewer_estimate
-    return checkpointed, estimated
+    best: tuple[float, NetworkConfig, MemoryEstimateLike] | None = None
+    # Scanned rather than bisected: the estimate need not fall with every block added (a larger
+    # block's recompute may come back).
+    for count in range(1, spec.depth + 1):
+        config = checkpointed.replace(checkpointed_blocks=count)
+        fitted = estimate(config, batch_size, precision)
+        if fitted.total > usable:
+            continue
+        config, fitted = _keep_attention_where_it_fits(config, batch_size, precision, estimate, usable, fitted)
+        recompute = estimate_training_flops(config, batch_size).parts["recompute"]
+        if best is None or recompute < best[0]:
+            best = (recompute, config, fitted)
+    assert best is not None  # every block checkpointed fits
+    return best[1], best[2]
+
+
+def _keep_attention_where_it_fits(config: NetworkConfig, batch_size: int, precision: str, estimate: MemoryEstimator,
+                                  usable: int, fitted: MemoryEstimateLike) -> tuple[NetworkConfig, MemoryEstimateLike]:
+    """The most checkpointed blocks, global ones first, that keep their attention and still fit
+    (what they keep only adds memory, so the count that fits is bisected)."""
+    spec = get_backbone(config.backbone)
+    blocks = [b for b in range(spec.depth) if config.is_checkpointed(b)]
+    candidates = sorted(blocks, key=lambda b: (b not in spec.global_attn_indexes, b))
+    low, high = 0, len(candidates)  # keeping ``low`` fits; find the largest
+    best = (config, fitted)
+    while low < high:
+        middle = (low + high + 1) // 2
+        trial = config.replace(kept_attention_blocks=candidates[:middle])
+        trial_estimate = estimate(trial, batch_size, precision)
+        if trial_estimate.total <= usable:
+            low, best = middle, (trial, trial_estimate)
+        else:
+            high = middle - 1
+    return best
 
 
 def search_network(
@@ -326,7 +357,7 @@ def search_network(
             estimated = estimate(config, rung.batch_size, precision)
             if estimated.total > usable:
                 continue
-            config, estimated = fewest_checkpointed_blocks(config, rung.batch_size, precision, estimate, usable, estimated)
+            config, estimated = least_recompute_checkpointing(config, rung.batch_size, precision, estimate, usable, estimated)
             over, cost = over_limit(config, rung, index)
             if over:
                 over_compute.add(index)

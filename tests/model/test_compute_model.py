@@ -123,7 +123,8 @@ def test_recompute_is_counted_exactly_for_every_number_of_checkpointed_blocks(tr
     estimated ``recompute`` part, for 1 to 4 checkpointed blocks (vit_tiny's blocks 1 and 3 attend
     globally, so blocks differ in cost). PyTorch stops recomputing a block before its last matrix
     product (the adapter's up-projection, or without adapters the MLP's second layer): counting
-    it would be 5% (adapters) and 48% (frozen encoder) high here."""
+    it would be 5% (adapters) and 48% (frozen encoder) high here. Blocks that keep their attention's
+    output (``kept_attention_blocks``) recompute without the fused kernel."""
     base = NetworkConfig(backbone="vit_tiny", decoder_channels=(8, 16, 32, 64), num_classes=3, patch_size=(8, 32, 32),
                          token_size=(2, 16, 16), window_size=(2, 1, 1), adapter_blocks=(0, 1, 2, 3), trainable=trainable)
     _, plain, _ = measured_step_flops(base, batch_size=2)
@@ -136,6 +137,13 @@ def test_recompute_is_counted_exactly_for_every_number_of_checkpointed_blocks(tr
         recomputed.append(estimate.parts["recompute"])
     assert recomputed == sorted(recomputed) and len(set(recomputed)) == 4
     assert recomputed[-1] == estimate_training_flops(base.replace(activation_checkpointing=True), 2).parts["recompute"]
+    # Selective: blocks that keep their attention's output do not run the fused kernel again.
+    for kept in ((1,), (0, 1, 2, 3)):
+        config = base.replace(activation_checkpointing=True, kept_attention_blocks=kept)
+        _, total, _ = measured_step_flops(config, batch_size=2)
+        estimate = estimate_training_flops(config, 2)
+        assert total - plain == pytest.approx(estimate.parts["recompute"], rel=1e-9)
+        assert estimate.parts["recompute"] < recomputed[-1]
 
 
 LITE_MEDSAM_CONFIGS = {

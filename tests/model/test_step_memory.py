@@ -38,6 +38,8 @@ CPU_CONFIGS = {
     "checkpointing bf16": (dict(activation_checkpointing=True), "bf16"),
     "first 2 of 4 blocks checkpointed bf16": (dict(activation_checkpointing=True, checkpointed_blocks=2), "bf16"),
     "first 3 of 4 blocks checkpointed fp32": (dict(activation_checkpointing=True, checkpointed_blocks=3), "fp32"),
+    "checkpointing, attention kept in 2 blocks bf16": (dict(activation_checkpointing=True, kept_attention_blocks=(1, 3)),
+                                                        "bf16"),
     "full fp32": (dict(trainable="full"), "fp32"),
     "no norm at full resolution bf16": (dict(norm_at_full_resolution=False), "bf16"),
 }
@@ -48,6 +50,8 @@ VIT_B_PLAN_PATCHES = {
     "vit_b 24 GiB plan": dict(patch_size=(120, 448, 448), activation_checkpointing=True),
     "vit_b 24 GiB plan, first 9 blocks checkpointed": dict(patch_size=(120, 448, 448), activation_checkpointing=True,
                                                            checkpointed_blocks=9),
+    "vit_b 24 GiB plan, global blocks' attention kept": dict(patch_size=(120, 448, 448), activation_checkpointing=True,
+                                                             kept_attention_blocks=(2, 5, 8, 11)),
 }
 
 
@@ -129,8 +133,10 @@ def test_whole_step_peak_of_lite_medsam_on_cpu(name):
     assert_cpu_step_peak_is_estimated(name, NetworkConfig(**{**LITE_MEDSAM, **extra}), precision, 1)
 
 
-@pytest.mark.parametrize("checkpointed_blocks, tolerance", [(None, 0.015), (11, 0.015), (6, 0.03)])
-def test_a_checkpointed_step_peaks_on_the_recomputed_block_when_it_is_larger(checkpointed_blocks, tolerance, monkeypatch):
+@pytest.mark.parametrize("checkpointed_blocks, kept_attention_blocks, tolerance",
+                         [(None, (), 0.015), (11, (), 0.015), (6, (), 0.03), (None, (2, 5, 8, 11), 0.015)])
+def test_a_checkpointed_step_peaks_on_the_recomputed_block_when_it_is_larger(checkpointed_blocks, kept_attention_blocks,
+                                                                             tolerance, monkeypatch):
     """With checkpointing, a block's activations come back during backward, after the decoder's
     and the loss's transients are freed: the peak is the larger of the two, not their sum. Here
     the recompute is the larger (vit_b with global windows over a small grid, a thin decoder):
@@ -141,7 +147,8 @@ def test_a_checkpointed_step_peaks_on_the_recomputed_block_when_it_is_larger(che
     monkeypatch.setattr(attention3d.F, "scaled_dot_product_attention", fused_attention_on_meta)
     config = NetworkConfig(backbone="vit_b", num_classes=2, patch_size=(16, 64, 64), token_size=(2, 8, 8),
                            window_size=(8, 8, 8), decoder_channels=(2, 4, 8, 16), trainable="frozen_encoder",
-                           activation_checkpointing=True, checkpointed_blocks=checkpointed_blocks)
+                           activation_checkpointing=True, checkpointed_blocks=checkpointed_blocks,
+                           kept_attention_blocks=kept_attention_blocks)
     with torch.device("meta"):
         network = MedSAM3D(config)
         apply_trainable_mode(network)

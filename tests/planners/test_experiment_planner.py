@@ -184,7 +184,9 @@ def test_plans_for_8_24_40_80_gb_grow_monotonically_within_budget(ct_fingerprint
     # Sensible differences: 80 GB buys much more context than 8 GB (at 80 GB the compute target,
     # a fold in a day at the throughput measured on an H200, is what stops the patch).
     assert math.prod(plans[-1].patch_size) >= 2.5 * math.prod(plans[0].patch_size)
-    assert len({capacity(p) for p in plans}) >= 3
+    # Selective checkpointing (the least recompute that fits) brings the 24 GB plan to the patch
+    # at which the compute target stops the 40 and 80 GB plans.
+    assert len({capacity(p) for p in plans}) >= 2
 
 
 def prostate_mri_fingerprint() -> DatasetFingerprint:

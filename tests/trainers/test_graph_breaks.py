@@ -16,11 +16,11 @@ from nnsam3d.trainers.losses import DeepSupervisionLoss, DiceCrossEntropyLoss, N
 
 CONFIGS = {
     # Windowed and global blocks, adapters with their depthwise 3D convolution, relative position
-    # terms, activation checkpointing of the first blocks with the later ones stored, as the
-    # planner turns it on for large plans.
+    # terms, selective activation checkpointing (the first blocks, one keeping its attention's
+    # output through a checkpoint policy; the later ones stored), as the planner turns it on.
     "vit_tiny": NetworkConfig(backbone="vit_tiny", patch_size=(8, 32, 32), token_size=(2, 8, 8), window_size=(2, 2, 2),
                               num_classes=3, adapter_blocks=(0, 3), adapter_dim=8, decoder_channels=(4, 8, 8, 16),
-                              activation_checkpointing=True, checkpointed_blocks=2),
+                              activation_checkpointing=True, checkpointed_blocks=2, kept_attention_blocks=(1,)),
     # MBConv stage, patch merging, per-slice window attention with bias tables, the input window.
     "lite_medsam": NetworkConfig(backbone="lite_medsam", patch_size=(2, 48, 64), token_size=(1, 4, 4), num_classes=3,
                                  adapter_blocks=tuple(range(10)), adapter_dim=8, decoder_channels=(8, 16, 32),

@@ -1,6 +1,6 @@
-"""A plan that checkpoints only its first encoder blocks (``checkpointed_blocks``, as the planner
-writes for budgets where a few blocks fit unstored) trains with exactly those blocks recomputed,
-and its checkpoint carries the choice to prediction."""
+"""A plan with selective checkpointing (the first encoder blocks checkpointed, one of them keeping
+its attention's output, as the planner writes where memory allows) trains with exactly those
+blocks recomputed, and its checkpoint carries the choice to prediction."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.trainers.rebuilt_network import assert_rebuilt_network_predicts_the_s
 def test_a_partially_checkpointed_plan_trains_and_is_rebuilt_from_its_checkpoint(tiny_dataset, nnsam3d_folders):
     plans_file = nnsam3d_folders.preprocessed / tiny_dataset / f"{DEFAULT_PLANS_NAME}.json"
     plans = Plans.load(plans_file)
-    plans.network = plans.network.replace(activation_checkpointing=True, checkpointed_blocks=2)
+    plans.network = plans.network.replace(activation_checkpointing=True, checkpointed_blocks=2, kept_attention_blocks=(1,))
     plans.save(plans_file)
 
     request = TrainingRequest(dataset=tiny_dataset, fold="0", device="cpu", num_epochs=1, iterations_per_epoch=1)
@@ -25,6 +25,7 @@ def test_a_partially_checkpointed_plan_trains_and_is_rebuilt_from_its_checkpoint
     try:
         network = trainer.network_module
         assert network.encoder.checkpointed == (True, True, False, False)
+        assert network.encoder.kept_attention == (False, True, False, False)
         calls = [0] * len(network.encoder.blocks)
         for index, block in enumerate(network.encoder.blocks):
             block.register_forward_pre_hook(lambda module, args, index=index: calls.__setitem__(index, calls[index] + 1))
@@ -35,7 +36,7 @@ def test_a_partially_checkpointed_plan_trains_and_is_rebuilt_from_its_checkpoint
         trainer._stop_streams()
 
     ensemble = load_ensemble([trainer.output_folder.parent], ["0"], checkpointing.FINAL)
-    assert ensemble.plans.network.checkpointed_blocks == 2
+    assert ensemble.plans.network.checkpointed_blocks == 2 and ensemble.plans.network.kept_attention_blocks == (1,)
     rebuilt = ensemble.networks[0].eval()
     assert rebuilt.encoder.checkpointed == (True, True, False, False)
     assert_rebuilt_network_predicts_the_same(network, rebuilt)
