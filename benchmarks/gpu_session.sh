@@ -12,14 +12,16 @@
 #
 # Parts, most valuable first, each under its own time limit (seconds; GPU_SESSION_LIMITS overrides
 # the seven, in order; 0 skips a part):
-#   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB) trained for real steps: memory
-#      against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
+#   1. gpu_checks.py: the planner's vit_b plans (8/24/80 GiB, with their selective checkpointing)
+#      trained for real steps: memory against the memory model, seconds per step, TFLOP/s, SDPA kernel; one 512x512x300 CT predicted.
 #   2. profile_step.py: where the 24 GiB vit_b plan's training step spends its time (torch.profiler,
 #      time by part, data wait, model and hardware FLOPs).
-#   3. step_variants.py: the 24 GiB plan's step eager, without the full-resolution norms,
-#      channels-last, compiled, compiled without the norms, as CUDA graphs: each change before/after.
-#   3b. step_variants.py --budget-gb 32: the 32 GiB plan checkpoints only its first 7 encoder blocks;
-#      its step against every block checkpointed (before the planner chose fewer): time and memory.
+#   3. step_variants.py: the 24 GiB plan's step eager (its global blocks keep their attention's
+#      output: selective checkpointing), without the full-resolution norms, channels-last, compiled,
+#      compiled without the norms, as CUDA graphs, every block checkpointed whole: each change
+#      before/after.
+#   3b. step_variants.py --budget-gb 32: the 32 GiB plan (11 of 12 blocks checkpointed, 10 keeping
+#      their attention) against every block checkpointed whole: time and memory.
 #   4. interactive_latency.py: vit_b seconds per click (goal: under 0.5 s after the first).
 #   5. gpu_checks.py --backbone lite_medsam: the planner's LiteMedSAM plans (8/24 GiB) trained for
 #      real steps: memory against the memory model, seconds per step, TFLOP/s (no prediction).
@@ -57,7 +59,7 @@ run_part "$profile_s" python3 benchmarks/profile_step.py --output "$OUT/profile_
 echo "=== 3. step variants of the 24 GiB plan (limit ${variants_s} s)"
 run_part "$variants_s" python3 benchmarks/step_variants.py --output "$OUT/step_variants.json" 2>&1 | tail -40 | tee "$OUT/step_variants.log"
 
-echo "=== 3b. partial checkpointing: the 32 GiB plan's step (limit ${partial_s} s)"
+echo "=== 3b. selective checkpointing: the 32 GiB plan's step (limit ${partial_s} s)"
 run_part "$partial_s" python3 benchmarks/step_variants.py --budget-gb 32 --variants eager "every encoder block checkpointed" \
     --output "$OUT/step_variants_32gb.json" 2>&1 | tail -30 | tee "$OUT/step_variants_32gb.log"
 
