@@ -26,6 +26,7 @@ Parameters are counted on a module built on the meta device (no memory, exact by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import ceil
 
 import torch
@@ -108,9 +109,17 @@ class ParameterCount:
 
 
 def encoder_parameters(stages: TinyViTStages, config: NetworkConfig) -> ParameterCount:
+    return _encoder_parameters(stages, config.in_channels, config.adapter_blocks, config.adapter_dim,
+                               config.trainable == "full")
+
+
+@lru_cache(maxsize=256)
+def _encoder_parameters(stages: TinyViTStages, in_channels: int, adapter_blocks: tuple[int, ...], adapter_dim: int,
+                        full: bool) -> ParameterCount:
+    # Counted on an encoder built on the meta device: a few hundred ms each, and the planner asks
+    # for the same few encoders hundreds of times (it took half a minute to plan LiteMedSAM).
     with torch.device("meta"):
-        encoder = TinyViTEncoder3D(stages, config.in_channels, config.adapter_blocks, config.adapter_dim)
-    full = config.trainable == "full"
+        encoder = TinyViTEncoder3D(stages, in_channels, adapter_blocks, adapter_dim)
     total = trainable = weights = 0
     for name, parameter in encoder.named_parameters():
         total += parameter.numel()
