@@ -161,9 +161,12 @@ class NetworkConfig:
         if spec.tiny_vit is not None:
             raise ValueError(f"{self.backbone} cannot keep attention outputs: remove kept_attention_blocks")
         outside = [b for b in self.kept_attention_blocks if not self.is_checkpointed(b)]
+        if not self.activation_checkpointing:
+            raise ValueError(f"kept_attention_blocks {outside} are not checkpointed blocks: set activation_checkpointing "
+                             f"or remove them")
         if outside:
             raise ValueError(f"kept_attention_blocks {outside} are not checkpointed blocks (a stored block keeps "
-                             f"everything); with activation_checkpointing, blocks 0..{self.checkpointed_block_count - 1} are")
+                             f"everything); blocks 0..{self.checkpointed_block_count - 1} are")
 
     def is_checkpointed(self, block: int) -> bool:
         """Whether encoder block ``block`` (zero-based) is recomputed in backward."""

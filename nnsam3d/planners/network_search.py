@@ -6,9 +6,10 @@ axis), batch size, adapter blocks and width, backbone size. The plan is the high
 estimated training memory fits the usable budget, with activation checkpointing only where the
 rung does not fit without it, and then the checkpointing that fits with the least recompute: the
 first encoder blocks checkpointed, the others stored, and checkpointed blocks keeping their
-attention's output (selective checkpointing) where memory is left. Because the ladder does not depend on the budget, a larger budget
-can only reach the same rung or a higher one, so it never gives a smaller plan: monotonic by
-construction, not by luck of the estimates (which need not even grow along the ladder).
+attention's output (selective checkpointing) where memory is left. Because the ladder does not
+depend on the budget, a larger budget can only reach the same rung or a higher one, so it never
+gives a smaller plan: monotonic by construction, not by luck of the estimates (which need not
+even grow along the ladder).
 
 The ladder follows "context first, then capacity":
 
