@@ -6,10 +6,16 @@ step needs.
     python benchmarks/augmentation_speed.py                 # the 24 GiB vit_b plan of a typical CT
     python benchmarks/augmentation_speed.py --budget-gb 8   # another plan
     python benchmarks/augmentation_speed.py --dry-run       # vit_tiny, seconds (what the tests run)
+    python benchmarks/augmentation_speed.py --reference     # also batchgenerators' own transforms
+
+``--reference`` also times the pipeline with batchgenerators' own spatial and low-resolution
+transforms in place of nnsam3d's faster equivalents, on whole blocks read by the loader (same
+draws, same patches to 1e-5: the tests), the before/after of that change on one machine.
 
 The cases are ``profile_step.py``'s synthetic ones at the plan's patch and spacing (what the
-stream costs does not depend on the values). The random state is seeded, so two runs draw the
+stream costs does not depend on the values). The random states are seeded, so two runs draw the
 same patches and the same augmentations: before/after comparisons of a change measure only it.
+BLAS runs on one thread, as in a worker (batchgenerators' workers limit it so).
 With the step time of the same plan measured on a GPU (``gpu_checks.json``), the result says how
 many workers supply a batch per step, and with how much to spare.
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import tempfile
 import time
@@ -28,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-from nnsam3d.trainers.augmentation import read_size_for, settings_for, training_transforms
+from nnsam3d.trainers.augmentation import read_size_for, settings_for, spatial_transform, training_transforms
 from nnsam3d.trainers.batch_streams import MAX_DEFAULT_WORKERS
 from nnsam3d.trainers.data_loading import PatchDataLoader, foreground_samples_per_batch
+from nnsam3d.trainers.reference_transforms import reference_training_transforms
 
 from benchmark_support import RESULTS, environment, load_average, typical_abdominal_ct_plans, write_result
 from profile_step import synthetic_store
@@ -50,27 +59,48 @@ def measured_gpu_step(budget_gb: float) -> dict | None:
     return None
 
 
-def time_batches(plans, batches: int) -> dict:
-    """Mean seconds per batch: reading, each transform (by class name, in pipeline order), total."""
+def time_batches(plans, batches: int, reference: bool = False) -> dict:
+    """Mean seconds per batch: reading, each transform (by class name, in pipeline order), total.
+    nnsam3d's loader runs the spatial transform while reading (the time of its reads is "read
+    patches", the rest "CroppedSpatialTransform"); ``reference``: whole blocks read, then
+    batchgenerators' own spatial and low-resolution transforms."""
     settings = settings_for(plans.patch_size, plans.target_spacing, plans.anisotropic_axis)
     read_size = read_size_for(settings)
-    pipeline = training_transforms(settings)
-    seconds = {"read patches": 0.0, **{type(t).__name__: 0.0 for t in pipeline.transforms}}
+    if reference:
+        pipeline, spatial = reference_training_transforms(settings), None
+    else:
+        pipeline, spatial = training_transforms(settings), spatial_transform(settings)
     with tempfile.TemporaryDirectory() as folder:
         store = synthetic_store(Path(folder), plans)
         loader = PatchDataLoader(store.folder, store.case_ids(), plans.batch_size, plans.patch_size,
                                  foreground_samples_per_batch(plans.batch_size, plans.foreground_oversampling),
-                                 read_size)
-        np.random.seed(0)
+                                 read_size, spatial=spatial)
+        reading = [0.0]
+        read_region = loader.read_region
+
+        def timed_read_region(*args, **kwargs):
+            started = time.perf_counter()
+            region = read_region(*args, **kwargs)
+            reading[0] += time.perf_counter() - started
+            return region
+
+        loader.read_region = timed_read_region
+        np.random.seed(0), random.seed(0)  # batchgenerators' noise and blur draw from both
         loader.generate_train_batch()  # the first read pages the cases in
+        reading[0], loading = 0.0, 0.0
+        seconds = {type(t).__name__: 0.0 for t in pipeline.transforms}
         for _ in range(batches):
             started = time.perf_counter()
             batch = loader.generate_train_batch()
-            seconds["read patches"] += time.perf_counter() - started
+            loading += time.perf_counter() - started
             for transform in pipeline.transforms:
                 started = time.perf_counter()
                 batch = transform(**batch)
                 seconds[type(transform).__name__] += time.perf_counter() - started
+    loader_stages = {"read patches": reading[0]}
+    if spatial is not None:
+        loader_stages[type(spatial).__name__] = loading - reading[0]
+    seconds = {**loader_stages, **seconds}
     per_batch = {name: round(value / batches, 3) for name, value in seconds.items()}
     return {"settings": {"thin_axis": settings.thin_axis, "rotation_degrees": settings.rotation_degrees,
                          "read_size": list(read_size)},
@@ -83,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="vit_b")
     parser.add_argument("--batches", type=int, default=None, help="batches timed (default 8, 2 dry)")
     parser.add_argument("--dry-run", action="store_true", help="vit_tiny plan of a small CT, seconds")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time batchgenerators' own spatial and low-resolution transforms")
     parser.add_argument("--output", type=Path, default=None)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(1)  # as one background worker runs
@@ -98,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"environment": environment(), "loadavg_before": load_average(),
               "command": ["python", "benchmarks/augmentation_speed.py", *(argv if argv is not None else sys.argv[1:])],
               "plan": description, "patch_size": list(plans.patch_size), "batch_size": plans.batch_size,
-              "batches": batches, **time_batches(plans, batches), "loadavg_after": load_average()}
+              "batches": batches}
+    with threadpool_limits(1):
+        result.update(time_batches(plans, batches))
+        if arguments.reference:
+            result["reference"] = {"transforms": "batchgenerators' SpatialTransform and SimulateLowResolutionTransform",
+                                   **time_batches(plans, batches, reference=True)}
+            result["speedup_over_reference"] = round(result["reference"]["seconds_per_batch"]
+                                                     / result["seconds_per_batch"], 2)
+    result["loadavg_after"] = load_average()
     step = None if arguments.dry_run else measured_gpu_step(arguments.budget_gb)
     if step and step["patch_size"] == list(plans.patch_size) and step["batch_size"] == plans.batch_size:
         needed = result["seconds_per_batch"] / step["seconds_per_step"]

@@ -47,11 +47,10 @@ from nnsam3d.model.compute_model import estimate_training_flops
 from nnsam3d.model.network import build_network
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
-from nnsam3d.trainers.augmentation import read_size_for, settings_for, training_transforms
+from nnsam3d.trainers.augmentation import settings_for, training_transforms
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
-from nnsam3d.trainers.batch_streams import default_num_workers
+from nnsam3d.trainers.batch_streams import default_num_workers, training_loader
 from nnsam3d.trainers.data_loading import (
-    PatchDataLoader,
     foreground_samples_per_batch,
     start_batch_stream,
     stop_batch_stream,
@@ -196,9 +195,8 @@ def profile_plan(plans, device: torch.device, steps: int, warmup: int) -> dict:
     settings = settings_for(plans.patch_size, plans.target_spacing, plans.anisotropic_axis)
     with tempfile.TemporaryDirectory() as folder:
         store = synthetic_store(Path(folder), plans)
-        loader = PatchDataLoader(store.folder, store.case_ids(), plans.batch_size, plans.patch_size,
-                                 foreground_samples_per_batch(plans.batch_size, plans.foreground_oversampling),
-                                 read_size_for(settings))
+        loader = training_loader(store.folder, store.case_ids(), plans.batch_size, settings,
+                                 foreground_samples_per_batch(plans.batch_size, plans.foreground_oversampling))
         stream = start_batch_stream(loader, training_transforms(settings), workers, 0, device.type == "cuda")
         try:
             for _ in range(warmup):

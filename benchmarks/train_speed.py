@@ -36,7 +36,8 @@ import torch
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.model.network import build_network, count_parameters
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
-from nnsam3d.trainers.augmentation import read_size_for, settings_for, training_transforms
+from nnsam3d.trainers.augmentation import settings_for, training_transforms
+from nnsam3d.trainers.batch_streams import training_loader
 from nnsam3d.trainers.base_trainer import DEEP_SUPERVISION_OUTPUTS
 from nnsam3d.trainers.data_loading import (
     PatchDataLoader,
@@ -105,12 +106,12 @@ def cpu_benchmark(seconds: float) -> dict:
         settings = settings_for(plans.patch_size, plans.target_spacing, plans.anisotropic_axis)
         foreground = foreground_samples_per_batch(plans.batch_size, plans.foreground_oversampling)
 
-        def loader(read_size):
-            return PatchDataLoader(data_folder, cases, plans.batch_size, plans.patch_size, foreground, read_size)
+        def augmenting_loader():
+            return training_loader(data_folder, cases, plans.batch_size, settings, foreground)
 
         np.random.seed(0)
-        plain = loader(None)
-        augmented = start_batch_stream(loader(read_size_for(settings)), training_transforms(settings), 0, seed=0)
+        plain = PatchDataLoader(data_folder, cases, plans.batch_size, plans.patch_size, foreground)
+        augmented = start_batch_stream(augmenting_loader(), training_transforms(settings), 0, seed=0)
         step, step_on, network, _ = model_step(config, plans.batch_size, device)
         for _ in range(WARMUP_STEPS):
             step()
@@ -126,7 +127,7 @@ def cpu_benchmark(seconds: float) -> dict:
             return _rate(iteration, seconds)["per_second"]
 
         training = training_rate(augmented)
-        with_worker = start_batch_stream(loader(read_size_for(settings)), training_transforms(settings), 1, seed=0)
+        with_worker = start_batch_stream(augmenting_loader(), training_transforms(settings), 1, seed=0)
         try:
             training_one_worker = training_rate(with_worker)
         finally:

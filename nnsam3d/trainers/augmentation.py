@@ -1,15 +1,17 @@
 """Data augmentation with batchgenerators, after nnU-Net's default pipeline.
 
 Spatial: rotation and scaling (elastic deformation optional), each applied to a fifth of the
-samples; the patch is cut from the centre of a larger block read by the data loader (see
-:func:`read_size_for`), so rotated corners hold image, not padding. Intensity: Gaussian noise,
-blur, brightness, contrast, simulated low resolution and gamma. Mirroring along every axis.
+samples; the patch is cut from the centre of a larger block around it (see
+:func:`read_size_for`), so rotated corners hold image, not padding. The data loader runs the
+spatial transform, reading of the block only the region a draw covers (see
+``cropped_spatial_transform``). Intensity: Gaussian noise, blur, brightness, contrast,
+simulated low resolution and gamma. Mirroring along every axis.
 
 Strongly anisotropic patches (the plans found an anisotropic axis, or the patch is far thinner
-in mm along one axis) are augmented in-plane only: the thin axis is folded into the channels
-for the spatial transform, so slices are rotated and scaled but never interpolated across,
-and low-resolution simulation leaves that axis alone. This is nnU-Net's "dummy 2D"
-augmentation, generalised to whichever axis is thin.
+in mm along one axis) are augmented in-plane only: slices along the thin axis are rotated and
+scaled alike but never interpolated across, and low-resolution simulation leaves that axis
+alone. This is nnU-Net's "dummy 2D" augmentation, generalised to whichever axis is thin.
+Same draws and patches as batchgenerators' own transforms (``reference_transforms``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from batchgenerators.transforms.color_transforms import (
     GammaTransform,
 )
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
-from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
-from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
 # The factor that makes spacing anisotropic also makes a patch "thin": augmented in-plane only.
 from nnsam3d.preprocessing.resampling import ANISOTROPY_THRESHOLD
+from nnsam3d.trainers.cropped_spatial_transform import CroppedSpatialTransform
+from nnsam3d.trainers.low_resolution_transform import SeparableLowResolutionTransform
 
 
 @dataclass(frozen=True)
@@ -127,38 +130,6 @@ def read_size_for(settings: AugmentationSettings) -> tuple[int, int, int]:
     return tuple(size)
 
 
-class FoldAxisIntoChannels(AbstractTransform):
-    """(B, C, z, y, x) → (B, C * n, a, b): the ``axis`` (size n) is folded into the channels.
-
-    Lets batchgenerators' 2D spatial transform rotate and scale every slice the same way
-    without interpolating across them. ``UnfoldAxisFromChannels`` undoes it.
-    """
-
-    def __init__(self, axis: int, keys=("data", "seg")):
-        self.axis = axis
-        self.keys = keys
-
-    def __call__(self, **batch):
-        for key in self.keys:
-            array = np.moveaxis(batch[key], 2 + self.axis, 2)
-            batch[f"_{key}_folded_shape"] = array.shape
-            batch[key] = array.reshape(array.shape[0], array.shape[1] * array.shape[2], *array.shape[3:])
-        return batch
-
-
-class UnfoldAxisFromChannels(AbstractTransform):
-    def __init__(self, axis: int, keys=("data", "seg")):
-        self.axis = axis
-        self.keys = keys
-
-    def __call__(self, **batch):
-        for key in self.keys:
-            b, c, n = batch.pop(f"_{key}_folded_shape")[:3]
-            array = batch[key].reshape(b, c, n, *batch[key].shape[2:])
-            batch[key] = np.ascontiguousarray(np.moveaxis(array, 2, 2 + self.axis))
-        return batch
-
-
 class ToTensors(AbstractTransform):
     """numpy → torch: ``data`` float32, ``seg`` → ``target`` int16 (labels survive interpolation as floats)."""
 
@@ -168,42 +139,31 @@ class ToTensors(AbstractTransform):
         return batch
 
 
-def spatial_transform(settings: AugmentationSettings) -> SpatialTransform:
+def spatial_transform(settings: AugmentationSettings) -> CroppedSpatialTransform:
+    """Rotation and scaling of the block ``read_size_for(settings)`` into the patch; the data loader
+    runs it, reading only the region each draw covers."""
     limit = math.radians(settings.rotation_degrees)
     rotation = (-limit, limit)
-    in_plane = settings.thin_axis is not None
-    return SpatialTransform(
-        patch_size=[settings.patch_size[a] for a in settings.spatial_axes],
-        patch_center_dist_from_border=None,
-        do_elastic_deform=settings.elastic, alpha=(0.0, 200.0), sigma=(9.0, 13.0),
-        do_rotation=True, angle_x=rotation, angle_y=(0.0, 0.0) if in_plane else rotation,
-        angle_z=(0.0, 0.0) if in_plane else rotation, p_rot_per_axis=1.0,
-        do_scale=True, scale=settings.scale_range,
-        border_mode_data="constant", border_cval_data=0, order_data=3,
-        border_mode_seg="constant", border_cval_seg=0, order_seg=0,
-        random_crop=False,  # the data loader already placed the patch
+    return CroppedSpatialTransform(
+        patch_size=settings.patch_size, block_size=read_size_for(settings), thin_axis=settings.thin_axis,
+        angle_x=rotation, angle_y=rotation, angle_z=rotation, scale=settings.scale_range,
+        elastic=settings.elastic, alpha=(0.0, 200.0), sigma=(9.0, 13.0),
         p_el_per_sample=settings.p_elastic, p_scale_per_sample=settings.p_scale,
-        p_rot_per_sample=settings.p_rotation, independent_scale_for_each_axis=False,
+        p_rot_per_sample=settings.p_rotation,
     )
 
 
 def training_transforms(settings: AugmentationSettings) -> Compose:
-    """The training pipeline: batch dict from ``PatchDataLoader`` → ``data``/``target`` tensors."""
-    transforms: list[AbstractTransform] = []
-    if settings.thin_axis is not None:
-        transforms.append(FoldAxisIntoChannels(settings.thin_axis))
-    transforms.append(spatial_transform(settings))
-    if settings.thin_axis is not None:
-        transforms.append(UnfoldAxisFromChannels(settings.thin_axis))
+    """The training pipeline after the spatial transform (which the data loader runs: see
+    :func:`spatial_transform`): patches from ``PatchDataLoader`` → ``data``/``target`` tensors."""
     ignore_axes = (settings.thin_axis,) if settings.thin_axis is not None else None
-    transforms += [
+    transforms: list[AbstractTransform] = [
         GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
         BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
         ContrastAugmentationTransform(p_per_sample=0.15),
-        SimulateLowResolutionTransform(zoom_range=(0.5, 1.0), per_channel=True, p_per_channel=0.5,
-                                       order_downsample=0, order_upsample=3, p_per_sample=0.25,
-                                       ignore_axes=ignore_axes),
+        SeparableLowResolutionTransform(zoom_range=(0.5, 1.0), p_per_channel=0.5, p_per_sample=0.25,
+                                        ignore_axes=ignore_axes),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]

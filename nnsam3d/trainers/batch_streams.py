@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 from nnsam3d.trainers.augmentation import (
     AugmentationSettings,
-    read_size_for,
+    spatial_transform,
     training_transforms,
     validation_transforms,
 )
@@ -42,6 +42,14 @@ def default_num_workers(context: DistributedContext) -> int:
         return 0
     cores = os.cpu_count() or 2
     return max(1, min(MAX_DEFAULT_WORKERS, cores // context.world_size - 1))
+
+
+def training_loader(folder: Path, cases: Sequence[str], batch_size: int, settings: AugmentationSettings,
+                    foreground_samples: int, ignore_label: int | None = None) -> PatchDataLoader:
+    """The loader of augmented training patches: it runs ``settings``' spatial transform while
+    reading; ``training_transforms(settings)`` does the rest."""
+    return PatchDataLoader(folder, cases, batch_size, settings.patch_size, foreground_samples,
+                           ignore_label=ignore_label, spatial=spatial_transform(settings))
 
 
 @dataclass
@@ -73,8 +81,7 @@ def start_fold_streams(
     ``ignore_label``: never a class to centre foreground patches on."""
     global_foreground = foreground_samples_per_batch(batch_size, foreground_oversampling)
     batch, foreground = split_batch(batch_size, global_foreground, context.world_size, context.rank)
-    train_loader = PatchDataLoader(folder, train_cases, batch, settings.patch_size, foreground, read_size_for(settings),
-                                   ignore_label=ignore_label)
+    train_loader = training_loader(folder, train_cases, batch, settings, foreground, ignore_label)
     val_loader = PatchDataLoader(folder, validation_cases, batch, settings.patch_size, foreground,
                                  ignore_label=ignore_label)
     pin = context.device.type == "cuda"

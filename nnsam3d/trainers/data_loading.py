@@ -14,6 +14,7 @@ resumes on exactly the same batches.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
+from nnsam3d.trainers.cropped_spatial_transform import CroppedSpatialTransform
 
 RANDOM_CENTRE = -1
 """``centre_class`` of a patch that was not centred on foreground."""
@@ -99,20 +101,25 @@ def foreground_centre(
 class PatchDataLoader(SlimDataLoaderBase):
     """Infinite stream of batches of random patches, for batchgenerators' augmenters.
 
-    patch_size: the network's patch (voxels, z, y, x). read_size: what is read around it
-    (default: the patch), larger when spatial augmentation rotates and scales the read block
-    and crops the patch from its centre, so that rotated corners hold image, not padding. The
-    patch is placed first (inside the image where the image is large enough) and the read block
-    is centred on it, so the centre class sits inside the final patch.
+    patch_size: the network's patch (voxels, z, y, x). read_size: the block around it (default:
+    the patch), larger when spatial augmentation rotates and scales the block and crops the patch
+    from its centre, so that rotated corners hold image, not padding. The patch is placed first
+    (inside the image where the image is large enough) and the block is centred on it, so the
+    centre class sits inside the final patch. spatial: the training's spatial transform, run
+    while reading: of each block only the region its draw covers is read (a fifth of the block
+    for an unrotated patch of the 24 GiB vit_b plan), and the batch holds patches; its block is
+    the read size.
 
-    Each batch is a dict: ``data`` (B, C, *read_size) float32, ``seg`` (B, 1, *read_size)
-    int16, ``keys`` (case identifiers) and ``centre_class`` (the class a patch is centred on,
-    ``RANDOM_CENTRE`` for the others).
+    Each batch is a dict: ``data`` (B, C, *size) float32, ``seg`` (B, 1, *size) int16, where
+    size is the patch with a spatial transform, else the read size; ``keys`` (case identifiers)
+    and ``centre_class`` (the class a patch is centred on, ``RANDOM_CENTRE`` for the others).
+    All draws of a batch's placements come before its spatial transforms' draws, as when the
+    spatial transform ran on whole blocks after the loader.
     """
 
     def __init__(self, data_folder: str | os.PathLike, case_ids: Sequence[str], batch_size: int,
                  patch_size: Sequence[int], foreground_samples: int, read_size: Sequence[int] | None = None,
-                 ignore_label: int | None = None):
+                 ignore_label: int | None = None, spatial: CroppedSpatialTransform | None = None):
         if not case_ids:
             raise ValueError("a data loader needs at least one case")
         if not 0 <= foreground_samples <= batch_size:
@@ -121,6 +128,12 @@ class PatchDataLoader(SlimDataLoaderBase):
         self.data_folder = Path(data_folder)
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
+        if spatial is not None:
+            if spatial.patch_size != self.patch_size or read_size not in (None, spatial.block_size):
+                raise ValueError(f"the spatial transform maps {spatial.block_size} to {spatial.patch_size}; "
+                                 f"the loader has patch {self.patch_size}, read size {read_size}")
+            read_size = spatial.block_size
+        self.spatial = spatial
         self.read_size = tuple(int(p) for p in (read_size or patch_size))
         if any(r < p for r, p in zip(self.read_size, self.patch_size)):
             raise ValueError(f"read_size {self.read_size} is smaller than patch_size {self.patch_size}")
@@ -128,37 +141,50 @@ class PatchDataLoader(SlimDataLoaderBase):
         self.ignore_label = ignore_label
         self._store = PreprocessedCaseStore(self.data_folder)
 
-    def sample(self, case_id: str, centre_on_foreground: bool, rng, data_out: np.ndarray | None = None,
-               seg_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """One block of a case: (data (C, *read_size), seg (1, *read_size), centre class); the
-        augmentation crops it to the patch after rotating and scaling. ``data_out``/``seg_out``:
-        where to write the block (the batch's arrays), else new arrays."""
-        data = self._store.load_data(case_id)
-        segmentation = self._store.load_segmentation(case_id)
+    def place(self, case_id: str, centre_on_foreground: bool, rng) -> tuple[tuple[int, ...], int]:
+        """(lower corner of the block, may be negative; centre class) of a random patch of a case."""
         centre, centre_class = None, RANDOM_CENTRE
         if centre_on_foreground:
             chosen = foreground_centre(self._store.load_class_locations(case_id), rng, self.ignore_label)
             if chosen is not None:
                 centre_class, centre = chosen
-        origin = patch_origin(data.shape[1:], self.patch_size, rng, centre)
-        origin = tuple(o - (r - p) // 2 for o, r, p in zip(origin, self.read_size, self.patch_size))
-        return (
-            read_patch(data, origin, self.read_size, 0.0, data_out),
-            read_patch(segmentation, origin, self.read_size, 0, seg_out),
-            centre_class,
-        )
+        shape = self._store.load_data(case_id).shape[1:]
+        origin = patch_origin(shape, self.patch_size, rng, centre)
+        return tuple(o - (r - p) // 2 for o, r, p in zip(origin, self.read_size, self.patch_size)), centre_class
+
+    def read_region(self, case_id: str, block_origin, low, high, data_out=None, seg_out=None):
+        """(data, seg) of the block's voxels [low, high) per axis, padded outside the image (image
+        with 0, labels with background); into ``data_out``/``seg_out`` where given."""
+        start = tuple(int(o) + int(a) for o, a in zip(block_origin, low))
+        size = tuple(int(b) - int(a) for a, b in zip(low, high))
+        return (read_patch(self._store.load_data(case_id), start, size, 0.0, data_out),
+                read_patch(self._store.load_segmentation(case_id), start, size, 0, seg_out))
+
+    def sample(self, case_id: str, centre_on_foreground: bool, rng, data_out: np.ndarray | None = None,
+               seg_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """One whole block of a case: (data (C, *read_size), seg (1, *read_size), centre class).
+        ``data_out``/``seg_out``: where to write the block (the batch's arrays), else new arrays."""
+        origin, centre_class = self.place(case_id, centre_on_foreground, rng)
+        data, seg = self.read_region(case_id, origin, (0, 0, 0), self.read_size, data_out, seg_out)
+        return data, seg, centre_class
 
     def generate_train_batch(self) -> dict:
         rng = np.random  # numpy's global generator (see the module docstring)
         first_foreground = self.batch_size - self.foreground_samples
         keys = [self.case_ids[i] for i in rng.randint(len(self.case_ids), size=self.batch_size)]
+        placements = [self.place(case_id, index >= first_foreground, rng) for index, case_id in enumerate(keys)]
         # Every case has the dataset's channels (checked when planning), stored float32 / int16.
         channels = self._store.load_data(keys[0]).shape[0]
-        data = np.empty((self.batch_size, channels, *self.read_size), dtype=np.float32)
-        seg = np.empty((self.batch_size, 1, *self.read_size), dtype=np.int16)
-        centre_classes = [self.sample(case_id, index >= first_foreground, rng, data[index], seg[index])[2]
-                          for index, case_id in enumerate(keys)]
-        return {"data": data, "seg": seg, "keys": keys, "centre_class": centre_classes}
+        size = self.read_size if self.spatial is None else self.patch_size
+        data = np.empty((self.batch_size, channels, *size), dtype=np.float32)
+        seg = np.empty((self.batch_size, 1, *size), dtype=np.int16)
+        for index, (case_id, (origin, _)) in enumerate(zip(keys, placements)):
+            if self.spatial is None:
+                self.read_region(case_id, origin, (0, 0, 0), self.read_size, data[index], seg[index])
+            else:
+                self.spatial.augment_sample(functools.partial(self.read_region, case_id, origin),
+                                            data[index], seg[index])
+        return {"data": data, "seg": seg, "keys": keys, "centre_class": [c for _, c in placements]}
 
 
 def foreground_samples_per_batch(batch_size: int, foreground_fraction: float) -> int:

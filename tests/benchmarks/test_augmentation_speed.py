@@ -1,6 +1,7 @@
-"""``benchmarks/augmentation_speed.py --dry-run``: every stage of the training pipeline is timed
-(reading and each transform), the stages add up to the batch, and the read block is the rotated
-and zoomed patch's, larger than the patch in-plane."""
+"""``benchmarks/augmentation_speed.py --dry-run --reference``: every stage of the training pipeline
+is timed (reading and each transform), the stages add up to the batch, the read block is the
+rotated and zoomed patch's, larger than the patch in-plane, and the reference pipeline runs
+batchgenerators' own transforms where nnsam3d has faster ones."""
 
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def test_dry_run_times_every_stage_of_a_batch(tmp_path):
     output = tmp_path / "augmentation.json"
     completed = subprocess.run([sys.executable, str(BENCHMARKS / "augmentation_speed.py"), "--dry-run",
-                                "--output", str(output)], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS)
+                                "--reference", "--output", str(output)], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(output.read_text())
     stages = result["seconds_per_batch_by_stage"]
-    assert list(stages)[:2] == ["read patches", "FoldAxisIntoChannels"]  # the plan's thin axis is folded
-    assert {"SpatialTransform", "MirrorTransform", "ToTensors"} <= set(stages)
+    assert list(stages)[:2] == ["read patches", "CroppedSpatialTransform"]  # both in the loader
+    assert {"SeparableLowResolutionTransform", "MirrorTransform", "ToTensors"} <= set(stages)
     assert sum(stages.values()) == pytest.approx(result["seconds_per_batch"], abs=0.01)
+    # The before: the same pipeline with batchgenerators' own transforms in their places.
+    reference = result["reference"]["seconds_per_batch_by_stage"]
+    assert list(reference)[:3] == ["read patches", "FoldAxisIntoChannels", "SpatialTransform"]  # thin axis folded
+    assert "SimulateLowResolutionTransform" in reference
+    assert not {"CroppedSpatialTransform", "SeparableLowResolutionTransform"} & set(reference)
+    assert result["speedup_over_reference"] == pytest.approx(
+        result["reference"]["seconds_per_batch"] / result["seconds_per_batch"], abs=0.01)
     patch, read = result["patch_size"], result["settings"]["read_size"]
     assert read[0] == patch[0] and all(r > p for r, p in zip(read[1:], patch[1:]))
     assert "gpu_step" not in result and result["environment"]["torch_threads"] == 1

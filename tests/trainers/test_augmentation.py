@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
 from nnsam3d.trainers.augmentation import (
-    FoldAxisIntoChannels,
-    UnfoldAxisFromChannels,
     read_size_for,
     settings_for,
+    spatial_transform,
     thin_axis_of_patch,
     training_transforms,
 )
+from nnsam3d.trainers.reference_transforms import FoldAxisIntoChannels, UnfoldAxisFromChannels
 
 
 def test_thin_axis_from_the_plans_or_from_the_patch_extent_in_mm():
@@ -55,10 +57,10 @@ def _batch(read_size, patch_z_labels=True):
 
 def test_training_pipeline_outputs_patch_tensors_and_keeps_slices_apart_in_plane():
     settings = settings_for((8, 32, 32), (5.0, 1.0, 1.0), anisotropic_axis=0)
-    transforms = training_transforms(settings)
+    spatial, transforms = spatial_transform(settings), training_transforms(settings)
     np.random.seed(1)
     for _ in range(10):
-        out = transforms(**_batch(read_size_for(settings)))
+        out = transforms(**spatial(**_batch(read_size_for(settings))))
         assert out["data"].dtype == torch.float32 and tuple(out["data"].shape) == (2, 1, 8, 32, 32)
         assert out["target"].dtype == torch.int16 and tuple(out["target"].shape) == (2, 1, 8, 32, 32)
         # In-plane augmentation never mixes slices: each slice holds one label (or background),
@@ -74,3 +76,28 @@ def test_training_pipeline_outputs_patch_tensors_and_keeps_slices_apart_in_plane
                 all(value == order(z) % 3 for z, value in present.items())
                 for order in (lambda z: z, lambda z: last - z)
             ), present
+
+
+def test_whole_pipeline_equals_batchgenerators_own_transforms_with_the_same_seed():
+    """The faster spatial and low-resolution transforms and the rest of the real pipeline, against
+    the pipeline with batchgenerators' own (what ``augmentation_speed.py --reference`` times)."""
+    from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+    from batchgenerators.transforms.spatial_transforms import SpatialTransform
+
+    from nnsam3d.trainers.reference_transforms import reference_training_transforms
+
+    for settings in (settings_for((8, 32, 32), (5.0, 1.0, 1.0), anisotropic_axis=0),
+                     settings_for((12, 14, 16), (1.0, 1.0, 1.0), anisotropic_axis=None)):
+        spatial, ours = spatial_transform(settings), training_transforms(settings)
+        reference = reference_training_transforms(settings)
+        kinds = [type(t) for t in reference.transforms]
+        assert SpatialTransform in kinds and SimulateLowResolutionTransform in kinds
+        for seed in range(6):
+            np.random.seed(100 + seed)
+            batch = _batch(read_size_for(settings))
+            random.seed(seed), np.random.seed(seed)  # batchgenerators' noise and blur draw from both
+            expected = reference(**{k: np.copy(v) for k, v in batch.items()})
+            random.seed(seed), np.random.seed(seed)
+            got = ours(**spatial(**{k: np.copy(v) for k, v in batch.items()}))
+            torch.testing.assert_close(got["data"], expected["data"], rtol=0, atol=1e-5)
+            assert torch.equal(got["target"], expected["target"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.case_storage import PreprocessedCaseStore
-from nnsam3d.trainers.augmentation import settings_for, training_transforms
+from nnsam3d.trainers.augmentation import read_size_for, settings_for, spatial_transform, training_transforms
+from nnsam3d.trainers.batch_streams import training_loader
 from nnsam3d.trainers.data_loading import (
     RANDOM_CENTRE,
     PatchDataLoader,
@@ -21,6 +25,7 @@ from nnsam3d.trainers.data_loading import (
     stop_batch_stream,
 )
 from nnsam3d.trainers.distributed import split_batch
+from nnsam3d.trainers.reference_transforms import reference_training_transforms
 
 SHAPE = (12, 40, 40)
 
@@ -159,10 +164,47 @@ def test_patches_of_images_smaller_than_the_patch_are_padded_with_background(tmp
         assert np.all(data[seg == 0] == 0)
 
 
+@pytest.mark.parametrize("patch, spacing, anisotropic_axis", [((8, 16, 16), (1.0, 1.0, 1.0), None),
+                                                              ((4, 32, 24), (4.0, 1.0, 1.0), 0)])
+def test_spatial_transform_while_reading_equals_whole_blocks_through_batchgenerators(
+        tmp_path, patch, spacing, anisotropic_axis):
+    """The loader that runs the spatial transform on the regions it reads gives the batches of the
+    loader that reads whole blocks followed by batchgenerators' own pipeline: same seed, same
+    cases, same patches (blocks larger than these cases: padding on every side)."""
+    store = _write_cases(tmp_path, rare_in=2)
+    rng = np.random.default_rng(0)
+    for case_id in store.case_ids():  # texture, so that interpolation shows in the values
+        data = np.load(store.folder / f"{case_id}.npy", mmap_mode="r+")
+        data += rng.normal(size=data.shape).astype(np.float32)
+        data.flush()
+    settings = replace(settings_for(patch, spacing, anisotropic_axis), p_rotation=0.5, p_scale=0.5)
+    fast = training_loader(store.folder, store.case_ids(), 3, settings, foreground_samples=1)
+    whole = PatchDataLoader(store.folder, store.case_ids(), 3, settings.patch_size, 1, read_size_for(settings))
+    assert whole.read_size == fast.read_size and any(r > s for r, s in zip(whole.read_size, SHAPE))
+    pipeline, reference = training_transforms(settings), reference_training_transforms(settings)
+    for seed in range(5):
+        random.seed(seed), np.random.seed(seed)
+        expected = reference(**whole.generate_train_batch())
+        random.seed(seed), np.random.seed(seed)
+        got = pipeline(**fast.generate_train_batch())
+        assert got["keys"] == expected["keys"] and got["centre_class"] == expected["centre_class"]
+        torch.testing.assert_close(got["data"], expected["data"], rtol=0, atol=1e-5)
+        assert torch.equal(got["target"], expected["target"])
+
+
+def test_a_spatial_transform_must_fit_the_loader(tmp_path):
+    store = _write_cases(tmp_path)
+    spatial = spatial_transform(settings_for((8, 16, 16), (1.0, 1.0, 1.0), anisotropic_axis=None))
+    with pytest.raises(ValueError, match="spatial transform maps"):
+        PatchDataLoader(store.folder, ["c0"], 2, (8, 16, 20), 1, spatial=spatial)
+    with pytest.raises(ValueError, match="spatial transform maps"):
+        PatchDataLoader(store.folder, ["c0"], 2, (8, 16, 16), 1, read_size=(8, 16, 16), spatial=spatial)
+
+
 def test_background_workers_deliver_augmented_batches(tmp_path):
     store = _write_cases(tmp_path)
     settings = settings_for((8, 16, 16), (1.0, 1.0, 1.0), anisotropic_axis=None)
-    loader = PatchDataLoader(store.folder, ["c0", "c1"], batch_size=2, patch_size=(8, 16, 16), foreground_samples=1)
+    loader = training_loader(store.folder, ["c0", "c1"], batch_size=2, settings=settings, foreground_samples=1)
     stream = start_batch_stream(loader, training_transforms(settings), num_workers=1, seed=3)
     try:
         batches = [next(stream) for _ in range(3)]
