@@ -5,6 +5,7 @@ step needs.
 
     python benchmarks/augmentation_speed.py                 # the 24 GiB vit_b plan of a typical CT
     python benchmarks/augmentation_speed.py --budget-gb 8   # another plan
+    python benchmarks/augmentation_speed.py --dataset brain # 1 mm brain MRI: full 3D augmentation
     python benchmarks/augmentation_speed.py --dry-run       # vit_tiny, seconds (what the tests run)
     python benchmarks/augmentation_speed.py --reference     # also batchgenerators' own transforms
 
@@ -42,7 +43,14 @@ from nnsam3d.trainers.batch_streams import MAX_DEFAULT_WORKERS
 from nnsam3d.trainers.data_loading import PatchDataLoader, foreground_samples_per_batch
 from nnsam3d.trainers.reference_transforms import reference_training_transforms
 
-from benchmark_support import RESULTS, environment, load_average, typical_abdominal_ct_plans, write_result
+from benchmark_support import (
+    RESULTS,
+    environment,
+    load_average,
+    typical_abdominal_ct_plans,
+    typical_brain_mri_plans,
+    write_result,
+)
 from profile_step import synthetic_store
 
 
@@ -85,8 +93,10 @@ def time_batches(plans, batches: int, reference: bool = False) -> dict:
             return region
 
         loader.read_region = timed_read_region
-        np.random.seed(0), random.seed(0)  # batchgenerators' noise and blur draw from both
         loader.generate_train_batch()  # the first read pages the cases in
+        # Seeded after it: nnsam3d's loader draws the spatial transform, the reference's pipeline
+        # does, so only from here on do both make the same draws. Noise and blur draw from both.
+        np.random.seed(0), random.seed(0)
         reading[0], loading = 0.0, 0.0
         seconds = {type(t).__name__: 0.0 for t in pipeline.transforms}
         for _ in range(batches):
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-gb", type=float, default=24.0, help="GPU memory of the plan (default 24 GiB)")
     parser.add_argument("--backbone", default="vit_b")
+    parser.add_argument("--dataset", choices=("ct", "brain"), default="ct",
+                        help="typical abdominal CT (in-plane augmentation) or brain MRI (1 mm, full 3D)")
     parser.add_argument("--batches", type=int, default=None, help="batches timed (default 8, 2 dry)")
     parser.add_argument("--dry-run", action="store_true", help="vit_tiny plan of a small CT, seconds")
     parser.add_argument("--reference", action="store_true",
@@ -123,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
         plans, _ = _dry_run_plans(0.2)
         description = "vit_tiny, dry run"
+    elif arguments.dataset == "brain":
+        plans, _ = typical_brain_mri_plans(gpu_memory_gb=arguments.budget_gb, backbone=arguments.backbone)
+        description = f"{arguments.backbone}, {arguments.budget_gb:g} GiB plan of a typical brain MRI"
     else:
         plans, _ = typical_abdominal_ct_plans(slices=300, gpu_memory_gb=arguments.budget_gb, backbone=arguments.backbone)
         description = f"{arguments.backbone}, {arguments.budget_gb:g} GiB plan of a typical CT"
@@ -139,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             result["speedup_over_reference"] = round(result["reference"]["seconds_per_batch"]
                                                      / result["seconds_per_batch"], 2)
     result["loadavg_after"] = load_average()
-    step = None if arguments.dry_run else measured_gpu_step(arguments.budget_gb)
+    step = None if arguments.dry_run or arguments.dataset != "ct" else measured_gpu_step(arguments.budget_gb)
     if step and step["patch_size"] == list(plans.patch_size) and step["batch_size"] == plans.batch_size:
         needed = result["seconds_per_batch"] / step["seconds_per_step"]
         result["gpu_step"] = {**step, "workers_to_keep_up": math.ceil(needed),
                               "default_workers_on_16_cores": min(MAX_DEFAULT_WORKERS, 15),
                               "supply_over_demand_with_default": round(min(MAX_DEFAULT_WORKERS, 15) / needed, 2)}
-    output = arguments.output or RESULTS / ("augmentation_speed_dry_run.json" if arguments.dry_run
-                                            else "augmentation_speed_cpu.json")
+    default_name = {"ct": "augmentation_speed_cpu.json", "brain": "augmentation_speed_brain_cpu.json"}[arguments.dataset]
+    output = arguments.output or RESULTS / ("augmentation_speed_dry_run.json" if arguments.dry_run else default_name)
     write_result(output, result)
     return 0
 

@@ -80,22 +80,37 @@ def typical_abdominal_ct_plans(
 ) -> tuple[Plans, DatasetDescription]:
     """The planner's plan (``backbone``, vit_b by default) for 40 abdominal CTs of ``slices`` x
     512 x 512 voxels at 2.5 x 0.78 x 0.78 mm with 13 organs, for a GPU of ``gpu_memory_gb`` GiB."""
-    from nnsam3d.planners.experiment_planner import plan_experiment
-    from nnsam3d.schemas.fingerprint import DatasetFingerprint, IntensityStatistics
+    from nnsam3d.schemas.fingerprint import IntensityStatistics
 
-    cases = [f"ct_{i:03d}" for i in range(40)]
+    statistics = IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
+                                     percentile_99_5=280.0, min=-1024.0, max=3000.0)
+    return _typical_plans("Dataset900_TypicalAbdomenCT", "CT", statistics, (2.5, 0.78, 0.78), (slices, 512, 512),
+                          (slices, 420, 460), [f"organ_{i}" for i in range(1, 14)], gpu_memory_gb, backbone)
+
+
+def typical_brain_mri_plans(gpu_memory_gb: float = 24.0, backbone: str = "vit_b") -> tuple[Plans, DatasetDescription]:
+    """The planner's plan for 40 brain MRIs (T1) of 176 x 224 x 256 voxels of 1 mm, cropped to the
+    head (150 x 190 x 160), with 3 tissue classes: isotropic, so augmented in full 3D."""
+    from nnsam3d.schemas.fingerprint import IntensityStatistics
+
+    statistics = IntensityStatistics(mean=400.0, std=150.0, median=420.0, percentile_00_5=20.0,
+                                     percentile_99_5=900.0, min=0.0, max=1500.0)
+    return _typical_plans("Dataset901_TypicalBrainMRI", "T1", statistics, (1.0, 1.0, 1.0), (176, 224, 256),
+                          (150, 190, 160), ["csf", "grey_matter", "white_matter"], gpu_memory_gb, backbone)
+
+
+def _typical_plans(name, modality, statistics, spacing, shape, cropped_shape, classes, gpu_memory_gb, backbone):
+    from nnsam3d.planners.experiment_planner import plan_experiment
+    from nnsam3d.schemas.fingerprint import DatasetFingerprint
+
+    cases = [f"case_{i:03d}" for i in range(40)]
     fingerprint = DatasetFingerprint(
-        dataset_name="Dataset900_TypicalAbdomenCT",
-        case_ids=cases,
-        spacings=[(2.5, 0.78, 0.78)] * len(cases),
-        shapes_before_cropping=[(slices, 512, 512)] * len(cases),
-        shapes_after_cropping=[(slices, 420, 460)] * len(cases),
-        modalities={"0": "CT"},
-        intensity_statistics={"0": IntensityStatistics(mean=80.0, std=60.0, median=85.0, percentile_00_5=-90.0,
-                                                       percentile_99_5=280.0, min=-1024.0, max=3000.0)},
+        dataset_name=name, case_ids=cases, spacings=[spacing] * len(cases),
+        shapes_before_cropping=[shape] * len(cases), shapes_after_cropping=[cropped_shape] * len(cases),
+        modalities={"0": modality}, intensity_statistics={"0": statistics},
     )
-    labels = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
-    description = DatasetDescription(channel_names={"0": "CT"}, labels=labels, num_training=len(cases),
+    labels = {"background": 0, **{label: index for index, label in enumerate(classes, start=1)}}
+    description = DatasetDescription(channel_names={"0": modality}, labels=labels, num_training=len(cases),
                                      file_ending=".nii.gz")
     plans = plan_experiment(fingerprint, description, gpu_memory_gb=gpu_memory_gb, backbone=backbone)
     return plans, description

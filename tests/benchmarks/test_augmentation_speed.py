@@ -35,3 +35,18 @@ def test_dry_run_times_every_stage_of_a_batch(tmp_path):
     patch, read = result["patch_size"], result["settings"]["read_size"]
     assert read[0] == patch[0] and all(r > p for r, p in zip(read[1:], patch[1:]))
     assert "gpu_step" not in result and result["environment"]["torch_threads"] == 1
+
+
+def test_the_brain_plan_is_augmented_in_full_3d():
+    """``--dataset brain`` measures the other kind of augmentation: rotation about every axis."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchmark_support import typical_brain_mri_plans
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from nnsam3d.trainers.augmentation import read_size_for, settings_for
+
+    plans, _ = typical_brain_mri_plans(gpu_memory_gb=24.0)
+    settings = settings_for(plans.patch_size, plans.target_spacing, plans.anisotropic_axis)
+    assert settings.thin_axis is None and settings.rotation_degrees == 30.0
+    assert all(r > p for r, p in zip(read_size_for(settings), plans.patch_size))
