@@ -25,6 +25,8 @@ from batchgenerators.augmentations.utils import (
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
+from nnsam3d.trainers.axis_matrices import apply_along_axes, matrix_of
+
 SPLINE_MARGIN = 24
 """Voxels kept beyond the spline's taps around the sampling grid (see the module docstring)."""
 
@@ -167,9 +169,39 @@ def _images(array: np.ndarray, thin_axis: int | None):
                 yield channel[(slice(None),) * thin_axis + (index,)]
 
 
+def axis_positions(coords: np.ndarray) -> list[np.ndarray] | None:
+    """Per axis, the positions a grid (dim, *grid) samples, where it is their tensor product (no
+    rotation, no deformation: only scaled), else None."""
+    dim = len(coords)
+    positions = []
+    for axis in range(dim):
+        line = coords[axis][tuple(slice(None) if a == axis else 0 for a in range(dim))]
+        along = [1] * dim
+        along[axis] = -1
+        if not np.array_equal(coords[axis], np.broadcast_to(line.reshape(along), coords[axis].shape)):
+            return None
+        positions.append(line)
+    return positions
+
+
+def _spline_matrix(size: int, positions: np.ndarray, order: int) -> np.ndarray:
+    return matrix_of(lambda unit: ndimage.map_coordinates(unit, positions[None], order=order, mode="constant",
+                                                          cval=0.0), size)
+
+
 def interpolate(region: np.ndarray, coords: np.ndarray, order: int, out: np.ndarray, thin_axis: int | None) -> None:
     """``out`` (C, *patch) = ``region`` (C, *region) sampled at ``coords`` (region voxels), 0
-    outside: ``scipy.ndimage.map_coordinates`` with mode "constant", the prefilter as it runs it."""
+    outside: ``scipy.ndimage.map_coordinates`` with mode "constant", the prefilter as it runs it.
+
+    A grid that is only scaled is separable: the spline runs as one matrix product per axis
+    (``axis_matrices``), equal to ``map_coordinates`` to rounding and several times faster."""
+    positions = axis_positions(coords) if order > 1 else None
+    if positions is not None:
+        axes = [a for a in range(3) if a != thin_axis]
+        for channel, target in zip(region, out):
+            matrices = {axis: _spline_matrix(channel.shape[axis], p, order) for axis, p in zip(axes, positions)}
+            target[...] = apply_along_axes(channel.astype(np.float64), matrices)
+        return
     for image, target in zip(_images(region, thin_axis), _images(out, thin_axis)):
         if order > 1:
             coefficients = ndimage.spline_filter(image, order, output=np.float64, mode="constant")

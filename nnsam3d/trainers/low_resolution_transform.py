@@ -20,6 +20,8 @@ from batchgenerators.augmentations.utils import uniform
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
+from nnsam3d.trainers.axis_matrices import apply_along_axes, matrix_of
+
 # scikit-image's resize(mode="edge") is ndimage's "nearest", on the grid of voxel centres.
 ZOOM_MODE = "nearest"
 
@@ -36,9 +38,8 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
 @functools.lru_cache(maxsize=32)  # up to 1.2 MB each (384 x 384 float64)
 def cubic_zoom_matrix(size_in: int, size_out: int) -> np.ndarray:
     """(size_out, size_in): ``ndimage.zoom(order=3)`` of one axis as a matrix."""
-    columns = [ndimage.zoom(unit, size_out / size_in, order=3, mode=ZOOM_MODE, grid_mode=True)
-               for unit in np.eye(size_in)]
-    matrix = np.stack(columns, axis=1)
+    matrix = matrix_of(lambda unit: ndimage.zoom(unit, size_out / size_in, order=3, mode=ZOOM_MODE,
+                                                 grid_mode=True), size_in)
     assert matrix.shape == (size_out, size_in), (size_in, size_out, matrix.shape)
     matrix.setflags(write=False)
     return matrix
@@ -54,19 +55,9 @@ def zoom_nearest(volume: np.ndarray, shape) -> np.ndarray:
 
 def zoom_cubic(volume: np.ndarray, shape) -> np.ndarray:
     """float64 ``volume`` zoomed to ``shape`` by the cubic spline, clipped to its range."""
-    out = volume
-    for axis in reversed(range(volume.ndim)):  # the last axis first: one matrix product, no copy
-        size_in, size_out = out.shape[axis], int(shape[axis])
-        if size_in == size_out:
-            continue
-        matrix = cubic_zoom_matrix(size_in, size_out)
-        if axis == out.ndim - 1:
-            out = out @ matrix.T
-        else:
-            moved = np.moveaxis(out, axis, -2)
-            out = np.moveaxis(np.matmul(matrix, moved), -2, axis)
-    if out is volume:
-        out = volume.copy()
+    matrices = {axis: cubic_zoom_matrix(size_in, int(size_out))
+                for axis, (size_in, size_out) in enumerate(zip(volume.shape, shape)) if size_in != size_out}
+    out = apply_along_axes(volume, matrices) if matrices else volume.copy()
     return np.clip(out, volume.min(), volume.max(), out=out)
 
 

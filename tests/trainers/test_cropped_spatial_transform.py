@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from nnsam3d.trainers import cropped_spatial_transform
 from batchgenerators.transforms.abstract_transforms import Compose
@@ -87,6 +88,24 @@ def test_the_default_probabilities_equal_batchgenerators_over_many_draws():
     assert _compare(settings, batches=12, seed=7) >= 3
 
 
+@pytest.mark.parametrize("settings", [
+    AugmentationSettings(patch_size=(12, 14, 16), p_rotation=0.0, p_scale=1.0, scale_range=(0.6, 1.6)),
+    AugmentationSettings(patch_size=(3, 40, 36), thin_axis=0, p_rotation=0.0, p_scale=1.0, scale_range=(0.6, 1.6)),
+], ids=["3d", "in-plane"])
+def test_scaled_grids_run_as_matrices_and_equal_batchgenerators(settings, monkeypatch):
+    """Scaling alone (a fifth of the samples) takes the separable path; a rotated grid is not
+    separable."""
+    separable = []
+    original = cropped_spatial_transform.axis_positions
+    monkeypatch.setattr(cropped_spatial_transform, "axis_positions",
+                        lambda coords: separable.append(original(coords)) or separable[-1])
+    assert _compare(settings, batches=4, seed=13) == 8
+    assert len(separable) == 8 and all(p is not None for p in separable)
+    rotated = cropped_spatial_transform.rotate_coords_2d(np.stack(np.meshgrid(np.arange(4.0), np.arange(5.0),
+                                                                              indexing="ij")), 0.3)
+    assert original(rotated) is None
+
+
 def test_the_margin_is_what_keeps_the_crop_exact(monkeypatch):
     """Without the margin beyond the spline's taps the prefilter sees the cut: the result moves
     by far more than the tolerance (so the comparison above can fail)."""
@@ -146,3 +165,21 @@ def test_the_region_read_is_what_the_draw_covers(monkeypatch):
     assert (centre, tuple(c + p for c, p in zip(centre, settings.patch_size))) in reads
     assert len(reads) == 12 and all(0 <= a < b <= s for low, high in reads for a, b, s in zip(low, high, block))
     assert any(high[1] - low[1] < block[1] for low, high in reads if low != centre)  # less than the block
+
+
+@pytest.mark.parametrize("thin_axis", [None, 1])
+def test_the_separable_path_equals_map_coordinates_with_samples_outside_the_region(thin_axis):
+    rng = np.random.default_rng(3)
+    region = rng.normal(size=(2, 9, 11, 10)) + 5.0
+    axes = [a for a in range(3) if a != thin_axis]
+    positions = [np.linspace(-3.2, region.shape[1 + a] + 2.7, n) for a, n in zip(axes, (7, 8, 6))]
+    grid = np.stack(np.meshgrid(*positions, indexing="ij"))
+    shape = [region.shape[1 + a] if a == thin_axis else len(positions[axes.index(a)]) for a in range(3)]
+    out = np.empty((2, *shape), dtype=np.float32)
+    cropped_spatial_transform.interpolate(region, grid, 3, out, thin_axis)
+    expected = np.empty_like(out)
+    for image, target in zip(cropped_spatial_transform._images(region, thin_axis),
+                             cropped_spatial_transform._images(expected, thin_axis)):
+        target[...] = ndimage.map_coordinates(image, grid, order=3, mode="constant", cval=0.0)
+    assert (expected == 0).any() and (expected != 0).any()  # samples inside and outside
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
