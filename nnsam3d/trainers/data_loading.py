@@ -106,7 +106,7 @@ class PatchDataLoader(SlimDataLoaderBase):
     from its centre, so that rotated corners hold image, not padding. The patch is placed first
     (inside the image where the image is large enough) and the block is centred on it, so the
     centre class sits inside the final patch. spatial: the training's spatial transform, run
-    while reading: of each block only the region its draw covers is read (a fifth of the block
+    while reading: of each block only the region its draw covers is read (a quarter of the block
     for an unrotated patch of the 24 GiB vit_b plan), and the batch holds patches; its block is
     the read size.
 
