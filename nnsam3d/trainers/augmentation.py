@@ -131,11 +131,15 @@ def read_size_for(settings: AugmentationSettings) -> tuple[int, int, int]:
 
 
 class ToTensors(AbstractTransform):
-    """numpy → torch: ``data`` float32, ``seg`` → ``target`` int16 (labels survive interpolation as floats)."""
+    """numpy → torch: ``data`` float32, ``seg`` → ``target`` int16 (labels interpolated by
+    batchgenerators arrive as floats and are rounded; nnsam3d's loader keeps them int16)."""
 
     def __call__(self, **batch):
         batch["data"] = torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32))
-        batch["target"] = torch.from_numpy(np.rint(batch.pop("seg")).astype(np.int16))
+        seg = batch.pop("seg")
+        if not np.issubdtype(seg.dtype, np.integer):
+            seg = np.rint(seg)
+        batch["target"] = torch.from_numpy(np.ascontiguousarray(seg.astype(np.int16, copy=False)))
         return batch
 
 

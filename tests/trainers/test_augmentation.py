@@ -101,3 +101,14 @@ def test_whole_pipeline_equals_batchgenerators_own_transforms_with_the_same_seed
             got = ours(**spatial(**{k: np.copy(v) for k, v in batch.items()}))
             torch.testing.assert_close(got["data"], expected["data"], rtol=0, atol=1e-5)
             assert torch.equal(got["target"], expected["target"])
+
+
+def test_to_tensors_rounds_interpolated_labels_and_keeps_integer_ones():
+    from nnsam3d.trainers.augmentation import ToTensors
+
+    data = np.zeros((1, 1, 2, 2, 1), dtype=np.float32)
+    floats = np.array([0.9999, 2.0001, 2.4, 2.6], dtype=np.float32).reshape(1, 1, 2, 2, 1)
+    integers = np.array([1, 2, 3000, 3001], dtype=np.int16).reshape(1, 1, 2, 2, 1)
+    assert ToTensors()(data=data, seg=floats)["target"].flatten().tolist() == [1, 2, 2, 3]
+    out = ToTensors()(data=data, seg=integers)["target"]
+    assert out.dtype == torch.int16 and out.flatten().tolist() == [1, 2, 3000, 3001]
