@@ -29,8 +29,8 @@ from nnsam3d.trainers.distributed import DistributedContext, split_batch
 
 MAX_DEFAULT_WORKERS = 12
 """nnU-Net's default number of augmentation processes per GPU. One batch of the 24 GiB vit_b plan
-(2 x 124 x 384 x 384, in-plane rotation around it) costs about 2.7 s of one CPU core
-(benchmarks/results/augmentation_speed_cpu.json): 12 processes supply a batch every 0.22 s,
+(2 x 124 x 384 x 384, in-plane rotation around it) costs about 2.3 s of one CPU core
+(benchmarks/results/augmentation_speed_cpu.json): 12 processes supply a batch every 0.19 s,
 against a 1.0 s step on an H200 and 0.33 s at the 250 TFLOP/s that issue 24 aims at."""
 
 
