@@ -17,11 +17,11 @@ from nnsam3d.trainers.cropped_spatial_transform import covered_region
 from nnsam3d.trainers.reference_transforms import reference_spatial_pipeline
 
 
-def _block(read_size, seed: int, batch: int = 2) -> dict:
+def _block(read_size, seed: int, batch: int = 2, channels: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     # Smooth structure plus noise, a sharp-edged bright box near one side and labels that
     # follow it: every kind of content the spline and the nearest-neighbour lookup see.
-    data = rng.normal(size=(batch, 1, *read_size)).astype(np.float32)
+    data = rng.normal(size=(batch, channels, *read_size)).astype(np.float32)
     seg = np.zeros((batch, 1, *read_size), dtype=np.int16)
     box = tuple(slice(1, max(2, s // 3)) for s in read_size)
     data[(slice(None), slice(None), *box)] += 40.0
@@ -30,7 +30,7 @@ def _block(read_size, seed: int, batch: int = 2) -> dict:
     return {"data": data, "seg": seg}
 
 
-def _compare(settings: AugmentationSettings, batches: int, seed: int = 0) -> int:
+def _compare(settings: AugmentationSettings, batches: int, seed: int = 0, channels: int = 1) -> int:
     """Runs both spatial steps over the same blocks and draws; returns how many samples were
     interpolated (not just cropped), so that a test knows the comparison covered interpolation."""
     read_size = read_size_for(settings)
@@ -38,7 +38,7 @@ def _compare(settings: AugmentationSettings, batches: int, seed: int = 0) -> int
     reference = Compose(reference_spatial_pipeline(ours))
     interpolated = 0
     for index in range(batches):
-        block = _block(read_size, seed + index)
+        block = _block(read_size, seed + index, channels=channels)
         np.random.seed(seed * 1000 + index)
         expected = reference(**{k: v.copy() for k, v in block.items()})
         state_after_reference = np.random.get_state()[1].copy()
@@ -75,6 +75,15 @@ def test_in_plane_rotation_by_up_to_180_degrees_equals_batchgenerators():
     settings = AugmentationSettings(patch_size=(3, 40, 36), thin_axis=0, rotation_degrees=180.0,
                                     p_rotation=0.7, p_scale=0.7)
     assert _compare(settings, batches=6, seed=3) >= 4
+
+
+@pytest.mark.parametrize("thin_axis", [None, 0])
+def test_several_image_channels_equal_batchgenerators(thin_axis):
+    """Multi-modal cases (say four MRI sequences): every channel moves with the same draw."""
+    patch = (3, 30, 28) if thin_axis == 0 else (10, 12, 14)
+    settings = AugmentationSettings(patch_size=patch, thin_axis=thin_axis, rotation_degrees=180.0 if thin_axis == 0
+                                    else 30.0, p_rotation=0.6, p_scale=0.6)
+    assert _compare(settings, batches=4, seed=17, channels=3) >= 2
 
 
 def test_elastic_deformation_equals_batchgenerators():
