@@ -48,7 +48,6 @@ PRETRAINED_FALLBACK = "lite_medsam"
 SAM ViT checkpoint is found, rather than a SAM ViT whose frozen encoder would be random."""
 
 
-
 @dataclass(frozen=True)
 class BackboneCandidates:
     """Backbones the search may choose from (any order) and why, as a sentence for the explanation."""

@@ -271,7 +271,7 @@ def least_recompute_checkpointing(
     # block's recompute may come back).
     for count in range(1, spec.depth + 1):
         config = checkpointed.replace(checkpointed_blocks=count)
-        fitted = estimate(config, batch_size, precision)
+        fitted = estimated if count == spec.depth else estimate(config, batch_size, precision)
         if fitted.total > usable:
             continue
         config, fitted = _keep_attention_where_it_fits(config, batch_size, precision, estimate, usable, fitted)

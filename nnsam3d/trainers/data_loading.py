@@ -160,14 +160,6 @@ class PatchDataLoader(SlimDataLoaderBase):
         return (read_patch(self._store.load_data(case_id), start, size, 0.0, data_out),
                 read_patch(self._store.load_segmentation(case_id), start, size, 0, seg_out))
 
-    def sample(self, case_id: str, centre_on_foreground: bool, rng, data_out: np.ndarray | None = None,
-               seg_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """One whole block of a case: (data (C, *read_size), seg (1, *read_size), centre class).
-        ``data_out``/``seg_out``: where to write the block (the batch's arrays), else new arrays."""
-        origin, centre_class = self.place(case_id, centre_on_foreground, rng)
-        data, seg = self.read_region(case_id, origin, (0, 0, 0), self.read_size, data_out, seg_out)
-        return data, seg, centre_class
-
     def generate_train_batch(self) -> dict:
         rng = np.random  # numpy's global generator (see the module docstring)
         first_foreground = self.batch_size - self.foreground_samples

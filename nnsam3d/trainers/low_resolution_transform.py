@@ -32,7 +32,9 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     ramp = np.arange(size_in, dtype=np.float64)
     picked = ndimage.zoom(ramp, size_out / size_in, order=0, mode=ZOOM_MODE, grid_mode=True)
     assert picked.shape == (size_out,), (size_in, size_out, picked.shape)
-    return picked.astype(np.int64)
+    indices = picked.astype(np.int64)
+    indices.setflags(write=False)  # shared through the cache
+    return indices
 
 
 @functools.lru_cache(maxsize=32)  # up to 1.2 MB each (384 x 384 float64)

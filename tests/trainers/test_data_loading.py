@@ -102,15 +102,18 @@ def test_read_patch_into_a_batch_array_fills_every_voxel(origin):
 
 
 def test_a_batch_is_its_samples_drawn_in_order(tmp_path):
-    """The batch arrays are written in place; they hold exactly the blocks that ``sample`` draws,
-    in the same order from the same random state, read larger than the image (padded everywhere)."""
+    """The batch arrays are written in place; they hold exactly the blocks placed and read one by
+    one into new arrays, in the same order from the same random state, read larger than the image
+    (padded everywhere)."""
     store = _write_cases(tmp_path)
     loader = PatchDataLoader(store.folder, store.case_ids(), 3, (8, 24, 24), 2, read_size=(16, 56, 48))
     np.random.seed(5)
     batch = loader.generate_train_batch()
     np.random.seed(5)
     keys = [loader.case_ids[i] for i in np.random.randint(len(loader.case_ids), size=3)]
-    samples = [loader.sample(key, index >= 1, np.random) for index, key in enumerate(keys)]
+    placements = [loader.place(key, index >= 1, np.random) for index, key in enumerate(keys)]
+    samples = [(*loader.read_region(key, origin, (0, 0, 0), loader.read_size), centre_class)
+               for key, (origin, centre_class) in zip(keys, placements)]
     assert batch["keys"] == keys and batch["centre_class"] == [s[2] for s in samples]
     assert batch["data"].dtype == np.float32 and batch["seg"].dtype == np.int16
     np.testing.assert_array_equal(batch["data"], np.stack([s[0] for s in samples]))
