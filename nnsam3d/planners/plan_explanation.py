@@ -8,7 +8,7 @@ import math
 from typing import Sequence
 
 from nnsam3d.model.backbones import get_backbone
-from nnsam3d.model.compute_budget import cpu_step_seconds
+from nnsam3d.model.compute_budget import CPU_SUSTAINED_FLOPS, cpu_step_seconds, epoch_seconds, fold_hours
 from nnsam3d.model.config import NetworkConfig
 from nnsam3d.planners.gpu_memory import BYTES_PER_GB
 from nnsam3d.planners.network_geometry import SAM_IN_PLANE_TOKEN
@@ -84,7 +84,12 @@ def _describe_compute(compute: ComputeBudget, result: SearchResult, on_gpu: bool
         + (f" ({compute.throughput_source})" if compute.throughput_source else "")
     )
     if not on_gpu:
-        text += f", roughly {cpu_step_seconds(compute.flops_per_step):.1f} s per step on 2 CPU cores"
+        # What a CPU user waits for: the GPU figures above are only the search's unit.
+        cpu_epoch = epoch_seconds(compute.flops_per_step, compute.forward_flops, CPU_SUSTAINED_FLOPS)
+        cpu_fold = fold_hours(compute.flops_per_step, compute.forward_flops, CPU_SUSTAINED_FLOPS)
+        text += (f", roughly {cpu_step_seconds(compute.flops_per_step):.1f} s per step on 2 CPU cores "
+                 f"({cpu_epoch / 60:.1f} min per epoch and {cpu_fold:.1f} h per fold of the default schedule there; "
+                 f"nnsam3d_train's --epochs, --iterations-per-epoch or --time-budget-minutes shorten it)")
     text += f"; target {compute.target_fold_hours:.2g} h per fold ({compute.source})"
     if result.limited_by == COMPUTE_LIMIT:
         return text + ", which stopped the search here: the next larger plan would exceed it."

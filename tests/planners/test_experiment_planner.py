@@ -34,6 +34,7 @@ from nnsam3d.model.compute_budget import (
     DEFAULT_FOLD_HOURS,
     SCHEDULE_EPOCHS,
     SCHEDULE_ITERATIONS,
+    VALIDATION_SHARE,
     compute_target,
     cpu_default_fold_hours,
     fold_hours,
@@ -532,6 +533,11 @@ def test_cpu_plans_keep_a_training_step_affordable(ct_fingerprint, ct_descriptio
     assert "CPU default: a training step of about 10 s" in default.explanation
     assert "within the compute target" in default.explanation and "the next larger plan would exceed it" in default.explanation
     assert f"roughly {default.compute.flops_per_step / CPU_SUSTAINED_FLOPS:.1f} s per step on 2 CPU cores" in default.explanation
+    # The CPU time of the default schedule: its steps and pseudo-Dice batches at the CPU's rate.
+    steps = SCHEDULE_EPOCHS * SCHEDULE_ITERATIONS
+    cpu_seconds = (steps * default.compute.flops_per_step
+                   + VALIDATION_SHARE * steps * default.compute.forward_flops) / CPU_SUSTAINED_FLOPS
+    assert f"{cpu_seconds / SCHEDULE_EPOCHS / 60:.1f} min per epoch and {cpu_seconds / 3600:.1f} h per fold" in default.explanation
     lifted = plan_for_target(ct_fingerprint, ct_description, cpu, lite, compute=compute_target(24, on_gpu=False))
     assert lifted.compute.flops_per_step > 2 * default.compute.flops_per_step  # the memory target binds again
     assert all(a >= b for a, b in zip(lifted.patch_size, default.patch_size))
