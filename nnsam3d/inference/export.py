@@ -35,7 +35,7 @@ from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.io.image_io import SUPPORTED_FILE_ENDINGS, write_segmentation
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.geometry_restore import (
-    restore_label_map,
+    restore_crop_box_labels,
     restore_probabilities,
     restore_scores_to_label_map,
 )
@@ -80,18 +80,19 @@ def probabilities_to_label_map(
     return apply_postprocessing(label_map, postprocessing)
 
 
-def grid_labels_to_label_map(
+def crop_box_labels_to_label_map(
     labels: np.ndarray, properties: CaseProperties, postprocessing: PostprocessingRules | None = None
 ) -> np.ndarray:
-    """Label map (z, y, x) on the network grid (the argmax of the probabilities, see
-    ``device_argmax``) → canonical label map of the full input image, int16, postprocessed."""
-    expected = tuple(properties.shape_after_resampling)
+    """Label map (z, y, x) of the case's crop box at its own spacing (the scores resampled and
+    argmaxed where they are, see ``device_argmax``) → canonical label map of the full input
+    image, int16, postprocessed."""
+    expected = tuple(properties.shape_after_cropping)
     if tuple(labels.shape) != expected:
         raise ValueError(
             f"case '{properties.case_id}': a label map of shape {labels.shape} does not match "
-            f"the preprocessed shape {expected}"
+            f"the crop box's shape {expected}"
         )
-    return apply_postprocessing(restore_label_map(labels, properties), postprocessing)
+    return apply_postprocessing(restore_crop_box_labels(labels, properties), postprocessing)
 
 
 def save_probabilities_file(probabilities: np.ndarray, properties: CaseProperties, path: str | os.PathLike) -> None:
@@ -121,8 +122,8 @@ def load_probabilities_file(path: str | os.PathLike) -> tuple[np.ndarray, CasePr
 @dataclass
 class PredictedCase:
     """What the export needs of a predicted case: where it goes back to, and its probabilities
-    (K, z, y, x) on the network grid, or only their argmax there (z, y, x) when that is all the
-    export needs (``device_argmax``)."""
+    (K, z, y, x) on the network grid, or only the label map of its crop box at the case's own
+    spacing (z, y, x) when that is all the export needs (``device_argmax``)."""
 
     properties: CaseProperties
     probabilities: np.ndarray | None = None
@@ -131,7 +132,7 @@ class PredictedCase:
     def label_map(self, postprocessing: PostprocessingRules | None = None) -> np.ndarray:
         """Canonical label map (z, y, x) int16 of the full input image, postprocessed."""
         if self.labels is not None:
-            return grid_labels_to_label_map(self.labels, self.properties, postprocessing)
+            return crop_box_labels_to_label_map(self.labels, self.properties, postprocessing)
         return probabilities_to_label_map(self.probabilities, self.properties, postprocessing)
 
 

@@ -13,9 +13,9 @@ sliding window over the network grid with Gaussian weighting and batched windows
 Memory: one class-score volume per case, (K, z, y, x) float16 on the network grid by default
 (probabilities are bounded, so half precision loses nothing that matters for the argmax), plus
 one float32 weight volume. Whatever the number of folds, they share this one accumulator. When
-the export needs only the label map (no ``--save-probabilities``, no resampling back to the case's
-grid), the argmax is taken where the scores are (:mod:`device_argmax`): on a GPU, only the int16
-labels come back to the host, not K float16 volumes.
+the export needs only the label map (no ``--save-probabilities``), the scores are resampled to
+the case's grid and the argmax taken where they are (:mod:`device_argmax`): on a GPU, only the
+int16 labels come back to the host, not K float16 volumes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from nnsam3d.devices import autocast_dtype_for, resolve_device
 from nnsam3d.inference.case_inputs import CaseSelection, select_cases
 from nnsam3d.inference.case_pipeline import CaseStages, PipelineReport, run_case_pipeline
 from nnsam3d.inference.ensemble_loading import load_ensemble
-from nnsam3d.inference.device_argmax import argmax_labels, labels_suffice
+from nnsam3d.inference.device_argmax import labels_in_crop_box, labels_suffice
 from nnsam3d.inference.export import LabelWriter, PredictedCase, case_name_of, export_case
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import check_inputs_for_format, label_writer_for, output_ending_for
@@ -202,12 +202,12 @@ class Predictor:
         with torch.inference_mode():
             return self.predict_scores(data).cpu().numpy()
 
-    def predict_labels(self, data: np.ndarray) -> np.ndarray:
-        """Label map (z, y, x) int16 on the network grid: the argmax of :meth:`predict_probabilities`
-        (ties to the lower class), taken where the scores were accumulated (the GPU when they fit
-        there), so that only the labels are copied to the host."""
+    def predict_labels(self, loaded: PreprocessedCase) -> np.ndarray:
+        """Label map (z, y, x) int16 of the case's crop box at its own spacing: the scores of
+        :meth:`predict_scores` resampled and argmaxed (ties to the lower class) where they were
+        accumulated (the GPU when they fit there), so that only the labels are copied to the host."""
         with torch.inference_mode():
-            return argmax_labels(self.predict_scores(data))
+            return labels_in_crop_box(self.predict_scores(loaded.data), loaded.properties)
 
     def predict_scores(self, data: np.ndarray) -> torch.Tensor:
         """(K, z, y, x) probabilities in the accumulator's dtype, on the accumulator's device (the
@@ -252,8 +252,8 @@ class Predictor:
         return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io)
 
     def _predict_loaded(self, loaded: PreprocessedCase, save_probabilities: bool = True) -> PredictedCase:
-        if self.device_argmax and labels_suffice(loaded.properties, save_probabilities):
-            return PredictedCase(loaded.properties, labels=self.predict_labels(loaded.data))
+        if self.device_argmax and labels_suffice(save_probabilities):
+            return PredictedCase(loaded.properties, labels=self.predict_labels(loaded))
         return PredictedCase(loaded.properties, probabilities=self.predict_probabilities(loaded.data))
 
     def _write_case(

@@ -11,12 +11,8 @@ import numpy as np
 
 from nnsam3d.preprocessing.case_properties import CaseProperties
 from nnsam3d.preprocessing.cropping import paste_into_box
-from nnsam3d.preprocessing.resampling import (
-    resample_label_map,
-    resample_score_channel,
-    resample_scores_to_label_map,
-    separate_axis_for,
-)
+from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores_to_label_map, separate_axis_for
+from nnsam3d.preprocessing.score_resampling import host_tensor, resample_score_tensor
 
 
 def _separate_axis(properties: CaseProperties) -> int | None:
@@ -27,6 +23,13 @@ def restore_label_map(segmentation: np.ndarray, properties: CaseProperties) -> n
     """Label map (z, y, x) on the network grid → canonical label map of the full image (int16)."""
     cropped = resample_label_map(segmentation, properties.shape_after_cropping, _separate_axis(properties))
     return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
+
+
+def restore_crop_box_labels(labels: np.ndarray, properties: CaseProperties) -> np.ndarray:
+    """Label map (z, y, x) of the crop box already at the case's spacing → canonical label map of
+    the full image (int16)."""
+    return paste_into_box(labels.astype(np.int16, copy=False), properties.crop_bbox,
+                          properties.shape_before_cropping, fill=0)
 
 
 def restore_scores_to_label_map(scores: np.ndarray, properties: CaseProperties) -> np.ndarray:
@@ -53,7 +56,8 @@ def restore_probabilities(
     box = tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)
     separate_axis = _separate_axis(properties)
     for k, channel in enumerate(probabilities):
-        full[k][box] = resample_score_channel(channel, properties.shape_after_cropping, separate_axis)
+        resampled = resample_score_tensor(host_tensor(channel), properties.shape_after_cropping, separate_axis)
+        full[k][box] = resampled.numpy()
     outside = np.ones(full_shape, dtype=bool)
     outside[box] = False
     full[0][outside] = 1

@@ -27,7 +27,7 @@ from batchgenerators.augmentations.utils import (
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage, sparse
 
-from nnsam3d.trainers.axis_matrices import apply_along_axes, matrix_of
+from nnsam3d.preprocessing.axis_matrices import apply_along_axes, matrix_of
 
 SPLINE_MARGIN = 24
 """Voxels kept beyond the spline's taps around the sampling grid (see the module docstring)."""

@@ -13,38 +13,12 @@ the input's range; so does this. Same draws as batchgenerators; values equal to 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from batchgenerators.augmentations.utils import uniform
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
-from scipy import ndimage
 
-from nnsam3d.trainers.axis_matrices import apply_along_axes, matrix_of
-
-# scikit-image's resize(mode="edge") is ndimage's "nearest", on the grid of voxel centres.
-ZOOM_MODE = "nearest"
-
-
-@functools.lru_cache(maxsize=256)
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
-    """The input voxel ``ndimage.zoom(order=0)`` picks for each output voxel of one axis."""
-    ramp = np.arange(size_in, dtype=np.float64)
-    picked = ndimage.zoom(ramp, size_out / size_in, order=0, mode=ZOOM_MODE, grid_mode=True)
-    assert picked.shape == (size_out,), (size_in, size_out, picked.shape)
-    indices = picked.astype(np.int64)
-    indices.setflags(write=False)  # shared through the cache
-    return indices
-
-
-@functools.lru_cache(maxsize=32)  # up to 1.2 MB each (384 x 384 float64)
-def cubic_zoom_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in): ``ndimage.zoom(order=3)`` of one axis as a matrix."""
-    matrix = matrix_of(lambda unit: ndimage.zoom(unit, size_out / size_in, order=3, mode=ZOOM_MODE,
-                                                 grid_mode=True), size_in)
-    assert matrix.shape == (size_out, size_in), (size_in, size_out, matrix.shape)
-    matrix.setflags(write=False)
-    return matrix
+# scikit-image's resize(mode="edge") is ndimage's "nearest" (ZOOM_MODE), on the grid of voxel centres.
+from nnsam3d.preprocessing.axis_matrices import apply_along_axes, cubic_zoom_matrix, nearest_indices
 
 
 def zoom_nearest(volume: np.ndarray, shape) -> np.ndarray:

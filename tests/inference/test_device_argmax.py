@@ -1,5 +1,6 @@
-"""The argmax taken where the scores are (issue 24, point 3) equals the host's argmax, and the
-predictor takes it exactly when the export needs no probabilities and no resampling."""
+"""The label map taken where the scores are (issue 24, point 3: resampled back to the case's grid
+and argmaxed on the scores' device) equals the host's export from the probabilities, and the
+predictor takes it exactly when the export needs no probabilities file."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnsam3d.inference.device_argmax import argmax_in_slabs, argmax_labels, labels_suffice
+from nnsam3d.inference.device_argmax import labels_in_crop_box, labels_suffice
 from nnsam3d.inference.predictor import Predictor
-from nnsam3d.preprocessing.resampling import resample_scores_to_label_map
+from nnsam3d.preprocessing.resampling import resample_scores, resample_scores_to_label_map, separate_axis_for
 
 
 def scores_with_ties(seed: int = 0, shape=(5, 7, 6, 5)) -> torch.Tensor:
@@ -29,44 +30,48 @@ def scores_with_ties(seed: int = 0, shape=(5, 7, 6, 5)) -> torch.Tensor:
     return torch.from_numpy(scores)
 
 
-@pytest.mark.parametrize("slab_slices", [1, 2, 3, 7, 100])
-def test_the_device_argmax_equals_the_hosts_streamed_argmax_whatever_the_slab(slab_slices):
-    """PyTorch's argmax in slabs (the GPU path), run on CPU tensors."""
-    scores = scores_with_ties()
-    rows, columns = scores.shape[2:]
-    host = resample_scores_to_label_map(scores.numpy(), scores.shape[1:])
-    labels = argmax_in_slabs(scores, slab_bytes=slab_slices * rows * columns * 8)
-    assert labels.dtype == np.int16 and labels.shape == tuple(scores.shape[1:])
-    np.testing.assert_array_equal(labels, host)
-    # The ties were real and went to the lower class, and every class won somewhere.
-    assert set(np.unique(labels)) == set(range(scores.shape[0]))
-
-
-def test_the_argmax_refuses_what_is_not_a_class_score_volume():
-    for argmax in (argmax_labels, argmax_in_slabs):
-        with pytest.raises(ValueError, match=r"expected class scores \(K, z, y, x\)"):
-            argmax(torch.zeros(3, 4, 5))
-
-
-def test_scores_on_the_host_take_the_reference_argmax():
-    scores = scores_with_ties(seed=1)
-    np.testing.assert_array_equal(argmax_labels(scores), resample_scores_to_label_map(scores.numpy(), scores.shape[1:]))
-
-
-def test_labels_suffice_only_without_a_probabilities_file_and_without_resampling(mri_model):
+def test_the_crop_box_labels_equal_the_hosts_streamed_argmax_with_ties_to_the_lower_class(mri_model):
+    """No change of grid: the device's running maximum (run here on CPU tensors) against the host's."""
     from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
     case_files = sorted((mri_model.raw_dir / "imagesTs").iterdir())[:2]
     properties = preprocess_case_files(case_files, mri_model.plans, case_id="case").properties
-    assert properties.shape_after_resampling == properties.shape_after_cropping
-    assert labels_suffice(properties, save_probabilities=False)
-    assert not labels_suffice(properties, save_probabilities=True)
-    coarser = dataclasses.replace(properties, shape_after_resampling=tuple(n - 1 for n in properties.shape_after_cropping))
-    assert not labels_suffice(coarser, save_probabilities=False)
+    scores = scores_with_ties(shape=(5, *properties.shape_after_resampling))
+    labels = labels_in_crop_box(scores, properties)
+    assert labels.dtype == np.int16 and labels.shape == tuple(properties.shape_after_cropping)
+    np.testing.assert_array_equal(labels, resample_scores_to_label_map(scores.numpy(), scores.shape[1:]))
+    np.testing.assert_array_equal(labels, np.argmax(scores.numpy(), axis=0))
+    # The ties were real and went to the lower class, and every class won somewhere.
+    assert set(np.unique(labels)) == set(range(scores.shape[0]))
+    with pytest.raises(ValueError, match="do not match the preprocessed shape"):
+        labels_in_crop_box(scores[:, :-1], properties)
 
 
-def test_files_written_from_the_device_argmax_equal_those_written_from_the_probabilities(mri_model, tmp_path):
-    predictor = Predictor.from_model_folder(mri_model.model_dir, device="cpu", use_mirroring=False)
+def test_labels_suffice_whenever_no_probabilities_file_is_written():
+    assert labels_suffice(save_probabilities=False)
+    assert not labels_suffice(save_probabilities=True)
+
+
+TARGET_SPACINGS = {
+    "the case's own grid": None,
+    "a coarser grid": (4.5, 1.5, 1.5),
+    "a coarse axis (nearest across slices)": (12.0, 1.5, 1.5),
+}
+
+
+def predictor_at_spacing(model, target_spacing, **options) -> Predictor:
+    """The model's random folds with its plans' target spacing changed (the networks do not
+    depend on it): cases are resampled to another grid and their scores back."""
+    predictor = Predictor.from_model_folder(model.model_dir, device="cpu", use_mirroring=False, **options)
+    if target_spacing is None:
+        return predictor
+    plans = dataclasses.replace(predictor.plans, target_spacing=target_spacing)
+    return Predictor(predictor.networks, plans, predictor.description, predictor.device, use_mirroring=False)
+
+
+@pytest.mark.parametrize("grid", TARGET_SPACINGS)
+def test_files_written_from_the_device_argmax_equal_those_written_from_the_probabilities(mri_model, tmp_path, grid):
+    predictor = predictor_at_spacing(mri_model, TARGET_SPACINGS[grid])
     inputs = mri_model.raw_dir / "imagesTs"
     predictor.predict_folder(inputs, tmp_path / "labels")  # argmax where the scores are
     predictor.predict_folder(inputs, tmp_path / "probabilities", save_probabilities=True)  # host argmax
@@ -82,18 +87,30 @@ def test_files_written_from_the_device_argmax_equal_those_written_from_the_proba
     assert foreground > 0  # random folds paint classes, so equal files are not two empty ones
 
 
-def test_the_predictor_hands_only_labels_to_the_writer_when_they_suffice(mri_model):
+@pytest.mark.parametrize("grid", TARGET_SPACINGS)
+def test_the_predictor_hands_only_labels_to_the_writer_when_they_suffice(mri_model, grid):
+    """And those labels are scipy's resampling of the probabilities (the reference), argmaxed,
+    wherever the two best classes are more than float32's rounding apart."""
     from nnsam3d.preprocessing.preprocessor import preprocess_case_files
 
-    predictor = Predictor.from_model_folder(mri_model.model_dir, folds=[0], device="cpu", use_mirroring=False)
+    predictor = predictor_at_spacing(mri_model, TARGET_SPACINGS[grid], folds=[0])
     case_files = sorted((mri_model.raw_dir / "imagesTs").iterdir())[:2]
     loaded = preprocess_case_files(case_files, predictor.plans, case_id="case")
+    properties = loaded.properties
+    separate_axis = separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
+    resampled = properties.shape_after_resampling != properties.shape_after_cropping
+    assert resampled == (TARGET_SPACINGS[grid] is not None)
+    assert (separate_axis == 0) == grid.startswith("a coarse axis")
     labels_only = predictor._predict_loaded(loaded, save_probabilities=False)
     with_probabilities = predictor._predict_loaded(loaded, save_probabilities=True)
     assert labels_only.probabilities is None and with_probabilities.labels is None
-    np.testing.assert_array_equal(
-        labels_only.labels, resample_scores_to_label_map(with_probabilities.probabilities, loaded.data.shape[1:])
-    )
+    assert labels_only.labels.shape == tuple(properties.shape_after_cropping)
+    reference = resample_scores(with_probabilities.probabilities, properties.shape_after_cropping, separate_axis)
+    top_two = np.sort(reference, axis=0)[-2:]
+    clear = top_two[1] - top_two[0] > 1e-5
+    assert clear.mean() > 0.99 and len(np.unique(labels_only.labels)) > 1
+    np.testing.assert_array_equal(labels_only.labels[clear], np.argmax(reference, axis=0)[clear])
+    np.testing.assert_array_equal(labels_only.label_map(), with_probabilities.label_map())
     # The reference path on request (what gpu_checks times it against).
     predictor.device_argmax = False
     assert predictor._predict_loaded(loaded, save_probabilities=False).labels is None

@@ -6,12 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnsam3d.preprocessing.axis_matrices import cubic_zoom_matrix
 from nnsam3d.trainers import low_resolution_transform
-from nnsam3d.trainers.low_resolution_transform import (
-    SeparableLowResolutionTransform,
-    cubic_zoom_matrix,
-    zoom_cubic,
-)
+from nnsam3d.trainers.low_resolution_transform import SeparableLowResolutionTransform, zoom_cubic
 from nnsam3d.trainers.reference_transforms import reference_low_resolution_transform
 
 
