@@ -127,10 +127,12 @@ def test_a_nan_score_never_wins_as_in_the_reference():
     scores[2, 1, 2, 3] = np.nan  # the class that would win elsewhere...
     scores[2, 0] = 5.0
     scores[1, 1, 2, 3] = 0.0
+    scores[0, 3, 4, 4] = np.nan  # the first class: a running maximum that took it would stay NaN
     labels = scores_to_labels(torch.from_numpy(scores), (4, 6, 5)).numpy()
     assert np.all(labels[0] == 2)
     # ...and at its NaN voxel the best of the others wins, as the reference's "greater than" decides.
     assert labels[1, 2, 3] == (0 if scores[0, 1, 2, 3] > 0.0 else 1)
+    assert labels[3, 4, 4] == 1 + int(scores[2, 3, 4, 4] > scores[1, 3, 4, 4])
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(labels, _reference_streamed_labels(scores))
 
