@@ -129,6 +129,14 @@ def resample_scores_to_label_map(
     return scores_to_labels(host_tensor(scores), new_shape, separate_axis).numpy()
 
 
+def reference_scores_to_label_map(
+    scores: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+) -> np.ndarray:
+    """:func:`resample_scores_to_label_map` with scipy's zoom class by class (what the export ran
+    before PyTorch's interpolation): the reference of ``benchmarks/export_speed.py``."""
+    return _argmax_over_streamed_classes(lambda k: scores[k], scores.shape[0], new_shape, separate_axis)
+
+
 def resample_score_channel(
     channel: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
 ) -> np.ndarray:

@@ -56,14 +56,21 @@ def scores_to_labels(scores: torch.Tensor, new_shape: Sequence[int], separate_ax
     if scores.shape[0] > np.iinfo(np.int16).max:
         raise ValueError(f"{scores.shape[0]} classes do not fit an int16 label map")
     new_shape = tuple(int(n) for n in new_shape)
+    if separate_axis is not None and scores.shape[1 + separate_axis] != new_shape[separate_axis]:
+        # Nearest neighbour across the coarse axis picks whole slices, and a voxel's argmax does
+        # not care which slice it is in: argmax on the scores' own slices, then pick label slices.
+        own_slices = list(new_shape)
+        own_slices[separate_axis] = scores.shape[1 + separate_axis]
+        labels = scores_to_labels(scores, own_slices, separate_axis)
+        picked = torch.from_numpy(np.array(nearest_indices(own_slices[separate_axis], new_shape[separate_axis])))
+        return labels.index_select(separate_axis, picked.to(labels.device))
     best = torch.full(new_shape, -torch.inf, dtype=torch.float32, device=scores.device)
     labels = torch.zeros(new_shape, dtype=torch.int16, device=scores.device)
     for k in range(scores.shape[0]):
         resampled = resample_score_tensor(scores[k], new_shape, separate_axis)
-        better = resampled > best
-        labels.masked_fill_(better, k)
-        # torch.where, not torch.maximum: a NaN score must not become the running maximum.
-        best = torch.where(better, resampled, best)
+        labels.masked_fill_(resampled > best, k)
+        # fmax, not maximum: a NaN score must not become the running maximum (NaN never wins).
+        torch.fmax(best, resampled, out=best)
     return labels
 
 
