@@ -55,11 +55,17 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return indices
 
 
-@functools.lru_cache(maxsize=32)  # up to 1.2 MB each (384 x 384 float64)
-def cubic_zoom_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in): ``ndimage.zoom(order=3)`` of one axis as a matrix."""
-    matrix = matrix_of(lambda unit: ndimage.zoom(unit, size_out / size_in, order=3, mode=ZOOM_MODE,
+@functools.lru_cache(maxsize=32)  # up to 2 MB each (512 x 512 float64)
+def zoom_matrix(size_in: int, size_out: int, order: int = 3) -> np.ndarray:
+    """(size_out, size_in): ``ndimage.zoom`` of one axis (spline ``order``, prefiltered as zoom
+    does by default) as a matrix."""
+    matrix = matrix_of(lambda unit: ndimage.zoom(unit, size_out / size_in, order=order, mode=ZOOM_MODE,
                                                  grid_mode=True), size_in)
     assert matrix.shape == (size_out, size_in), (size_in, size_out, matrix.shape)
     matrix.setflags(write=False)
     return matrix
+
+
+def cubic_zoom_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): ``ndimage.zoom(order=3)`` of one axis as a matrix."""
+    return zoom_matrix(size_in, size_out, 3)
