@@ -249,7 +249,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ files
     def _preprocess(self, case: RawCase) -> PreprocessedCase:
-        return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io)
+        return preprocess_case_files(case.image_files, self.plans, case_id=case.case_id, image_io=self.image_io,
+                                     resampling_device=self.device)
 
     def _predict_loaded(self, loaded: PreprocessedCase, save_probabilities: bool = True) -> PredictedCase:
         if self.device_argmax and labels_suffice(save_probabilities):
@@ -288,9 +289,8 @@ class Predictor:
         the contour picture. Unreadable files raise ``ImageReadError`` naming the file.
         """
         output_file = Path(output_file)
-        loaded = preprocess_case_files(
-            list(image_files), self.plans, case_id=case_name_of(output_file), image_io=self.image_io
-        )
+        loaded = preprocess_case_files(list(image_files), self.plans, case_id=case_name_of(output_file),
+                                       image_io=self.image_io, resampling_device=self.device)
         predicted = self._predict_loaded(loaded, save_probabilities)
         del loaded
         self._write_case(predicted, image_files, output_file, save_probabilities, save_overlay_to)
@@ -422,4 +422,4 @@ class Predictor:
         geometry = ImageGeometry(shape=tuple(int(n) for n in image.shape[1:]),
                                  affine=tuple(tuple(float(v) for v in row) for row in affine))
         canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
-        return preprocess_case(canonical, geometry, self.plans, case_id="volume")
+        return preprocess_case(canonical, geometry, self.plans, case_id="volume", resampling_device=self.device)

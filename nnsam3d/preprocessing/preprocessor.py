@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from nnsam3d.io.geometry import ImageGeometry
 from nnsam3d.io.image_io import ImageIO
@@ -122,11 +123,13 @@ def case_seed(case_id: str) -> int:
     return zlib.crc32(case_id.encode("utf-8"))
 
 
-def preprocess_cropped_case(case: CroppedCase, plans: Plans) -> PreprocessedCase:
+def preprocess_cropped_case(case: CroppedCase, plans: Plans,
+                            resampling_device: torch.device | str | None = None) -> PreprocessedCase:
     """Steps 2-4 for a case that :mod:`cropped_case` read and cropped.
 
     Normalises ``case.images`` in place (it is overwritten); callers that need their array
-    unchanged use :func:`preprocess_case`, which copies.
+    unchanged use :func:`preprocess_case`, which copies. resampling_device: a GPU to resample
+    the images on (the predictor's; ``resampling.resample_image``), else the CPU.
     """
     original_spacing = case.spacing
     replace_non_finite(case.images, case.case_id)
@@ -136,7 +139,8 @@ def preprocess_cropped_case(case: CroppedCase, plans: Plans) -> PreprocessedCase
 
     new_shape = compute_new_shape(case.shape_after_cropping, original_spacing, plans.target_spacing)
     separate_axis = separate_axis_for(original_spacing, plans.target_spacing)
-    data = resample_image(images, new_shape, separate_axis, order=plans.image_resampling_order)
+    data = resample_image(images, new_shape, separate_axis, order=plans.image_resampling_order,
+                          device=resampling_device)
     del images
 
     segmentation, locations = None, {}
@@ -165,6 +169,7 @@ def preprocess_case(
     *,
     segmentation: np.ndarray | None = None,
     case_id: str,
+    resampling_device: torch.device | str | None = None,
 ) -> PreprocessedCase:
     """Preprocess a case held in memory; ``images`` and ``segmentation`` are left unchanged.
 
@@ -173,11 +178,12 @@ def preprocess_case(
     plans: target spacing, normalisation and resampling order.
     segmentation: (z, y, x) integer label map on the same grid, or None.
     case_id: names the case in the properties and seeds the location sampling.
+    resampling_device: see :func:`preprocess_cropped_case`.
     """
     case = crop_case(images, geometry, segmentation=segmentation, case_id=case_id)
     # Normalisation works in place: copy the cropped region only, not the whole image.
     case.images = np.array(case.images, dtype=np.float32, copy=True)
-    return preprocess_cropped_case(case, plans)
+    return preprocess_cropped_case(case, plans, resampling_device)
 
 
 def preprocess_case_files(
@@ -187,10 +193,12 @@ def preprocess_case_files(
     label_file: str | os.PathLike | None = None,
     case_id: str,
     image_io: ImageIO | None = None,
+    resampling_device: torch.device | str | None = None,
 ) -> PreprocessedCase:
     """Read one case's channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in channel
     order) and optional label file, and preprocess it. Unreadable files raise
     ``io.geometry.ImageReadError`` naming the file. image_io: the reader
-    (``io.image_io.image_io_for_dataset``); default: chosen by file ending."""
+    (``io.image_io.image_io_for_dataset``); default: chosen by file ending. resampling_device:
+    see :func:`preprocess_cropped_case`."""
     case = read_cropped_case(image_files, label_file=label_file, case_id=case_id, image_io=image_io)
-    return preprocess_cropped_case(case, plans)
+    return preprocess_cropped_case(case, plans, resampling_device)

@@ -19,11 +19,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 # The rule lives with the plans, which derive their anisotropic axis from it; resampling applies
 # it per case, and the planner's spacing rules and the augmentation import the threshold from here.
 from nnsam3d.schemas.plans import ANISOTROPY_THRESHOLD, anisotropic_axis  # noqa: F401
+from nnsam3d.preprocessing.device_resampling import resample_volume_on
 from nnsam3d.preprocessing.score_resampling import host_tensor, scores_to_labels
 
 
@@ -74,10 +76,17 @@ def resample_image(
     new_shape: Sequence[int],
     separate_axis: int | None = None,
     order: int = 3,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """Resample a (C, z, y, x) image to spatial ``new_shape``; float32 out."""
+    """Resample a (C, z, y, x) image to spatial ``new_shape``; float32 out (on the host).
+
+    device: a GPU to resample on (``device_resampling``: the same zoom as matrix products);
+    None or a CPU: scipy's zoom.
+    """
     if tuple(data.shape[1:]) == tuple(new_shape):
         return data.astype(np.float32, copy=False)
+    if device is not None and torch.device(device).type != "cpu":
+        return np.stack([resample_volume_on(device, channel, new_shape, separate_axis, order) for channel in data])
     return np.stack(
         [_zoom_volume(channel.astype(np.float32, copy=False), new_shape, order, separate_axis) for channel in data]
     ).astype(np.float32, copy=False)

@@ -57,6 +57,7 @@ def test_dry_run_reports_the_plan_it_trained_and_stops_before_the_one_that_does_
     assert result["prediction"]["seconds_with_host_argmax"] > 0
     # The networks' share of the case's time (the rest: preprocessing, accumulation, export).
     assert 0 < result["prediction"]["network_seconds"] <= result["prediction"]["seconds"]
+    assert 0 < result["prediction"]["network_seconds_resampled"] <= result["prediction"]["seconds_resampled"]
 
 
 def test_the_ratio_and_the_throughput_come_from_the_measured_peak_and_time(gpu_checks, monkeypatch):
