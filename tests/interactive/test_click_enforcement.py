@@ -153,9 +153,9 @@ def test_the_clicked_voxel_carries_the_click_whatever_the_resampling_does(plans,
     voxels) cannot take a click's answer away from the voxel the user clicked."""
     import nnsam3d.interactive.region_export as export_module
 
-    original = export_module.resample_scores_to_label_map
-    monkeypatch.setattr(export_module, "resample_scores_to_label_map",
-                        lambda *args, **kwargs: np.roll(original(*args, **kwargs), 2, axis=2))
+    original = export_module.scores_to_labels
+    monkeypatch.setattr(export_module, "scores_to_labels",
+                        lambda *args, **kwargs: torch.roll(original(*args, **kwargs), 2, dims=2))
     session = session_of(plans, affine=np.diag([0.7, 1.0, 2.0, 1.0]))
     for voxel, positive, label in [((18, 18, 8), True, 2), ((10, 26, 4), False, 1), ((18, 18, 8), False, 2)]:
         labels = session.click(voxel=voxel, positive=positive, label=label)
