@@ -13,6 +13,7 @@ import torch
 
 from nnsam3d.inference.device_argmax import labels_in_crop_box, labels_suffice
 from nnsam3d.inference.predictor import Predictor
+from nnsam3d.io.raw_dataset import RawCase
 from nnsam3d.preprocessing.resampling import resample_scores, resample_scores_to_label_map, separate_axis_for
 
 
@@ -114,3 +115,22 @@ def test_the_predictor_hands_only_labels_to_the_writer_when_they_suffice(mri_mod
     # The reference path on request (what gpu_checks times it against).
     predictor.device_argmax = False
     assert predictor._predict_loaded(loaded, save_probabilities=False).labels is None
+
+
+def test_the_predictor_resamples_images_on_its_own_device(mri_model, monkeypatch):
+    """On a GPU that is the matrix path of ``preprocessing.device_resampling``."""
+    from nnsam3d.preprocessing import preprocessor
+
+    predictor = predictor_at_spacing(mri_model, TARGET_SPACINGS["a coarser grid"])
+    seen, original = [], preprocessor.resample_image
+
+    def recorded(*args, device=None, **kwargs):
+        seen.append(device)
+        return original(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(preprocessor, "resample_image", recorded)
+    case_files = sorted((mri_model.raw_dir / "imagesTs").iterdir())[:2]
+    predictor._preprocess(RawCase("case", tuple(case_files)))
+    predictor.preprocess_volume(np.zeros((2, 8, 9, 10), dtype=np.float32), (1.0, 1.0, 3.0))
+    predictor.predict_case_files(case_files, mri_model.root / "device_check" / "case.nii.gz")
+    assert seen == [predictor.device] * 3

@@ -1,5 +1,6 @@
 """Images resampled as matrix products (the GPU path, run here on the CPU) equal scipy's zoom,
-and a predictor on a GPU hands its device to the preprocessing."""
+and a GPU device takes that path (the predictor hands its device over:
+``tests/inference/test_device_argmax.py``)."""
 
 from __future__ import annotations
 
@@ -47,37 +48,3 @@ def test_a_gpu_device_takes_the_matrix_path_and_a_cpu_keeps_scipy(monkeypatch):
     on_gpu = resample_image(image, (9, 25, 17), 0, device="cuda")  # never touches a GPU here
     assert calls == ["cuda", "cuda"]
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=0, atol=1e-5)
-
-
-def test_the_predictor_resamples_on_its_own_device(monkeypatch, mri_model_for_resampling):
-    predictor, case_files = mri_model_for_resampling
-    seen = []
-    original = resampling.resample_image
-
-    def recorded(*args, device=None, **kwargs):
-        seen.append(device)
-        return original(*args, device=device, **kwargs)
-
-    from nnsam3d.preprocessing import preprocessor
-
-    monkeypatch.setattr(preprocessor, "resample_image", recorded)
-    predictor._preprocess(type("Case", (), {"image_files": case_files, "case_id": "case"})())
-    predictor.preprocess_volume(np.zeros((2, 8, 9, 10), dtype=np.float32), (1.0, 1.0, 3.0))
-    assert seen == [predictor.device, predictor.device]
-
-
-@pytest.fixture
-def mri_model_for_resampling(tmp_path, point_folders, make_plans, monkeypatch):
-    from nnsam3d.demo.synthetic_dataset import SyntheticDatasetSpec, generate_synthetic_dataset
-    from nnsam3d.inference.predictor import Predictor
-    from nnsam3d.io.raw_dataset import DatasetDescription
-    from nnsam3d.model.network import build_network
-
-    point_folders(tmp_path, monkeypatch)
-    spec = SyntheticDatasetSpec(dataset_id=992, name="Resampled", modality="MRI", num_channels=2,
-                                num_training=1, num_test=1, shape=(8, 24, 24))
-    raw_dir = generate_synthetic_dataset(tmp_path / "raw", spec)
-    description = DatasetDescription.from_file(raw_dir / "dataset.json")
-    plans = make_plans((3.0, 1.0, 1.0), num_channels=2, dataset_name=spec.folder_name)
-    predictor = Predictor([build_network(plans.network)], plans, description, torch.device("cpu"))
-    return predictor, sorted((raw_dir / "imagesTs").iterdir())
