@@ -19,6 +19,21 @@ from nnsam3d.preprocessing.resampling import separate_axis_for
 from nnsam3d.preprocessing.score_resampling import scores_to_labels
 
 
+EXPORT_BYTES_PER_CASE_VOXEL = 16
+"""GPU memory the resampled argmax holds per voxel of the case's crop box: the running maximum
+and one resampled class (float32), the labels (int16, twice across a coarse axis), a comparison
+(bool), and room for the allocator."""
+GPU_EXPORT_SHARE = 0.8
+"""Largest share of the free GPU memory the export may take; beyond it the scores go to the host."""
+
+
+def export_fits_on_gpu(case_voxels: int, network_voxels: int, free_bytes: int) -> bool:
+    """Whether resampling and argmaxing a case's scores on the GPU that holds them fits in
+    ``free_bytes`` (a class of the network grid is converted to float32 too)."""
+    needed = case_voxels * EXPORT_BYTES_PER_CASE_VOXEL + network_voxels * 4
+    return needed < GPU_EXPORT_SHARE * free_bytes
+
+
 def labels_suffice(save_probabilities: bool) -> bool:
     """Whether a case's export needs only its label map: no probabilities file. (The crop is
     undone on labels as well as on scores, and the resampling runs where the scores are.)"""
@@ -35,4 +50,8 @@ def labels_in_crop_box(scores: torch.Tensor, properties: CaseProperties) -> np.n
             f"the preprocessed shape {tuple(properties.shape_after_resampling)}"
         )
     separate_axis = separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
+    if scores.device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(scores.device)
+        if not export_fits_on_gpu(int(np.prod(properties.shape_after_cropping)), int(np.prod(scores.shape[1:])), free):
+            scores = scores.cpu()  # a case much larger than its network grid, or a nearly full GPU
     return scores_to_labels(scores, properties.shape_after_cropping, separate_axis).cpu().numpy()

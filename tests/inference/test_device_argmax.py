@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from nnsam3d.inference.device_argmax import labels_in_crop_box, labels_suffice
+from nnsam3d.inference.device_argmax import (
+    EXPORT_BYTES_PER_CASE_VOXEL,
+    GPU_EXPORT_SHARE,
+    export_fits_on_gpu,
+    labels_in_crop_box,
+    labels_suffice,
+)
 from nnsam3d.inference.predictor import Predictor
 from nnsam3d.io.raw_dataset import RawCase
 from nnsam3d.preprocessing.resampling import resample_scores, resample_scores_to_label_map, separate_axis_for
@@ -46,6 +52,15 @@ def test_the_crop_box_labels_equal_the_hosts_streamed_argmax_with_ties_to_the_lo
     assert set(np.unique(labels)) == set(range(scores.shape[0]))
     with pytest.raises(ValueError, match="do not match the preprocessed shape"):
         labels_in_crop_box(scores[:, :-1], properties)
+
+
+def test_the_export_stays_on_the_gpu_only_where_it_fits():
+    """The 512 x 512 x 300 CT of the README at a coarser network grid: 1.38 GB on the GPU."""
+    case, network = 300 * 512 * 512, 150 * 459 * 459
+    needed = case * EXPORT_BYTES_PER_CASE_VOXEL + network * 4
+    assert needed == pytest.approx(1.38e9, rel=0.01)
+    assert export_fits_on_gpu(case, network, free_bytes=int(needed / GPU_EXPORT_SHARE) + 1)
+    assert not export_fits_on_gpu(case, network, free_bytes=int(needed / GPU_EXPORT_SHARE))
 
 
 def test_labels_suffice_whenever_no_probabilities_file_is_written():
