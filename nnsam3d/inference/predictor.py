@@ -421,5 +421,10 @@ class Predictor:
             raise ValueError(f"affine must be a 4x4 matrix or three voxel sizes, got shape {affine.shape}")
         geometry = ImageGeometry(shape=tuple(int(n) for n in image.shape[1:]),
                                  affine=tuple(tuple(float(v) for v in row) for row in affine))
-        canonical = np.stack([to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image])
-        return preprocess_case(canonical, geometry, self.plans, case_id="volume", resampling_device=self.device)
+        channels = [to_canonical(channel.astype(np.float32, copy=False), affine) for channel in image]
+        canonical = channels[0][None] if len(channels) == 1 else np.stack(channels)
+        if np.may_share_memory(canonical, image):  # a grid already in canonical order: nothing was copied
+            canonical = canonical.copy()
+        # The canonical copy is this call's own: normalised in place rather than copied again.
+        return preprocess_case(canonical, geometry, self.plans, case_id="volume", resampling_device=self.device,
+                               overwrite_images=True)

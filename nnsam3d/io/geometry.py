@@ -19,8 +19,11 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import warnings
+
 import nibabel as nib
 import numpy as np
+import torch
 from nibabel import orientations
 
 _RAS = orientations.axcodes2ornt(("R", "A", "S"))
@@ -139,11 +142,30 @@ def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in _in_canonical_order(zooms, affine))
 
 
+def contiguous_copy(view: np.ndarray) -> np.ndarray:
+    """``np.ascontiguousarray(view)`` for a flipped and transposed view, copied by PyTorch: its
+    permuting copy runs on every core and in cache-friendly tiles, where NumPy's walks the source
+    in the destination's order (a 512 x 512 x 300 float32 CT reversed to (z, y, x): 0.4-0.5 s
+    against 1.56 s on 2 cores). The same values, bit for bit."""
+    if view.flags.c_contiguous:
+        return view
+    flipped = [axis for axis, stride in enumerate(view.strides) if stride < 0]
+    unflipped = np.flip(view, flipped) if flipped else view  # PyTorch takes no negative strides
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only input: only read here
+            tensor = torch.from_numpy(unflipped)
+        copied = tensor.flip(flipped).contiguous() if flipped else tensor.contiguous()
+    except (TypeError, ValueError, RuntimeError):  # a dtype or byte order PyTorch cannot hold or flip
+        return np.ascontiguousarray(view)
+    return copied.numpy()
+
+
 def to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """File-order array (i, j, k[, ...]) → canonical (z, y, x[, ...]). Flips and transposes only."""
     ras = orientations.apply_orientation(data, _to_ras_transform(np.asarray(affine)))
     axes = list(_RAS_TO_ZYX) + list(range(3, ras.ndim))
-    return np.ascontiguousarray(ras.transpose(axes))
+    return contiguous_copy(ras.transpose(axes))
 
 
 def from_canonical(data: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
@@ -152,7 +174,7 @@ def from_canonical(data: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
     ras = data.transpose(axes)
     affine = geometry.affine_array
     back = orientations.ornt_transform(_RAS, orientations.io_orientation(affine))
-    result = np.ascontiguousarray(orientations.apply_orientation(ras, back))
+    result = contiguous_copy(orientations.apply_orientation(ras, back))
     if result.shape[:3] != tuple(geometry.shape):
         raise ValueError(
             f"array of canonical shape {data.shape[:3]} does not fit the file grid {geometry.shape}"

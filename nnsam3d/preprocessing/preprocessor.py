@@ -170,8 +170,10 @@ def preprocess_case(
     segmentation: np.ndarray | None = None,
     case_id: str,
     resampling_device: torch.device | str | None = None,
+    overwrite_images: bool = False,
 ) -> PreprocessedCase:
-    """Preprocess a case held in memory; ``images`` and ``segmentation`` are left unchanged.
+    """Preprocess a case held in memory; ``images`` and ``segmentation`` are left unchanged
+    (unless ``overwrite_images``).
 
     images: (C, z, y, x) canonical order (``io.image_io.read_channels``), any float dtype.
     geometry: the grid of the input files (spacing in mm comes from ``geometry.spacing``).
@@ -179,10 +181,15 @@ def preprocess_case(
     segmentation: (z, y, x) integer label map on the same grid, or None.
     case_id: names the case in the properties and seeds the location sampling.
     resampling_device: see :func:`preprocess_cropped_case`.
+    overwrite_images: the caller hands ``images`` over (float32, its own copy): normalised in
+        place instead of copied first (a 512 x 512 x 300 CT: 0.45 s and 315 MB less).
     """
     case = crop_case(images, geometry, segmentation=segmentation, case_id=case_id)
     # Normalisation works in place: copy the cropped region only, not the whole image.
-    case.images = np.array(case.images, dtype=np.float32, copy=True)
+    if overwrite_images:
+        case.images = np.ascontiguousarray(case.images, dtype=np.float32)
+    else:
+        case.images = np.array(case.images, dtype=np.float32, copy=True)
     return preprocess_cropped_case(case, plans, resampling_device)
 
 

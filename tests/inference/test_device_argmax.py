@@ -149,3 +149,23 @@ def test_the_predictor_resamples_images_on_its_own_device(mri_model, monkeypatch
     predictor.preprocess_volume(np.zeros((2, 8, 9, 10), dtype=np.float32), (1.0, 1.0, 3.0))
     predictor.predict_case_files(case_files, mri_model.root / "device_check" / "case.nii.gz")
     assert seen == [predictor.device] * 3
+
+
+@pytest.mark.parametrize("shape", [(1, 10, 12, 8), (1, 1, 1, 9), (2, 10, 12, 8)],
+                         ids=["a volume", "already in canonical order", "two channels"])
+def test_a_volume_held_in_memory_is_preprocessed_without_touching_it(make_plans, shape):
+    """The predictor normalises its own canonical copy in place; where the reordering had nothing
+    to move (a grid whose canonical order is its memory order), it copies first."""
+    from nnsam3d.io.raw_dataset import DatasetDescription
+    from nnsam3d.model.network import build_network
+
+    plans = make_plans((3.0, 1.0, 1.0), num_channels=shape[0])
+    description = DatasetDescription(channel_names={str(c): "CT" for c in range(shape[0])},
+                                     labels={"background": 0, "a": 1, "b": 2, "c": 3}, num_training=1,
+                                     file_ending=".nii.gz")
+    predictor = Predictor([build_network(plans.network)], plans, description, torch.device("cpu"))
+    image = np.random.default_rng(5).normal(100.0, 20.0, size=shape).astype(np.float32)
+    before = image.copy()
+    case = predictor.preprocess_volume(image[0] if shape[0] == 1 else image, (1.0, 1.0, 3.0))
+    np.testing.assert_array_equal(image, before)
+    assert not np.shares_memory(case.data, image) and np.isfinite(case.data).all()

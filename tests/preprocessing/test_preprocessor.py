@@ -170,6 +170,11 @@ def test_in_memory_and_file_entry_points_agree_and_leave_the_input_alone(small_m
     assert in_memory.properties == from_files.properties
     assert in_memory.data.dtype == np.float32 and in_memory.segmentation.dtype == np.int16
 
+    # Images handed over are normalised in place instead of copied: the same result.
+    handed_over = preprocess_case(images, geometry, plans, segmentation=label, case_id=case.case_id,
+                                  overwrite_images=True)
+    np.testing.assert_array_equal(handed_over.data, from_files.data)
+
 
 def test_inference_case_without_label(small_ct_dataset, plans_for):
     case = cases_of(small_ct_dataset)[0]
