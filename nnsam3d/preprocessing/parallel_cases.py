@@ -17,9 +17,9 @@ Result = TypeVar("Result")
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    # fork starts workers in milliseconds and shares the imported modules; the workers only run
-    # numpy/scipy/nibabel code, never torch, so forking a process that imported torch is safe.
-    # Elsewhere (macOS, Windows) spawn is the only safe choice.
+    # fork starts workers in milliseconds and shares the imported modules; a forked worker runs
+    # PyTorch on one thread (nnsam3d/__init__.py: GNU OpenMP would hang it after the parent's
+    # parallel work). Elsewhere (macOS, Windows) spawn is the only safe choice.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return multiprocessing.get_context(method)
 
