@@ -13,7 +13,10 @@ The background threads run at a lower scheduling priority (Linux schedules threa
 one): on a CPU the network's threads keep every core busy, and a background thread that
 preempted one of them would stall every parallel operation of the network until it is
 scheduled again. With the lower priority, loading and saving use the cycles the network
-leaves (while it waits for the GPU, for the GIL, for memory).
+leaves (while it waits for the GPU, for the GIL, for memory). Their PyTorch operations
+(reordering images, resampling scores) run on one thread: with a team of threads each, on 2
+cores the overlapped run was slower than one case after the other (wall time 1.31 of the
+network's against 1.02 with one thread; ``benchmarks/predict_speed.py``).
 
 Memory: one loaded case waits for the network, and one score volume waits for (or is in)
 the writer, besides the one the network is filling.
@@ -34,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
+import torch
 from tqdm import tqdm
 
 from nnsam3d.io.disk_space import DiskFullError, says_disk_full
@@ -58,6 +62,25 @@ def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
         os.setpriority(os.PRIO_PROCESS, thread_id, min(19, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness))
     except OSError:  # not permitted in some sandboxes: run at normal priority
         pass
+
+
+def _background_thread_setup() -> None:
+    lower_thread_priority()
+    # PyTorch sets a thread's count lazily, from the process default, at the thread's first
+    # parallel operation: done first here, so that the 1 below is not overwritten later.
+    torch.get_num_threads()
+    torch.set_num_threads(1)  # this thread's parallel regions (OpenMP's thread count is per thread)
+
+
+def background_pool(name: str) -> ThreadPoolExecutor:
+    """A one-thread pool for loading or saving beside the network: lower priority, PyTorch on one
+    thread. ``torch.set_num_threads`` also sets the default of threads created later, so the
+    caller's count is set again once the pool's thread is set up: only that thread runs on one."""
+    callers_threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_background_thread_setup)
+    pool.submit(int).result()  # the thread exists and has run the setup
+    torch.set_num_threads(callers_threads)
+    return pool
 
 
 @dataclass
@@ -174,8 +197,8 @@ def run_case_pipeline(
             report.add_failure(case_id, error)
         bar.update(1)
 
-    loader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnsam3d-load", initializer=lower_thread_priority)
-    saver_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnsam3d-save", initializer=lower_thread_priority)
+    loader_pool = background_pool("nnsam3d-load")
+    saver_pool = background_pool("nnsam3d-save")
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress)
     try:
         submit_next_load(loader_pool)

@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from nnsam3d.inference.case_inputs import select_cases
-from nnsam3d.inference.case_pipeline import PipelineReport, describe_error, lower_thread_priority, stopped_by_full_disk
+from nnsam3d.inference.case_pipeline import PipelineReport, background_pool, describe_error, stopped_by_full_disk
 from nnsam3d.inference.device_failures import is_device_failure
 from nnsam3d.inference.model_folders import CHECKPOINT_FILES
 from nnsam3d.inference.output_formats import check_inputs_for_format, output_ending_for
@@ -139,8 +138,8 @@ class PredictionWorker:
             output_dir, save_probabilities=save_probabilities, save_overlays=save_overlays, output_format=output_format
         )
         self.network_lock = threading.Lock()
-        self.loader = ThreadPoolExecutor(1, thread_name_prefix="nnsam3d-load", initializer=lower_thread_priority)
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="nnsam3d-save", initializer=lower_thread_priority)
+        self.loader = background_pool("nnsam3d-load")
+        self.writer = background_pool("nnsam3d-save")
 
     def describe(self) -> dict:
         """Who this worker is and what it loaded (for the driver's log and case selection)."""
