@@ -16,7 +16,7 @@ scheduled again. With the lower priority, loading and saving use the cycles the 
 leaves (while it waits for the GPU, for the GIL, for memory). Their PyTorch operations
 (reordering images, resampling scores) run on one thread: with a team of threads each, on 2
 cores the overlapped run was slower than one case after the other (wall time 1.31 of the
-network's against 1.02 with one thread; ``benchmarks/predict_speed.py``).
+network's against 0.99 with one thread; ``benchmarks/predict_speed.py``).
 
 Memory: one loaded case waits for the network, and one score volume waits for (or is in)
 the writer, besides the one the network is filling.

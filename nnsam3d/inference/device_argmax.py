@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nnsam3d.preprocessing.case_properties import CaseProperties
-from nnsam3d.preprocessing.resampling import separate_axis_for
+from nnsam3d.preprocessing.geometry_restore import export_separate_axis
 from nnsam3d.preprocessing.score_resampling import scores_to_labels
 
 
@@ -49,9 +49,8 @@ def labels_in_crop_box(scores: torch.Tensor, properties: CaseProperties) -> np.n
             f"case '{properties.case_id}': scores of shape {tuple(scores.shape[1:])} do not match "
             f"the preprocessed shape {tuple(properties.shape_after_resampling)}"
         )
-    separate_axis = separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
     if scores.device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(scores.device)
         if not export_fits_on_gpu(int(np.prod(properties.shape_after_cropping)), int(np.prod(scores.shape[1:])), free):
             scores = scores.cpu()  # a case much larger than its network grid, or a nearly full GPU
-    return scores_to_labels(scores, properties.shape_after_cropping, separate_axis).cpu().numpy()
+    return scores_to_labels(scores, properties.shape_after_cropping, export_separate_axis(properties)).cpu().numpy()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from nnsam3d.preprocessing.case_properties import CaseProperties
-from nnsam3d.preprocessing.resampling import separate_axis_for
+from nnsam3d.preprocessing.geometry_restore import export_separate_axis
 from nnsam3d.preprocessing.score_resampling import scores_to_labels
 
 Box = tuple[slice, ...]
@@ -46,6 +46,5 @@ def export_region(scores: torch.Tensor, box: Box, origin: tuple[int, ...],
     network_box, export_box = export_boxes(box, origin, properties)
     region = scores[(slice(None), *(slice(o + s.start, o + s.stop) for o, s in zip(origin, network_box)))]
     shape = tuple(s.stop - s.start for s in export_box)
-    separate_axis = separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
     # Resampled (where the export resamples) and argmaxed where the scores are, as the predictor does.
-    return export_box, scores_to_labels(region, shape, separate_axis).cpu().numpy()
+    return export_box, scores_to_labels(region, shape, export_separate_axis(properties)).cpu().numpy()

@@ -19,8 +19,6 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import warnings
-
 import nibabel as nib
 import numpy as np
 import torch
@@ -145,18 +143,19 @@ def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 def contiguous_copy(view: np.ndarray) -> np.ndarray:
     """``np.ascontiguousarray(view)`` for a flipped and transposed view, copied by PyTorch: its
     permuting copy runs on every core and in cache-friendly tiles, where NumPy's walks the source
-    in the destination's order (a 512 x 512 x 300 float32 CT reversed to (z, y, x): 0.4-0.5 s
-    against 1.56 s on 2 cores). The same values, bit for bit."""
+    in the destination's order (a 512 x 512 x 300 float32 CT reversed to (z, y, x): 0.4-0.7 s
+    against 1.56 s on 2 cores). The same values, bit for bit. Read-only input (PyTorch warns on
+    it), and dtypes or byte orders PyTorch cannot hold or flip, take NumPy's copy."""
     if view.flags.c_contiguous:
         return view
+    if not view.flags.writeable:
+        return np.ascontiguousarray(view)
     flipped = [axis for axis, stride in enumerate(view.strides) if stride < 0]
     unflipped = np.flip(view, flipped) if flipped else view  # PyTorch takes no negative strides
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only input: only read here
-            tensor = torch.from_numpy(unflipped)
+        tensor = torch.from_numpy(unflipped)
         copied = tensor.flip(flipped).contiguous() if flipped else tensor.contiguous()
-    except (TypeError, ValueError, RuntimeError):  # a dtype or byte order PyTorch cannot hold or flip
+    except (TypeError, ValueError, RuntimeError):
         return np.ascontiguousarray(view)
     return copied.numpy()
 

@@ -64,8 +64,3 @@ def zoom_matrix(size_in: int, size_out: int, order: int = 3) -> np.ndarray:
     assert matrix.shape == (size_out, size_in), (size_in, size_out, matrix.shape)
     matrix.setflags(write=False)
     return matrix
-
-
-def cubic_zoom_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in): ``ndimage.zoom(order=3)`` of one axis as a matrix."""
-    return zoom_matrix(size_in, size_out, 3)

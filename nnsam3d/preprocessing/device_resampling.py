@@ -21,6 +21,11 @@ import torch
 from nnsam3d.preprocessing.axis_matrices import nearest_indices, zoom_matrix
 
 
+def nearest_index_tensor(size_in: int, size_out: int, device: torch.device | str) -> torch.Tensor:
+    """``axis_matrices.nearest_indices`` as an index tensor on ``device``."""
+    return torch.from_numpy(np.array(nearest_indices(size_in, size_out))).to(device)  # the cached array is read-only
+
+
 def resample_volume_on(device: torch.device | str, volume: np.ndarray, new_shape: Sequence[int],
                        separate_axis: int | None = None, order: int = 3) -> np.ndarray:
     """One (z, y, x) volume zoomed to ``new_shape`` on ``device`` as ``resampling._zoom_volume``
@@ -32,8 +37,7 @@ def resample_volume_on(device: torch.device | str, volume: np.ndarray, new_shape
         if size_in == size:
             continue
         if axis == separate_axis or order == 0:
-            picked = torch.from_numpy(np.array(nearest_indices(size_in, size))).to(device)
-            out = out.index_select(axis, picked)
+            out = out.index_select(axis, nearest_index_tensor(size_in, size, device))
         else:
             matrix = torch.from_numpy(zoom_matrix(size_in, size, order).astype(np.float32)).to(device)
             out = (out.movedim(axis, -1) @ matrix.T).movedim(-1, axis)

@@ -15,14 +15,16 @@ from nnsam3d.preprocessing.resampling import resample_label_map, resample_scores
 from nnsam3d.preprocessing.score_resampling import host_tensor, resample_score_tensor
 
 
-def _separate_axis(properties: CaseProperties) -> int | None:
+def export_separate_axis(properties: CaseProperties) -> int | None:
+    """The axis resampled nearest-neighbour on the way back from the network grid, if any."""
     return separate_axis_for(properties.spacing_after_resampling, properties.original_spacing)
 
 
 def restore_label_map(segmentation: np.ndarray, properties: CaseProperties) -> np.ndarray:
     """Label map (z, y, x) on the network grid → canonical label map of the full image (int16)."""
-    cropped = resample_label_map(segmentation, properties.shape_after_cropping, _separate_axis(properties))
-    return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
+    return restore_crop_box_labels(
+        resample_label_map(segmentation, properties.shape_after_cropping, export_separate_axis(properties)), properties
+    )
 
 
 def restore_crop_box_labels(labels: np.ndarray, properties: CaseProperties) -> np.ndarray:
@@ -38,8 +40,8 @@ def restore_scores_to_label_map(scores: np.ndarray, properties: CaseProperties) 
     Resampling happens on the scores (then argmax), not on a label map, which keeps
     boundaries smooth when the target spacing is coarser than the original.
     """
-    cropped = resample_scores_to_label_map(scores, properties.shape_after_cropping, _separate_axis(properties))
-    return paste_into_box(cropped, properties.crop_bbox, properties.shape_before_cropping, fill=0)
+    cropped = resample_scores_to_label_map(scores, properties.shape_after_cropping, export_separate_axis(properties))
+    return restore_crop_box_labels(cropped, properties)
 
 
 def restore_probabilities(
@@ -54,7 +56,7 @@ def restore_probabilities(
     full_shape = tuple(properties.shape_before_cropping)
     full = np.zeros((probabilities.shape[0], *full_shape), dtype=dtype)
     box = tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)
-    separate_axis = _separate_axis(properties)
+    separate_axis = export_separate_axis(properties)
     for k, channel in enumerate(probabilities):
         resampled = resample_score_tensor(host_tensor(channel), properties.shape_after_cropping, separate_axis)
         full[k][box] = resampled.numpy()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnsam3d.preprocessing.axis_matrices import nearest_indices
+from nnsam3d.preprocessing.device_resampling import nearest_index_tensor
 
 
 def resample_score_tensor(channel: torch.Tensor, new_shape: Sequence[int], separate_axis: int | None = None) -> torch.Tensor:
@@ -42,8 +42,7 @@ def resample_score_tensor(channel: torch.Tensor, new_shape: Sequence[int], separ
         slices = F.interpolate(slices[:, None], size=in_plane, mode="bilinear", align_corners=False)[:, 0]
     depth = new_shape[separate_axis]
     if slices.shape[0] != depth:
-        picked = torch.from_numpy(np.array(nearest_indices(slices.shape[0], depth))).to(slices.device)
-        slices = slices.index_select(0, picked)
+        slices = slices.index_select(0, nearest_index_tensor(slices.shape[0], depth, slices.device))
     return slices.movedim(0, separate_axis).contiguous()
 
 
@@ -62,8 +61,8 @@ def scores_to_labels(scores: torch.Tensor, new_shape: Sequence[int], separate_ax
         own_slices = list(new_shape)
         own_slices[separate_axis] = scores.shape[1 + separate_axis]
         labels = scores_to_labels(scores, own_slices, separate_axis)
-        picked = torch.from_numpy(np.array(nearest_indices(own_slices[separate_axis], new_shape[separate_axis])))
-        return labels.index_select(separate_axis, picked.to(labels.device))
+        picked = nearest_index_tensor(own_slices[separate_axis], new_shape[separate_axis], labels.device)
+        return labels.index_select(separate_axis, picked)
     best = torch.full(new_shape, -torch.inf, dtype=torch.float32, device=scores.device)
     labels = torch.zeros(new_shape, dtype=torch.int16, device=scores.device)
     for k in range(scores.shape[0]):

@@ -17,8 +17,7 @@ import numpy as np
 from batchgenerators.augmentations.utils import uniform
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
-# scikit-image's resize(mode="edge") is ndimage's "nearest" (ZOOM_MODE), on the grid of voxel centres.
-from nnsam3d.preprocessing.axis_matrices import apply_along_axes, cubic_zoom_matrix, nearest_indices
+from nnsam3d.preprocessing.axis_matrices import apply_along_axes, nearest_indices, zoom_matrix
 
 
 def zoom_nearest(volume: np.ndarray, shape) -> np.ndarray:
@@ -31,7 +30,7 @@ def zoom_nearest(volume: np.ndarray, shape) -> np.ndarray:
 
 def zoom_cubic(volume: np.ndarray, shape) -> np.ndarray:
     """float64 ``volume`` zoomed to ``shape`` by the cubic spline, clipped to its range."""
-    matrices = {axis: cubic_zoom_matrix(size_in, int(size_out))
+    matrices = {axis: zoom_matrix(size_in, int(size_out), order=3)
                 for axis, (size_in, size_out) in enumerate(zip(volume.shape, shape)) if size_in != size_out}
     out = apply_along_axes(volume, matrices) if matrices else volume.copy()
     return np.clip(out, volume.min(), volume.max(), out=out)

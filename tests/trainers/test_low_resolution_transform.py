@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnsam3d.preprocessing.axis_matrices import cubic_zoom_matrix
+from nnsam3d.preprocessing.axis_matrices import zoom_matrix
 from nnsam3d.trainers import low_resolution_transform
 from nnsam3d.trainers.low_resolution_transform import SeparableLowResolutionTransform, zoom_cubic
 from nnsam3d.trainers.reference_transforms import reference_low_resolution_transform
@@ -53,7 +53,7 @@ def test_matrix_is_ndimage_zoom_of_any_vector():
     for size_in, size_out in [(7, 13), (13, 7), (1, 3), (30, 30)]:
         vector = rng.normal(size=size_in)
         expected = ndimage.zoom(vector, size_out / size_in, order=3, mode="nearest", grid_mode=True)
-        np.testing.assert_allclose(cubic_zoom_matrix(size_in, size_out) @ vector, expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(zoom_matrix(size_in, size_out, order=3) @ vector, expected, rtol=0, atol=1e-12)
 
 
 def test_the_clip_to_the_input_range_is_what_keeps_it_equal(monkeypatch):
